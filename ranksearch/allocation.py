@@ -1,0 +1,159 @@
+"""From a model to a rank config and back: ``solve`` (no training) and ``apply``.
+
+``solve`` runs the solver on the model's curves (one global MSE bound, the CE1 rule, unless layer
+weights are given); ``config_for`` records a solution as a :class:`RankConfig`; ``apply`` rebuilds the
+factorized model from a dense model and a config, refusing configs made for another model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from ranksearch.config import LayerRank, RankConfig
+from ranksearch.solver import Curve, Solution, ranks_for_bound, solve_ratio
+from ranksearch.spectra import spectra
+from ranksearch.surgery import count_params, factorize, find_layers
+from ranksearch.weights import load_state_dict
+
+__all__ = ["apply", "config_for", "load_factorized", "solve"]
+
+
+def config_for(
+    model: nn.Module,
+    curves: Mapping[str, Curve],
+    solution: Solution,
+    target_ratio: float,
+    *,
+    model_name: str | None = None,
+    source: dict[str, Any] | None = None,
+    metric: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
+) -> RankConfig:
+    """The :class:`RankConfig` of a solver solution for ``model``."""
+    modules = dict(model.named_modules())
+    ranks = {n: r for n, r in solution.ranks.items() if r is not None}
+    layers = {}
+    for name, rank in ranks.items():
+        c = curves[name]
+        layers[name] = LayerRank(
+            type=type(modules[name]).__name__,
+            weight_shape=list(modules[name].weight.shape),
+            matrix=list(c.shape),
+            rank=rank,
+            mse=float(c.mse[rank]),
+            params_before=c.dense_params,
+            params_after=c.params(rank),
+        )
+    return RankConfig(
+        model=model_name or type(model).__name__,
+        target_ratio=float(target_ratio),
+        achieved_ratio=solution.params / solution.original_params,
+        original_params=solution.original_params,
+        compressed_params=solution.params,
+        ranks=ranks,
+        layers=layers,
+        source=dict(source or {}),
+        metric=dict(metric or {}),
+        search=dict(search or {}),
+    )
+
+
+def solve(
+    model: nn.Module,
+    target_ratio: float | None = None,
+    *,
+    mse_bound: float | Mapping[str, float] | None = None,
+    exclude: Iterable[str] | Mapping[str, str] = (),
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+    weights: Mapping[str, float] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> RankConfig:
+    """Ranks for ``model`` without training: at a target ratio, or from an MSE bound.
+
+    Args:
+        model: The dense model.
+        target_ratio: Fraction of the whole model's parameters to keep (e.g. 0.25).
+        mse_bound: Instead of a ratio: one MSE bound, or a bound per layer name.
+        exclude: Layer names or regular expressions to keep dense.
+        rank_multiple: Round ranks to multiples of this.
+        min_rank: Smallest rank allowed.
+        weights: Per-layer multipliers of the bound (the search's proposals); default the CE1 rule.
+        cache_dir: Spectra cache folder.
+        model_name: Recorded in the config (default: the model's class name).
+        source: Where the dense model came from, recorded in the config.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        >>> solve(net, 0.5).achieved_ratio <= 0.5
+        True
+    """
+    if (target_ratio is None) == (mse_bound is None):
+        raise ValueError("Give exactly one of target_ratio and mse_bound.")
+    curves = spectra(model, cache_dir=cache_dir, exclude=exclude)
+    if not curves:
+        raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to solve.")
+    total = count_params(model)
+    if target_ratio is not None:
+        solution = solve_ratio(curves, target_ratio, total, weights, rank_multiple, min_rank)
+    else:
+        solution = ranks_for_bound(curves, mse_bound, total, rank_multiple, min_rank)  # type: ignore[arg-type]
+    settings = {"method": "mse_rule" if weights is None else "weighted_mse", "bound": solution.bound,
+                "rank_multiple": rank_multiple, "min_rank": min_rank, "exclude": _exclude_list(exclude)}
+    ratio = target_ratio if target_ratio is not None else solution.ratio
+    return config_for(model, curves, solution, ratio, model_name=model_name, source=source, search=settings)
+
+
+def _exclude_list(exclude: Iterable[str] | Mapping[str, str]) -> list[str]:
+    return list(exclude.keys() if isinstance(exclude, Mapping) else exclude)
+
+
+def _check_matches(model: nn.Module, config: RankConfig) -> None:
+    total = count_params(model)
+    if total != config.original_params:
+        raise ValueError(
+            f"The config was made for a model with {config.original_params} parameters, this one has {total}; "
+            f"use the config of this model ({config.model!r} in the config)."
+        )
+    modules = dict(model.named_modules())
+    eligible = find_layers(model).eligible
+    for name, layer in config.layers.items():
+        if name not in modules:
+            raise ValueError(f"The config names layer {name!r}, which this model does not have; it was made for {config.model!r}.")
+        if name not in eligible:
+            raise ValueError(f"Layer {name!r} of the config is not factorizable in this model.")
+        shape = list(modules[name].weight.shape)
+        if shape != layer.weight_shape:
+            raise ValueError(f"Layer {name!r} has weight shape {shape} but the config expects {layer.weight_shape}; it was made for {config.model!r}.")
+
+
+def apply(model: nn.Module, config: RankConfig) -> nn.Module:
+    """A factorized copy of the dense ``model`` with the config's ranks (truncated-SVD initialized).
+
+    Raises:
+        ValueError: when the config's layers, shapes or parameter count do not match the model.
+    """
+    _check_matches(model, config)
+    result = factorize(model, config.ranks)
+    got = count_params(result)
+    if got != config.compressed_params:
+        raise ValueError(f"The factorized model has {got} parameters, the config says {config.compressed_params}; the config is inconsistent.")
+    return result
+
+
+def load_factorized(model: nn.Module, config: RankConfig, weights: str | os.PathLike[str]) -> nn.Module:
+    """The factorized model with retrained weights saved by a search (``factorized.safetensors``)."""
+    result = apply(model, config)
+    state = load_state_dict(weights)
+    expected = result.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        raise ValueError(f"Weights {str(weights)!r} do not fit the factorized model of this config; use the weights saved beside it.")
+    result.load_state_dict(state)
+    return result

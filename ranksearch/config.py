@@ -1,0 +1,130 @@
+"""The rank config: which rank each layer keeps, saved as a versioned JSON file.
+
+Like PEFT's ``rank_pattern``, ``ranks`` is a plain ``{module name: rank}`` mapping over the dense
+model's ``named_modules()``. Everything else records where the figures came from, so that later
+commands (apply, export, report) can work from the config and its folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ranksearch._io import atomic_write_text
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "LayerRank", "RankConfig"]
+
+FORMAT = "ranksearch.rank_config"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerRank:
+    """Per-layer details of a factorized layer (the CE1 tables' "Param Reduction" column)."""
+
+    type: str
+    weight_shape: list[int]
+    matrix: list[int]
+    rank: int
+    mse: float
+    params_before: int
+    params_after: int
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """A rank allocation for one model at one working point.
+
+    Attributes:
+        model: Space name or model factory (``module:function``) of the dense model.
+        target_ratio: The requested working point (parameters kept / original parameters).
+        achieved_ratio: ``compressed_params / original_params``.
+        original_params: Parameters of the dense model.
+        compressed_params: Parameters of the factorized model.
+        ranks: Module name -> rank, factorized layers only.
+        layers: Module name -> :class:`LayerRank`, same keys as ``ranks``.
+        source: Where the dense model came from (``space``, ``space_file``, ``factory``, ``weights``).
+        metric: Metric name and values (``dense``, ``seed_rule``, ``after_retrain``, ...), if measured.
+        search: The settings that produced the config (method, trials, seed, retrain recipe, ...).
+    """
+
+    model: str
+    target_ratio: float
+    achieved_ratio: float
+    original_params: int
+    compressed_params: int
+    ranks: dict[str, int]
+    layers: dict[str, LayerRank]
+    source: dict[str, Any] = field(default_factory=dict)
+    metric: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT or self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"Rank config format {self.format!r} v{self.format_version} is not supported; "
+                f"expected {FORMAT!r} v{FORMAT_VERSION}."
+            )
+        if not (0 < self.target_ratio <= 1):
+            raise ValueError(f"target_ratio {self.target_ratio!r} must be in (0, 1].")
+        if not (isinstance(self.original_params, int) and self.original_params > 0):
+            raise ValueError(f"original_params {self.original_params!r} must be a positive int.")
+        if not math.isclose(self.achieved_ratio, self.compressed_params / self.original_params, rel_tol=1e-9):
+            raise ValueError(
+                f"achieved_ratio {self.achieved_ratio} != compressed_params / original_params "
+                f"({self.compressed_params} / {self.original_params})."
+            )
+        bad = {k: r for k, r in self.ranks.items() if not (isinstance(r, int) and r >= 1)}
+        if bad:
+            raise ValueError(f"Ranks must be positive ints, got {bad}.")
+        if set(self.layers) != set(self.ranks):
+            raise ValueError(f"layers and ranks name different modules: {sorted(set(self.layers) ^ set(self.ranks))}.")
+        layers = {k: v if isinstance(v, LayerRank) else LayerRank(**v) for k, v in self.layers.items()}
+        object.__setattr__(self, "layers", layers)
+        mismatch = [k for k, v in layers.items() if v.rank != self.ranks[k]]
+        if mismatch:
+            raise ValueError(f"layers[...].rank disagrees with ranks for {mismatch}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, format keys first."""
+        d = asdict(self)
+        return {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as JSON (atomically: a crash leaves the old file or none)."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> RankConfig:
+        """Build from a dict, with errors that name ``origin`` and the faulty field."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{origin} is not a ranksearch rank config (its 'format' is not {FORMAT!r}).")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.name in _REQUIRED)
+        if unknown or missing:
+            raise ValueError(f"{origin}: unknown fields {unknown} / missing fields {missing}.")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{origin}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RankConfig:
+        """Read a config written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"Rank config {str(path)!r} does not exist; pass the path of a rank_config.json.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"Rank config {str(path)!r} is not valid JSON ({e}); re-export it.") from None
+        return cls.from_dict(data, origin=f"Rank config {str(path)!r}")
+
+
+_REQUIRED = {"model", "target_ratio", "achieved_ratio", "original_params", "compressed_params", "ranks", "layers"}

@@ -1,0 +1,324 @@
+"""The Optuna rank search: trials share the budget between layers, the solver makes it exact.
+
+Each trial proposes a weight per layer on the MSE bound (``log10`` in ``[-spread, spread]``); the solver
+turns the proposal into ranks that hit the target ratio of the whole model, so no trial is wasted on an
+infeasible allocation. The trial factorizes the model (slicing decompositions computed once), retrains
+it briefly, reports the validation metric after each epoch (a pruner may stop it) and returns the final
+validation metric. The CE1 rule (all weights 1: one global MSE bound) is enqueued as the first trial,
+so the search never returns something worse than it on the same retrain budget.
+
+The study lives in any Optuna storage; by default a journal file in the output folder, so a killed
+search resumes (``resume=True``) without losing a finished trial; an interrupted trial is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from torch import nn
+
+from ranksearch.allocation import config_for
+from ranksearch.config import RankConfig
+from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
+from ranksearch.solver import Curve, Solution, solve_ratio
+from ranksearch.spectra import spectra
+from ranksearch.surgery import count_params, factorize, find_layers, layer_factors
+from ranksearch.task import Task
+from ranksearch.weights import load_state_dict, save_state_dict
+
+__all__ = ["SearchResult", "open_storage", "search"]
+
+_log = logging.getLogger(__name__)
+_PREFIX = "log10w:"
+
+Evaluate = Callable[[nn.Module], float]
+Retrain = Callable[..., Any]
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        config: Rank config of the best trial (metrics and search settings recorded in it).
+        study: The Optuna study (all trials, their ranks and metrics in ``user_attrs``).
+        model: The best factorized model, retrained.
+        seed_rule: Rank config of the CE1 rule (first trial) with its metric.
+        summary: Figures of the run: dense, seed rule and best searched metrics, trials, wall time.
+    """
+
+    config: RankConfig
+    study: optuna.Study
+    model: nn.Module
+    seed_rule: RankConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def open_storage(storage: str | BaseStorage | None, out_dir: str | os.PathLike[str] | None) -> BaseStorage:
+    """An Optuna storage: a URL (``postgresql://``, ``sqlite://``, ...), a journal file path, or by
+    default ``study.journal`` in ``out_dir``."""
+    if isinstance(storage, BaseStorage):
+        return storage
+    if storage is None:
+        if out_dir is None:
+            return optuna.storages.InMemoryStorage()
+        storage = str(Path(out_dir) / "study.journal")
+    if "://" in storage:
+        return RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.samplers.BaseSampler,
+                pruner: optuna.pruners.BasePruner) -> tuple[optuna.Study, bool]:
+    exists = name in {s.study_name for s in storage.get_all_studies()}
+    if exists and not resume:
+        raise ValueError(f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue it or choose another --out.")
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if resume:  # interrupted by a kill: fail it and run its proposal again
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"method": t.user_attrs.get("method", "searched")})
+            _log.info("trial %d was interrupted; it will run again", t.number)
+    return study, not exists
+
+
+def _accepts_report(fn: Callable[..., Any]) -> bool:
+    try:
+        return "report" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Objective:
+    """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric."""
+
+    def __init__(self, model: nn.Module, curves: Mapping[str, Curve], target: float, *, evaluate: Evaluate,
+                 retrain: Retrain | None, test: Evaluate | None, spread: float, rank_multiple: int,
+                 min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
+        self.model, self.curves, self.target = model, curves, target
+        self.evaluate, self.retrain, self.test = evaluate, retrain, test
+        self.spread, self.rank_multiple, self.min_rank = spread, rank_multiple, min_rank
+        self.weights_dir, self.n_trials = weights_dir, n_trials
+        self.total = count_params(model)
+        layers = find_layers(model).eligible
+        self.factors = layer_factors({n: layers[n] for n in curves}, {n: max(1, c.max_rank) for n, c in curves.items()})
+
+    def propose(self, trial: optuna.Trial) -> Solution:
+        w = {n: 10.0 ** trial.suggest_float(_PREFIX + n, -self.spread, self.spread) for n in self.curves}
+        return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        start = time.perf_counter()
+        sol = self.propose(trial)
+        ranks = {n: r for n, r in sol.ranks.items() if r is not None}
+        trial.set_constraint("ratio_over_target", sol.ratio - self.target)
+        trial.set_user_attr("ranks", ranks)
+        trial.set_user_attr("params", sol.params)
+        trial.set_user_attr("ratio", sol.ratio)
+        twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.user_attrs.get("ranks") == ranks), None)
+        if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
+            for key in ("before_retrain", "test"):
+                if key in twin.user_attrs:
+                    trial.set_user_attr(key, twin.user_attrs[key])
+            trial.set_user_attr("same_as", twin.number)
+            _log.info("trial %d has the ranks of trial %d: value reused", trial.number, twin.number)
+            return float(twin.value)  # type: ignore[arg-type]
+        model = factorize(self.model, ranks, self.factors)
+        trial.set_user_attr("before_retrain", self.evaluate(model))
+        if self.retrain is not None:
+            if _accepts_report(self.retrain):
+                self.retrain(model, report=lambda step, value: _report(trial, step, value))
+            else:
+                self.retrain(model)
+        value = float(self.evaluate(model))
+        if not math.isfinite(value):
+            raise ValueError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
+        if self.test is not None:
+            trial.set_user_attr("test", float(self.test(model)))
+        done = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if self.weights_dir is not None and (not done or value > max(t.value for t in done)):
+            save_state_dict(model.state_dict(), self.weights_dir / f"trial_{trial.number}.safetensors")
+        _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
+                  trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs.get("method", "searched"),
+                  sol.ratio, value, trial.user_attrs["before_retrain"], time.perf_counter() - start)
+        return value
+
+
+def _report(trial: optuna.Trial, step: int, value: float | None) -> None:
+    if value is None:
+        return
+    trial.report(float(value), step)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
+
+
+def _task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int) -> tuple[Evaluate, Retrain, Evaluate]:
+    def evaluate(model: nn.Module) -> float:
+        return evaluate_metric(model, task.val, task.metric)
+
+    def retrain(model: nn.Module, report: Callable[[int, float | None], None]) -> None:
+        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=report, validate=True)
+
+    def test(model: nn.Module) -> float:
+        return evaluate_metric(model, task.test, task.metric)
+
+    return evaluate, retrain, test
+
+
+def search(
+    model: nn.Module,
+    target_ratio: float,
+    *,
+    task: Task | None = None,
+    retrain_settings: RetrainSettings | None = None,
+    evaluate: Evaluate | None = None,
+    retrain: Retrain | None = None,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    storage: str | BaseStorage | None = None,
+    study_name: str | None = None,
+    resume: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    spread: float = 3.0,
+    exclude: Iterable[str] | Mapping[str, str] = (),
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> SearchResult:
+    """Search the rank allocation of ``model`` at ``target_ratio`` that scores best after a short retrain.
+
+    Either give a ``task`` (data, loss and metric: the built-in retrain runs ``retrain_settings`` and
+    scores the validation split, the test split is reported) or your own ``evaluate(model) -> float``
+    (higher is better) and optionally ``retrain(model)`` (which may accept ``report=fn(step, value)``
+    to let the pruner stop bad trials).
+
+    Args:
+        model: The dense model (left unchanged).
+        target_ratio: Fraction of the whole model's parameters to keep.
+        n_trials: Trials to finish (complete or pruned), counting those of a resumed study.
+        timeout: Wall-clock limit in seconds for this call.
+        storage: Optuna storage URL or journal file (default: ``study.journal`` in ``out_dir``).
+        resume: Continue an existing study of the same name.
+        out_dir: Where the best trial's weights are kept while the search runs.
+        seed: Seeds the sampler and every retrain; sequential runs are deterministic on CPU.
+        spread: Layer weights on the MSE bound range over ``10**[-spread, spread]``.
+    """
+    if (task is None) == (evaluate is None):
+        raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
+    if n_trials is not None and n_trials < 1:
+        raise ValueError(f"n_trials {n_trials} must be >= 1 (or None with a timeout).")
+    if n_trials is None and timeout is None:
+        raise ValueError("Give n_trials, timeout or both, or the search never ends.")
+    curves = spectra(model, cache_dir=cache_dir, exclude=exclude)
+    if not curves:
+        raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
+    solve_ratio(curves, target_ratio, count_params(model), None, rank_multiple, min_rank)  # fail fast if unreachable
+    test: Evaluate | None = None
+    settings = retrain_settings or RetrainSettings()
+    if task is not None:
+        evaluate, retrain, test = _task_callables(task, settings, copy.deepcopy(model), seed)
+    started = time.perf_counter()
+    dense = {"val": float(evaluate(copy.deepcopy(model)))}  # type: ignore[misc]
+    if test is not None:
+        dense["test"] = float(test(copy.deepcopy(model)))
+    _log.info("dense model: %s", dense)
+
+    name = study_name or f"{model_name or type(model).__name__}@{target_ratio:g}"
+    store = open_storage(storage, out_dir)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, fresh = _open_study(store, name, resume, sampler, pruner)
+    if fresh:
+        study.enqueue_trial({_PREFIX + n: 0.0 for n in curves}, user_attrs={"method": "seed_rule"})
+    weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
+    objective = _Objective(model, curves, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
+                           spread=spread, rank_multiple=rank_multiple, min_rank=min_rank,
+                           weights_dir=weights_dir, n_trials=n_trials)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    remaining = None if n_trials is None else max(0, n_trials - finished)
+    if remaining != 0:
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=())
+    wall = time.perf_counter() - started
+    metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
+    return _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
+                   settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name)
+
+
+def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target: float, dense: dict[str, float],
+            wall: float, weights_dir: Path | None, name: str, seed: int, spread: float,
+            settings: RetrainSettings | None, exclude: Iterable[str] | Mapping[str, str], model_name: str | None,
+            source: dict[str, Any] | None, n_trials: int | None, timeout: float | None, metric_name: str) -> SearchResult:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"No trial of study {name!r} completed (timeout too short?); raise --timeout or --trials.")
+    best = study.best_trial
+    seed_trials = [t for t in complete if t.user_attrs.get("method") == "seed_rule"]
+    seed_trial = seed_trials[0] if seed_trials else None
+
+    def figures(t: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+        if t is None:
+            return {}
+        return {"trial": t.number, "val": t.value, "test": t.user_attrs.get("test"), "before_retrain": t.user_attrs.get("before_retrain")}
+
+    metric = {"name": metric_name, "dense": dense, "seed_rule": figures(seed_trial), "searched": figures(best)}
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    settings_record = {
+        "method": "optuna", "study_name": name, "sampler": "TPESampler(multivariate)", "pruner": "MedianPruner",
+        "n_trials": n_trials, "timeout": timeout, "seed": seed, "spread": spread, "trials": counts,
+        "best_trial": best.number, "wall_time_s": round(wall, 2), "exclude": list(exclude),
+        "rank_multiple": objective.rank_multiple, "min_rank": objective.min_rank,
+        "retrain": settings.to_dict() if settings is not None else "user callable",
+    }
+
+    def config_of(t: optuna.trial.FrozenTrial, m: dict[str, Any]) -> RankConfig:
+        sol = _solution_of(t, objective)
+        return config_for(model, objective.curves, sol, target, model_name=model_name, source=source, metric=m, search=settings_record)
+
+    best_model = factorize(model, best.user_attrs["ranks"], objective.factors)
+    path = weights_dir / f"trial_{best.number}.safetensors" if weights_dir is not None else None
+    if path is not None and path.exists():
+        best_model.load_state_dict(load_state_dict(path))
+    elif objective.retrain is not None:  # weights not kept (no out_dir): retrain the best again, same seed
+        _retrain_again(objective, best_model)
+    if weights_dir is not None:
+        for p in weights_dir.glob("trial_*.safetensors"):
+            if p != path:
+                p.unlink(missing_ok=True)
+    summary = {"target_ratio": target, "achieved_ratio": best.user_attrs["ratio"], "trials": counts,
+               "wall_time_s": round(wall, 1), "seed_rule_ratio": seed_trial.user_attrs["ratio"] if seed_trial else None,
+               **metric}
+    seed_cfg = config_of(seed_trial, metric) if seed_trial else None
+    cfg = config_of(best, metric)
+    return SearchResult(config=cfg, study=study, model=best_model, seed_rule=seed_cfg or cfg, summary=summary)
+
+
+def _solution_of(t: optuna.trial.FrozenTrial, objective: _Objective) -> Solution:
+    ranks = {n: t.user_attrs["ranks"].get(n) for n in objective.curves}
+    return Solution(ranks, float("nan"), int(t.user_attrs["params"]), objective.total)
+
+
+def _retrain_again(objective: _Objective, model: nn.Module) -> None:
+    if _accepts_report(objective.retrain):  # type: ignore[arg-type]
+        objective.retrain(model, report=lambda step, value: None)  # type: ignore[misc]
+    else:
+        objective.retrain(model)  # type: ignore[misc]

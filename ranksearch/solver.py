@@ -1,0 +1,280 @@
+"""MSE-to-rank curves and the rank solver: singular values in, ranks out (pure numpy, no torch).
+
+For an m x n weight with singular values s_1 >= s_2 >= ..., the truncation to rank r leaves the
+reconstruction error ``MSE(r) = sum_{i > r} s_i^2 / (m * n)`` (mean over weight elements, Eckart-Young)
+and costs ``r * (m + n)`` weights. The solver picks, per layer, the cheapest allowed choice whose error
+is within the layer's bound:
+
+* one MSE bound for every layer (the rule of the NNR CE1 contribution), or a bound per layer;
+* a target ratio: the bound is found by an exact search over all error breakpoints so that the whole
+  model's parameter count after factorization, divided by the original count, is at most the target
+  and as close to it as the rank granularity allows. With ``weights`` the bound of layer l is
+  ``bound * weights[l]``: that is how a search shares the budget between layers while every proposal
+  still lands exactly on the target.
+
+  Whatever the breakpoints leave of the budget is then filled greedily, one rank step at a time, where
+  it lowers the weighted MSE most per parameter (``fill=True``, the default), so the ratio lands within
+  one rank step of the narrowest layer. Without fill, every rank is monotone in the bound; with it, the
+  ranks are at least the bound's and no further step fits.
+
+A layer whose bound would need a rank at which the pair is no smaller than the dense weight stays dense
+(its rank is reported as ``None``).
+
+Example:
+    >>> import numpy as np
+    >>> c = Curve(shape=(4, 6), singular_values=np.array([4.0, 2.0, 1.0, 0.5]))
+    >>> float(c.mse[1])  # (2^2 + 1^2 + 0.5^2) / 24
+    0.21875
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+__all__ = ["Curve", "Solution", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Singular values of one layer's weight matrix and everything derived from them.
+
+    Attributes:
+        shape: (m, n) of the weight matrix.
+        singular_values: All min(m, n) singular values, descending.
+    """
+
+    shape: tuple[int, int]
+    singular_values: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        m, n = self.shape
+        s = np.asarray(self.singular_values, dtype=np.float64)
+        if s.ndim != 1 or len(s) != min(m, n):
+            raise ValueError(f"A {m}x{n} weight has {min(m, n)} singular values, got shape {s.shape}.")
+        if np.any(s < 0) or np.any(np.diff(s) > 1e-12 * max(float(s[0]), 1e-300)):
+            raise ValueError("Singular values must be non-negative and sorted in descending order.")
+        object.__setattr__(self, "shape", (int(m), int(n)))
+        object.__setattr__(self, "singular_values", s)
+
+    @property
+    def dense_params(self) -> int:
+        """Weights of the dense layer: m * n."""
+        return self.shape[0] * self.shape[1]
+
+    @cached_property
+    def mse(self) -> np.ndarray:
+        """``mse[r]`` for r = 0 .. min(m, n): mean squared error of the best rank-r approximation."""
+        tail = np.concatenate([np.cumsum((self.singular_values**2)[::-1])[::-1], [0.0]])
+        return tail / self.dense_params
+
+    @property
+    def max_rank(self) -> int:
+        """The largest rank whose pair is strictly smaller than the dense weight (0: none is)."""
+        m, n = self.shape
+        return max(0, math.ceil(m * n / (m + n)) - 1)
+
+    def params(self, rank: int | None) -> int:
+        """Weights used at ``rank`` (None: dense)."""
+        return self.dense_params if rank is None else rank * (self.shape[0] + self.shape[1])
+
+    def ranks(self, multiple: int = 1, min_rank: int = 1) -> np.ndarray:
+        """The allowed ranks: multiples of ``multiple``, at least ``min_rank``, at most ``max_rank``."""
+        start = max(multiple, math.ceil(min_rank / multiple) * multiple)
+        return np.arange(start, self.max_rank + 1, multiple, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Ranks chosen by the solver and what they cost.
+
+    Attributes:
+        ranks: Layer name -> rank, or None where the layer stays dense.
+        bound: The (scaled) MSE bound found by the search; per layer it is ``bound * weights[l]``.
+            Without fill it reproduces ``ranks``; with fill some ranks are a step or more above it.
+        params: Parameters of the whole model after factorization.
+        original_params: Parameters of the dense model.
+    """
+
+    ranks: dict[str, int | None]
+    bound: float
+    params: int
+    original_params: int
+
+    @property
+    def ratio(self) -> float:
+        """params / original_params (the "Reduction Ratio" of the CE1 tables)."""
+        return self.params / self.original_params
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Per layer, the allowed choices (ranks, then dense) padded into 2-D arrays."""
+
+    names: list[str]
+    ranks: np.ndarray  # (L, K) int, -1 marks dense
+    cost: np.ndarray  # (L, K) weights of each choice; padding repeats the dense choice
+    error: np.ndarray  # (L, K) MSE of each choice, non-increasing along K, dense = 0
+
+
+def _options(curves: Mapping[str, Curve], multiple: int, min_rank: int) -> _Options:
+    if multiple < 1 or min_rank < 1:
+        raise ValueError(f"rank_multiple ({multiple}) and min_rank ({min_rank}) must be >= 1.")
+    names = list(curves)
+    per_layer = [curves[n].ranks(multiple, min_rank) for n in names]
+    width = max((len(r) for r in per_layer), default=0) + 1
+    ranks = np.full((len(names), width), -1, dtype=np.int64)
+    cost = np.empty((len(names), width), dtype=np.int64)
+    error = np.zeros((len(names), width), dtype=np.float64)
+    for i, (name, allowed) in enumerate(zip(names, per_layer)):
+        c = curves[name]
+        k = len(allowed)
+        ranks[i, :k] = allowed
+        cost[i, :k] = allowed * (c.shape[0] + c.shape[1])
+        cost[i, k:] = c.dense_params
+        error[i, :k] = c.mse[allowed]
+    return _Options(names, ranks, cost, error)
+
+
+def _choose(opts: _Options, scaled_error: np.ndarray, bound: float) -> np.ndarray:
+    """Index of the first (cheapest) choice per layer whose scaled error is within ``bound``."""
+    return np.minimum((scaled_error > bound).sum(axis=1), opts.ranks.shape[1] - 1)
+
+
+def _solution(opts: _Options, idx: np.ndarray, bound: float, fixed: int, total: int) -> Solution:
+    rows = np.arange(len(opts.names))
+    chosen = opts.ranks[rows, idx]
+    ranks = {n: (None if r < 0 else int(r)) for n, r in zip(opts.names, chosen)}
+    return Solution(ranks, float(bound), int(fixed + opts.cost[rows, idx].sum()), int(total))
+
+
+def _check_totals(curves: Mapping[str, Curve], total_params: int) -> int:
+    fixed = total_params - sum(c.dense_params for c in curves.values())
+    if fixed < 0:
+        raise ValueError(
+            f"total_params={total_params} is smaller than the eligible layers' weights "
+            f"({total_params - fixed}); pass the whole model's parameter count."
+        )
+    return fixed
+
+
+def ranks_for_bound(
+    curves: Mapping[str, Curve],
+    bound: float | Mapping[str, float],
+    total_params: int,
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+) -> Solution:
+    """The smallest allowed rank per layer whose MSE is at most the bound.
+
+    Args:
+        curves: Layer name -> curve of every layer that may be factorized.
+        bound: One MSE bound for all layers, or a bound per layer name (layers not named stay dense).
+        total_params: Parameter count of the whole dense model (untouched layers and biases included).
+        rank_multiple: Ranks are multiples of this (the CE1 reference code rounds to 2, 4 or 8).
+        min_rank: Smallest rank allowed.
+    """
+    fixed = _check_totals(curves, total_params)
+    opts = _options(curves, rank_multiple, min_rank)
+    if isinstance(bound, Mapping):
+        unknown = sorted(set(bound) - set(curves))
+        if unknown:
+            raise ValueError(f"MSE bounds name layers that are not eligible: {unknown}.")
+        per_layer = np.array([bound.get(n, -1.0) for n in opts.names], dtype=np.float64)
+    else:
+        per_layer = np.full(len(opts.names), float(bound))
+    if np.any(np.isnan(per_layer)):
+        raise ValueError(f"MSE bound must be a number, got {bound!r}.")
+    idx = (opts.error > per_layer[:, None]).sum(axis=1)
+    idx = np.minimum(idx, opts.ranks.shape[1] - 1)
+    scalar = float(bound) if not isinstance(bound, Mapping) else float("nan")
+    return _solution(opts, idx, scalar, fixed, total_params)
+
+
+def reachable_ratio(curves: Mapping[str, Curve], total_params: int, rank_multiple: int = 1, min_rank: int = 1) -> float:
+    """The smallest ratio the solver can reach: every layer at its smallest allowed rank."""
+    fixed = _check_totals(curves, total_params)
+    opts = _options(curves, rank_multiple, min_rank)
+    return float(fixed + opts.cost[:, 0].sum()) / total_params
+
+
+def solve_ratio(
+    curves: Mapping[str, Curve],
+    target_ratio: float,
+    total_params: int,
+    weights: Mapping[str, float] | None = None,
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+    fill: bool = True,
+) -> Solution:
+    """Ranks whose whole-model ratio is at most ``target_ratio`` and as close to it as possible.
+
+    The bound of layer l is ``bound * weights[l]`` (1 when no weights are given: the CE1 rule of one
+    global MSE bound). The smallest bound that fits the budget is found exactly among the breakpoints
+    of all layers' curves, so the result is the largest model of that family within the target.
+    The next breakpoint may add a whole rank to a wide layer; with ``fill`` the budget left is then
+    spent greedily, one allowed rank step at a time, on the steps with the largest (weighted) MSE
+    reduction per parameter that still fit, so the ratio lands within one step of the narrowest layer.
+
+    Raises:
+        ValueError: for a ratio outside (0, 1], non-positive weights, or an unreachable target (the
+            message names the smallest reachable ratio).
+    """
+    if not (isinstance(target_ratio, (int, float)) and 0.0 < target_ratio <= 1.0):
+        raise ValueError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
+    fixed = _check_totals(curves, total_params)
+    opts = _options(curves, rank_multiple, min_rank)
+    w = np.ones(len(opts.names))
+    if weights is not None:
+        w = np.array([float(weights.get(n, 1.0)) for n in opts.names])
+        if not np.all(np.isfinite(w) & (w > 0)):
+            raise ValueError(f"Layer weights must be finite and > 0, got {dict(weights)}.")
+    budget = math.floor(target_ratio * total_params)  # the largest whole count whose ratio is within target
+    while (budget + 1) / total_params <= target_ratio:
+        budget += 1
+    while budget / total_params > target_ratio:
+        budget -= 1
+    smallest = fixed + int(opts.cost[:, 0].sum())
+    if smallest > budget:
+        raise ValueError(
+            f"target ratio {target_ratio} is unreachable: with the smallest rank in every eligible layer "
+            f"the model keeps {smallest / total_params:.4f} of its parameters; ask for a ratio >= "
+            f"{math.ceil(smallest / total_params * 1e4) / 1e4} or make more layers eligible."
+        )
+    scaled = opts.error / w[:, None]
+    candidates = np.unique(scaled)  # ascending; the largest always fits (every layer at its first choice)
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:  # smallest candidate bound whose choices fit the budget
+        mid = (lo + hi) // 2
+        cost = fixed + opts.cost[np.arange(len(w)), _choose(opts, scaled, candidates[mid])].sum()
+        if cost <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    bound = float(candidates[lo]) if len(candidates) else 0.0
+    idx = _choose(opts, scaled, bound)
+    if fill:
+        idx = _fill(opts, scaled, idx, budget - fixed)
+    return _solution(opts, idx, bound, fixed, total_params)
+
+
+def _fill(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float) -> np.ndarray:
+    """Spend what is left of ``budget`` on single rank steps, best error reduction per weight first."""
+    idx = idx.copy()
+    rows = np.arange(len(idx))
+    last = opts.ranks.shape[1] - 1
+    left = budget - opts.cost[rows, idx].sum()
+    while True:
+        nxt = np.minimum(idx + 1, last)
+        step = opts.cost[rows, nxt] - opts.cost[rows, idx]
+        ok = (step > 0) & (step <= left)
+        if not ok.any():
+            return idx
+        gain = np.where(ok, (scaled[rows, idx] - scaled[rows, nxt]) / np.maximum(step, 1), -np.inf)
+        j = int(np.argmax(gain))
+        idx[j] += 1
+        left -= step[j]

@@ -1,0 +1,32 @@
+"""Shared fixtures: a private cache folder and the test spaces (tests/data) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))  # the test space's factories live in tests/tinyspace.py
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches under a temporary folder; tests/data added to the space search path."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = {k: os.environ.get(k) for k in ("RANKSEARCH_CACHE", "RANKSEARCH_SPACES", "PYTHONPATH")}
+    os.environ["RANKSEARCH_CACHE"] = str(cache)
+    os.environ["RANKSEARCH_SPACES"] = str(TESTS / "data")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old["PYTHONPATH"]) if p)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

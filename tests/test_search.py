@@ -1,0 +1,127 @@
+"""The Optuna search on a tiny model: exact ratios, the seed rule first, determinism, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import tinyspace
+from ranksearch import RetrainSettings, count_params, search
+from ranksearch.cli import main
+from ranksearch.search import open_storage
+
+RECIPE = RetrainSettings(epochs=1, batch_size=32, lr_start=0.01, lr_end=0.001)
+
+
+@pytest.fixture(scope="module")
+def dense_and_task():
+    torch.manual_seed(0)
+    task = tinyspace.task()
+    model = tinyspace.build_model()
+    from ranksearch.retrain import fit
+
+    fit(model, task, RetrainSettings(epochs=4, batch_size=32, lr_start=0.05, lr_end=0.001), device=torch.device("cpu"))
+    return model, task
+
+
+def test_search_hits_ratio_and_never_loses_to_seed_rule(dense_and_task, tmp_path):
+    model, task = dense_and_task
+    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=4, out_dir=tmp_path, seed=0)
+    trials = res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) == 4
+    first = res.study.trials[0]
+    assert first.user_attrs["method"] == "seed_rule" and set(first.params.values()) == {0.0}
+    for t in trials:
+        assert 0.2 - 0.02 < t.user_attrs["ratio"] <= 0.2
+        assert t.system_attrs["constraints:ratio_over_target"] <= 0
+    assert res.config.achieved_ratio <= 0.2
+    assert res.config.compressed_params == count_params(res.model)
+    assert res.study.best_value >= first.value
+    assert res.summary["searched"]["val"] >= res.summary["seed_rule"]["val"]
+    assert list(tmp_path.glob("trials/*.safetensors")) == [tmp_path / "trials" / f"trial_{res.study.best_trial.number}.safetensors"]
+
+
+def test_sequential_search_is_deterministic(dense_and_task):
+    model, task = dense_and_task
+    runs = [search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=3, seed=7) for _ in range(2)]
+    a, b = ([(t.params, t.value, t.user_attrs["ranks"]) for t in r.study.trials] for r in runs)
+    assert a == b
+
+
+def test_user_callables_get_reports_and_pruning(dense_and_task):
+    model, task = dense_and_task
+    from ranksearch.retrain import evaluate as metric
+
+    calls: list[int] = []
+
+    def evaluate(m: torch.nn.Module) -> float:
+        return metric(m, task.val, "accuracy")
+
+    def retrain(m: torch.nn.Module, report) -> None:
+        for step in range(3):
+            calls.append(step)
+            report(step, evaluate(m) - 0.1 * step * (len(calls) > 9))
+
+    res = search(model, 0.3, evaluate=evaluate, retrain=retrain, n_trials=6, seed=1)
+    assert len(calls) >= 12 and res.config.achieved_ratio <= 0.3
+    assert res.summary["name"] == "evaluate"
+
+
+def test_existing_study_needs_resume(dense_and_task, tmp_path):
+    model, task = dense_and_task
+    search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=1, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="--resume"):
+        search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, out_dir=tmp_path)
+    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, out_dir=tmp_path, resume=True)
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+
+
+def test_bad_search_arguments(dense_and_task):
+    model, task = dense_and_task
+    with pytest.raises(ValueError, match="unreachable"):
+        search(model, 0.001, task=task, n_trials=1)
+    with pytest.raises(ValueError, match="either task"):
+        search(model, 0.3, n_trials=1)
+    with pytest.raises(ValueError, match="n_trials"):
+        search(model, 0.3, task=task, n_trials=0)
+
+
+def _finished(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    if not journal.exists():
+        return []
+    study = optuna.load_study(study_name=name, storage=open_storage(str(journal), None))
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_killed_search_resumes_without_losing_trials(tmp_path):
+    out = tmp_path / "run"
+    args = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "6", "--out", str(out), "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *args], env=os.environ.copy())
+    journal, name = out / "study.journal", "tiny-digits@0.2"
+    deadline = time.time() + 240
+    try:
+        while len(_finished(journal, name)) < 2:
+            assert proc.poll() is None, "the search ended before it could be killed"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: (t.value, t.params, t.state) for t in _finished(journal, name)}
+    assert not (out / "rank_config.json").exists()
+
+    assert main([*args, "--resume"]) == 0
+    study = optuna.load_study(study_name=name, storage=open_storage(str(journal), None))
+    after = {t.number: (t.value, t.params, t.state) for t in study.trials}
+    assert all(after[n] == v for n, v in before.items())
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+    assert (out / "rank_config.json").exists()
