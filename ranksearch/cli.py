@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="retrain epochs per trial (default: the space's)")
     p.add_argument("--distill", type=float, help="weight in [0, 1] of distillation from the dense model")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: OUT/study.journal)")
-    p.add_argument("--resume", action="store_true", help="continue the study found in the storage")
+    p.add_argument("--resume", action="store_true", help="continue the study found in the storage (or join it)")
+    p.add_argument("--study-name", help="study name in the storage (default: SPACE@RATIO)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
 
@@ -163,7 +164,7 @@ def _search(args: argparse.Namespace) -> int:
     _log.info("searching %s at ratio %s on %s (%d trials%s)", space.name, target, best_device(), args.trials,
               f", timeout {args.timeout:g} s" if args.timeout else "")
     result = search(model, target, task=task, retrain_settings=settings, n_trials=args.trials, timeout=args.timeout,
-                    storage=args.storage, resume=args.resume, out_dir=out, seed=args.seed, exclude=space.exclude,
+                    storage=args.storage, study_name=args.study_name, resume=args.resume, out_dir=out, seed=args.seed, exclude=space.exclude,
                     rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
                     model_name=space.name, source=_source(space))
     write_results(out, result.config, result.model, result.seed_rule, result.summary)

@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.study import MaxTrialsCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from torch import nn
@@ -90,11 +92,32 @@ def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.s
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if resume:  # interrupted by a kill: fail it and run its proposal again
+        if resume and not _worker_alive(t.user_attrs.get("worker")):  # killed: fail it, run its proposal again
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"method": t.user_attrs.get("method", "searched")})
             _log.info("trial %d was interrupted; it will run again", t.number)
     return study, not exists
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_alive(worker: str | None) -> bool:
+    """Whether the process that runs a trial is alive. Workers on other hosts are presumed alive
+    (a database storage's heartbeat fails their trials if they die)."""
+    if worker is None:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _accepts_report(fn: Callable[..., Any]) -> bool:
@@ -124,6 +147,9 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
+        trial.set_user_attr("worker", _worker_id())
+        if "method" not in trial.user_attrs:  # enqueued trials carry theirs (seed_rule, ...)
+            trial.set_user_attr("method", "searched")
         sol = self.propose(trial)
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
         trial.set_constraint("ratio_over_target", sol.ratio - self.target)
@@ -155,7 +181,7 @@ class _Objective:
         if self.weights_dir is not None and (not done or value > max(t.value for t in done)):
             save_state_dict(model.state_dict(), self.weights_dir / f"trial_{trial.number}.safetensors")
         _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
-                  trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs.get("method", "searched"),
+                  trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs["method"],
                   sol.ratio, value, trial.user_attrs["before_retrain"], time.perf_counter() - start)
         return value
 
@@ -257,7 +283,8 @@ def search(
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     remaining = None if n_trials is None else max(0, n_trials - finished)
     if remaining != 0:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=())
+        stop = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))] if n_trials else []
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(), callbacks=stop)
     wall = time.perf_counter() - started
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
     return _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
