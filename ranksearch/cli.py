@@ -51,6 +51,7 @@ class _Parser(argparse.ArgumentParser):
 def _space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="space name in search_spaces/ or a .yaml file")
     p.add_argument("--weights", help="local file with the dense model's weights (.safetensors or .pt)")
+    p.add_argument("--data", help="local data folder for spaces that read one (ImageNet-style, DCASE-style)")
 
 
 def _target_args(p: argparse.ArgumentParser, mse_bound: bool = False) -> None:
@@ -101,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 def _space(args: argparse.Namespace) -> Space:
     space = load_space(args.space).with_weights(args.weights)
     solver = {k: getattr(args, k) for k in ("rank_multiple", "min_rank") if getattr(args, k, None) is not None}
+    if args.data is not None:
+        solver["task_kwargs"] = {**space.task_kwargs, "data_dir": args.data}
     if getattr(args, "epochs", None) is not None or getattr(args, "distill", None) is not None:
         recipe = {k: getattr(args, k) for k in ("epochs", "distill") if getattr(args, k) is not None}
         solver["retrain"] = replace(space.retrain, **recipe)
