@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import torch
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.study import MaxTrialsCallback
 from optuna.storages.journal import JournalFileBackend
@@ -33,7 +35,10 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch.allocation import config_for
+from ranksearch.baselines import greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
+from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.config import RankConfig
+from ranksearch.decompose import Factors
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
 from ranksearch.solver import Curve, Solution, solve_ratio
 from ranksearch.spectra import spectra
@@ -127,37 +132,54 @@ def _accepts_report(fn: Callable[..., Any]) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _Views:
+    """Curves and decompositions a trial allocates on: the trial space's (plain or data-aware) and the
+    plain ones, which the CE1 rule (the seed rule) always uses."""
+
+    curves: Mapping[str, Curve]
+    factors: Mapping[str, Factors]
+    plain_curves: Mapping[str, Curve]
+    plain_factors: Mapping[str, Factors]
+    kind: str  # "plain" or "data_aware"
+
+
 class _Objective:
     """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric."""
 
-    def __init__(self, model: nn.Module, curves: Mapping[str, Curve], target: float, *, evaluate: Evaluate,
-                 retrain: Retrain | None, test: Evaluate | None, spread: float, rank_multiple: int,
-                 min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
-        self.model, self.curves, self.target = model, curves, target
+    def __init__(self, model: nn.Module, views: _Views, target: float, *, evaluate: Evaluate,
+                 retrain: Retrain | None, test: Evaluate | None, spread: float, prior: Mapping[str, float],
+                 rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
+        self.model, self.views, self.target = model, views, target
+        self.curves, self.factors = views.curves, views.factors
         self.evaluate, self.retrain, self.test = evaluate, retrain, test
-        self.spread, self.rank_multiple, self.min_rank = spread, rank_multiple, min_rank
+        self.spread, self.prior, self.rank_multiple, self.min_rank = spread, prior, rank_multiple, min_rank
         self.weights_dir, self.n_trials = weights_dir, n_trials
         self.total = count_params(model)
-        layers = find_layers(model).eligible
-        self.factors = layer_factors({n: layers[n] for n in curves}, {n: max(1, c.max_rank) for n, c in curves.items()})
 
-    def propose(self, trial: optuna.Trial) -> Solution:
-        w = {n: 10.0 ** trial.suggest_float(_PREFIX + n, -self.spread, self.spread) for n in self.curves}
-        return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank)
+    def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
+        """Ranks of the trial and the kind of factors they use."""
+        u = {n: trial.suggest_float(_PREFIX + n, -self.spread, self.spread) for n in self.curves}
+        if trial.user_attrs.get("method") == "seed_rule":
+            sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
+            return sol, "plain"
+        w = {n: 10.0 ** (self.prior.get(n, 0.0) + u[n]) for n in self.curves}
+        return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank), self.views.kind
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
         trial.set_user_attr("worker", _worker_id())
         if "method" not in trial.user_attrs:  # enqueued trials carry theirs (seed_rule, ...)
             trial.set_user_attr("method", "searched")
-        sol = self.propose(trial)
+        sol, kind = self.propose(trial)
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
         trial.set_constraint("ratio_over_target", sol.ratio - self.target)
         trial.set_user_attr("ranks", ranks)
+        trial.set_user_attr("factors", kind)
         trial.set_user_attr("params", sol.params)
         trial.set_user_attr("ratio", sol.ratio)
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.user_attrs.get("ranks") == ranks), None)
+                     if t.user_attrs.get("ranks") == ranks and t.user_attrs.get("factors") == kind), None)
         if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
             for key in ("before_retrain", "test"):
                 if key in twin.user_attrs:
@@ -165,7 +187,7 @@ class _Objective:
             trial.set_user_attr("same_as", twin.number)
             _log.info("trial %d has the ranks of trial %d: value reused", trial.number, twin.number)
             return float(twin.value)  # type: ignore[arg-type]
-        model = factorize(self.model, ranks, self.factors)
+        model = factorize(self.model, ranks, self.views.plain_factors if kind == "plain" else self.factors)
         trial.set_user_attr("before_retrain", self.evaluate(model))
         if self.retrain is not None:
             if _accepts_report(self.retrain):
@@ -229,6 +251,10 @@ def search(
     cache_dir: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
     source: dict[str, Any] | None = None,
+    data_aware: bool = False,
+    calibration: Iterable[torch.Tensor] | None = None,
+    baselines: bool = True,
+    prior: str = "none",
 ) -> SearchResult:
     """Search the rank allocation of ``model`` at ``target_ratio`` that scores best after a short retrain.
 
@@ -247,7 +273,15 @@ def search(
         out_dir: Where the best trial's weights are kept while the search runs.
         seed: Seeds the sampler and every retrain; sequential runs are deterministic on CPU.
         spread: Layer weights on the MSE bound range over ``10**[-spread, spread]``.
+        data_aware: Trials use activation-whitened factors and curves (the seed rule stays plain SVD).
+        calibration: Input batches for ``data_aware`` (default: 512 samples of ``task.train``).
+        baselines: Enqueue the uniform and the sensitivity (AIMET-style greedy) allocations after the
+            seed rule; the sensitivity needs one evaluation per layer and measured rank.
+        prior: ``"none"`` (weights centred on the seed rule) or ``"sensitivity"`` (centred on the
+            sensitivity allocation).
     """
+    if prior not in ("none", "sensitivity"):
+        raise ValueError(f"prior {prior!r} is not supported; use 'none' or 'sensitivity'.")
     if (task is None) == (evaluate is None):
         raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if n_trials is not None and n_trials < 1:
@@ -274,11 +308,17 @@ def search(
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, fresh = _open_study(store, name, resume, sampler, pruner)
+    views = _views(model, curves, data_aware, calibration, task)
+    starts = _starting_points(model, views, target_ratio, evaluate, baselines or prior == "sensitivity")  # type: ignore[arg-type]
+    centre = starts.get("sensitivity", {}) if prior == "sensitivity" else {}
     if fresh:
         study.enqueue_trial({_PREFIX + n: 0.0 for n in curves}, user_attrs={"method": "seed_rule"})
+        for method, logw in starts.items() if baselines else ():
+            u = {_PREFIX + n: float(np.clip(v - centre.get(n, 0.0), -spread, spread)) for n, v in logw.items()}
+            study.enqueue_trial(u, user_attrs={"method": method})
     weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
-    objective = _Objective(model, curves, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
-                           spread=spread, rank_multiple=rank_multiple, min_rank=min_rank,
+    objective = _Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
+                           spread=spread, prior=centre, rank_multiple=rank_multiple, min_rank=min_rank,
                            weights_dir=weights_dir, n_trials=n_trials)
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     remaining = None if n_trials is None else max(0, n_trials - finished)
@@ -289,6 +329,36 @@ def search(
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
     return _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
                    settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name)
+
+
+def _views(model: nn.Module, curves: Mapping[str, Curve], data_aware: bool,
+           calibration: Iterable[torch.Tensor] | None, task: Task | None) -> _Views:
+    layers = find_layers(model).eligible
+    modules = {n: layers[n] for n in curves}
+    plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
+    if not data_aware:
+        return _Views(curves, plain, curves, plain, "plain")
+    if calibration is None:
+        if task is None:
+            raise ValueError("data_aware=True needs calibration batches (calibration=) or a task.")
+        calibration = calibration_batches(task.train)
+    moments = input_moments(model, modules, calibration, device=next(model.parameters()).device)
+    pairs = {n: whitened(m, moments[n], max(1, curves[n].max_rank)) for n, m in modules.items()}
+    _log.info("data-aware factors from %d layers' input moments", len(pairs))
+    return _Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")
+
+
+def _starting_points(model: nn.Module, views: _Views, target: float, evaluate: Evaluate,
+                     sensitivity: bool) -> dict[str, dict[str, float]]:
+    """Log-weights of the baseline allocations: uniform, and the sensitivity (AIMET-style) one."""
+    total = count_params(model)
+    fixed = total - sum(c.dense_params for c in views.curves.values())
+    budget = math.floor(target * total) - fixed
+    starts = {"uniform": log_weights_for(views.curves, uniform_ranks(views.curves, budget))}
+    if sensitivity:
+        table = measure_sensitivity(model, views.curves, views.factors, evaluate)
+        starts["sensitivity"] = log_weights_for(views.curves, greedy_ranks(views.curves, table, budget))
+    return starts
 
 
 def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target: float, dense: dict[str, float],
@@ -319,9 +389,12 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
 
     def config_of(t: optuna.trial.FrozenTrial, m: dict[str, Any]) -> RankConfig:
         sol = _solution_of(t, objective)
-        return config_for(model, objective.curves, sol, target, model_name=model_name, source=source, metric=m, search=settings_record)
+        curves = objective.views.plain_curves if t.user_attrs.get("factors") == "plain" else objective.curves
+        return config_for(model, curves, sol, target, model_name=model_name, source=source, metric=m,
+                          search={**settings_record, "factors": t.user_attrs.get("factors"), "trial_method": t.user_attrs.get("method")})
 
-    best_model = factorize(model, best.user_attrs["ranks"], objective.factors)
+    plain_best = best.user_attrs.get("factors") == "plain"
+    best_model = factorize(model, best.user_attrs["ranks"], objective.views.plain_factors if plain_best else objective.factors)
     path = weights_dir / f"trial_{best.number}.safetensors" if weights_dir is not None else None
     if path is not None and path.exists():
         best_model.load_state_dict(load_state_dict(path))

@@ -1,0 +1,69 @@
+"""Solver speed: one proposal (per-layer weights) -> exact ranks, on ResNet50's eligible layers.
+
+Baseline in the same run: the plain CE1 rule (weights all 1). Writes a section to benchmarks/RESULTS.md.
+
+    python benchmarks/solver.py --model resnet50 --repeats 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from ranksearch.solver import solve_ratio
+from ranksearch.spectra import spectra
+from ranksearch.surgery import count_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.model)(weights=None)
+    curves = spectra(model)
+    total = count_params(model)
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, make in (("CE1 rule (weights 1)", lambda: None),
+                        ("search proposal (random weights 10^U(-3,3))", lambda: {n: 10 ** rng.uniform(-3, 3) for n in curves})):
+        times = []
+        for _ in range(args.repeats):
+            w = make()
+            t0 = time.perf_counter()
+            sol = solve_ratio(curves, args.ratio, total, w)
+            times.append(time.perf_counter() - t0)
+            assert sol.params <= args.ratio * total
+        rows.append((label, statistics.median(times) * 1e3, max(times) * 1e3))
+    ranks = sum(c.max_rank for c in curves.values())
+    lines = [
+        f"## Solver: {args.model}, ratio {args.ratio} ({datetime.date.today()})",
+        "",
+        f"Command: `python benchmarks/solver.py --model {args.model} --ratio {args.ratio} --repeats {args.repeats}`  ",
+        f"Machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, numpy {np.__version__}, CPU.  ",
+        f"{len(curves)} eligible layers, {ranks} candidate ranks in all; {args.repeats} solves each.",
+        "",
+        "| proposal | median ms | max ms |",
+        "|---|---|---|",
+        *[f"| {label} | {med:.2f} | {mx:.2f} |" for label, med, mx in rows],
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.write_text((out.read_text() if out.exists() else "# Benchmark results\n\n") + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
