@@ -18,7 +18,7 @@ from typing import NoReturn
 from ranksearch.allocation import apply, solve
 from ranksearch._io import atomic_write_text
 from ranksearch.config import RankConfig
-from ranksearch.export import summary_table, write_results
+from ranksearch.export import summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
 from ranksearch.search import search
 from ranksearch.spaces import Space, cache_root, load_space
@@ -54,10 +54,18 @@ def _space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="local data folder for spaces that read one (ImageNet-style, DCASE-style)")
 
 
-def _target_args(p: argparse.ArgumentParser, mse_bound: bool = False) -> None:
+def _ratios(text: str) -> list[float]:
+    return [_ratio(t) for t in text.split(",")]
+
+
+def _target_args(p: argparse.ArgumentParser, mse_bound: bool = False, several: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ratio", type=_ratio, help="fraction of parameters to keep, e.g. 0.25")
-    g.add_argument("--wp", help="working point of the space: WP1..WP4")
+    if several:
+        g.add_argument("--ratio", type=_ratios, help="fraction(s) of parameters to keep, e.g. 0.25 or 0.25,0.1")
+        g.add_argument("--wp", help="working point(s) of the space: WP1..WP4, a comma list, or 'all'")
+    else:
+        g.add_argument("--ratio", type=_ratio, help="fraction of parameters to keep, e.g. 0.25")
+        g.add_argument("--wp", help="working point of the space: WP1..WP4")
     if mse_bound:
         g.add_argument("--mse-bound", type=float, help="instead of a ratio: one MSE bound for every layer")
     p.add_argument("--rank-multiple", type=int, help="round ranks to multiples of this (default: the space's)")
@@ -81,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[common], help="Optuna search of the rank allocation with a short retrain per trial")
     _space_args(p)
-    _target_args(p)
+    _target_args(p, several=True)
+    p.add_argument("--data-aware", action="store_true", help="activation-whitened factors from calibration inputs")
+    p.add_argument("--prior", choices=("none", "sensitivity"), default="none", help="centre of the searched weights")
+    p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
     p.add_argument("--trials", type=int, default=20, help="trials to finish, resumed ones included (default 20)")
     p.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
     p.add_argument("--epochs", type=int, help="retrain epochs per trial (default: the space's)")
@@ -155,24 +166,42 @@ def _layer_report(cfg: RankConfig, skipped: dict[str, str]) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     space = _space(args)
-    target = _target(args, space)
+    if args.ratio is not None:
+        targets = args.ratio
+    elif args.wp.lower() == "all":
+        targets = list(space.working_points)
+    else:
+        targets = [space.working_point(w.strip()) for w in args.wp.split(",")]
     out = Path(args.out)
-    if (out / "rank_config.json").exists() and not args.resume:
-        raise ValueError(f"{str(out)!r} already holds a finished search; pass --resume or choose another --out.")
+    several = len(targets) > 1
+    outs = [out / f"ratio-{t:g}" if several else out for t in targets]
+    for o in outs:
+        if (o / "rank_config.json").exists() and not args.resume:
+            raise ValueError(f"{str(o)!r} already holds a finished search; pass --resume or choose another --out.")
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials} must be >= 1.")
     task = space.build_task()
     model = space.build_model(task)
-    settings = space.retrain
-    _log.info("searching %s at ratio %s on %s (%d trials%s)", space.name, target, best_device(), args.trials,
-              f", timeout {args.timeout:g} s" if args.timeout else "")
-    result = search(model, target, task=task, retrain_settings=settings, n_trials=args.trials, timeout=args.timeout,
-                    storage=args.storage, study_name=args.study_name, resume=args.resume, out_dir=out, seed=args.seed, exclude=space.exclude,
-                    rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
-                    model_name=space.name, source=_source(space))
-    write_results(out, result.config, result.model, result.seed_rule, result.summary)
-    print(summary_table(result.summary), end="")
-    print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
+    sensitivity, warm, rows = None, [], []
+    for target, o in zip(targets, outs):
+        _log.info("searching %s at ratio %s on %s (%d trials%s)", space.name, target, best_device(), args.trials,
+                  f", timeout {args.timeout:g} s" if args.timeout else "")
+        result = search(model, target, task=task, retrain_settings=space.retrain, n_trials=args.trials,
+                        timeout=args.timeout, storage=args.storage,
+                        study_name=args.study_name and (f"{args.study_name}@{target:g}" if several else args.study_name),
+                        resume=args.resume, out_dir=o, seed=args.seed, exclude=space.exclude,
+                        rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
+                        model_name=space.name, source=_source(space), data_aware=args.data_aware, prior=args.prior,
+                        baselines=not args.no_baselines, sensitivity=sensitivity, warm_start=warm)
+        write_results(o, result.config, result.model, result.seed_rule, result.summary)
+        sensitivity, warm = result.sensitivity, [result.study.best_trial.params]
+        rows.append(result.summary)
+        print(summary_table(result.summary), end="")
+        print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
+    if several:
+        text = f"# ranksearch: {space.name}, {len(targets)} working points\n\n" + working_points_table(rows)
+        atomic_write_text(out / "summary.md", text)
+        print(text, end="")
     return 0
 
 

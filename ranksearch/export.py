@@ -26,7 +26,7 @@ from ranksearch.config import RankConfig
 from ranksearch.layers import LowRank
 from ranksearch.weights import save_state_dict
 
-__all__ = ["nnr_tensors", "summary_table", "write_results"]
+__all__ = ["nnr_tensors", "summary_table", "working_points_table", "write_results"]
 
 
 def nnr_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -65,6 +65,20 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines.append(f"Target ratio {summary['target_ratio']}; trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
                  f"{t.get('fail', 0)} failed; wall time {summary['wall_time_s']} s.")
     return "\n".join(lines) + "\n"
+
+
+def working_points_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown table over several working points: test metric of every method (val in brackets)."""
+    name = summaries[0].get("name", "metric") if summaries else "metric"
+    methods = [m for m in ("seed_rule", "uniform", "sensitivity", "searched") if any(m in s for s in summaries)]
+    lines = [f"| target | ratio | dense | {' | '.join(methods)} | trials | wall s |",
+             "|---" * (len(methods) + 5) + "|"]
+    for s in summaries:
+        cells = [f"{_fmt(s.get(m, {}).get('test'))} ({_fmt(s.get(m, {}).get('val'))})" for m in methods]
+        t = s["trials"]
+        lines.append(f"| {s['target_ratio']} | {_fmt(s['achieved_ratio'])} | {_fmt(s['dense'].get('test'))} | "
+                     f"{' | '.join(cells)} | {t.get('complete', 0)}+{t.get('pruned', 0)} pruned | {s['wall_time_s']} |")
+    return f"Test {name} (val {name} in brackets) after the same short retrain.\n\n" + "\n".join(lines) + "\n"
 
 
 def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, seed_rule: RankConfig | None,

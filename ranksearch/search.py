@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch.allocation import config_for
-from ranksearch.baselines import greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
+from ranksearch.baselines import Sensitivity, greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.config import RankConfig
 from ranksearch.decompose import Factors
@@ -72,6 +72,7 @@ class SearchResult:
     model: nn.Module
     seed_rule: RankConfig
     summary: dict[str, Any] = field(default_factory=dict)
+    sensitivity: Sensitivity | None = None
 
 
 def open_storage(storage: str | BaseStorage | None, out_dir: str | os.PathLike[str] | None) -> BaseStorage:
@@ -255,6 +256,8 @@ def search(
     calibration: Iterable[torch.Tensor] | None = None,
     baselines: bool = True,
     prior: str = "none",
+    sensitivity: Sensitivity | None = None,
+    warm_start: Iterable[Mapping[str, float]] = (),
 ) -> SearchResult:
     """Search the rank allocation of ``model`` at ``target_ratio`` that scores best after a short retrain.
 
@@ -279,6 +282,9 @@ def search(
             seed rule; the sensitivity needs one evaluation per layer and measured rank.
         prior: ``"none"`` (weights centred on the seed rule) or ``"sensitivity"`` (centred on the
             sensitivity allocation).
+        sensitivity: A table measured before (``result.sensitivity`` of another working point).
+        warm_start: Trial parameters to enqueue after the baselines (e.g. the best of another working
+            point), so several working points share what the search has learned.
     """
     if prior not in ("none", "sensitivity"):
         raise ValueError(f"prior {prior!r} is not supported; use 'none' or 'sensitivity'.")
@@ -309,13 +315,17 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, fresh = _open_study(store, name, resume, sampler, pruner)
     views = _views(model, curves, data_aware, calibration, task)
-    starts = _starting_points(model, views, target_ratio, evaluate, baselines or prior == "sensitivity")  # type: ignore[arg-type]
+    if sensitivity is None and (baselines or prior == "sensitivity"):
+        sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
+    starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity", {}) if prior == "sensitivity" else {}
     if fresh:
         study.enqueue_trial({_PREFIX + n: 0.0 for n in curves}, user_attrs={"method": "seed_rule"})
         for method, logw in starts.items() if baselines else ():
             u = {_PREFIX + n: float(np.clip(v - centre.get(n, 0.0), -spread, spread)) for n, v in logw.items()}
             study.enqueue_trial(u, user_attrs={"method": method})
+        for params in warm_start:
+            study.enqueue_trial(dict(params), user_attrs={"method": "warm_start"})
     weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
     objective = _Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
                            spread=spread, prior=centre, rank_multiple=rank_multiple, min_rank=min_rank,
@@ -327,8 +337,10 @@ def search(
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(), callbacks=stop)
     wall = time.perf_counter() - started
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
-    return _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
-                   settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name)
+    result = _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
+                     settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name)
+    result.sensitivity = sensitivity
+    return result
 
 
 def _views(model: nn.Module, curves: Mapping[str, Curve], data_aware: bool,
@@ -348,16 +360,15 @@ def _views(model: nn.Module, curves: Mapping[str, Curve], data_aware: bool,
     return _Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")
 
 
-def _starting_points(model: nn.Module, views: _Views, target: float, evaluate: Evaluate,
-                     sensitivity: bool) -> dict[str, dict[str, float]]:
+def _starting_points(model: nn.Module, views: _Views, target: float,
+                     sensitivity: Sensitivity | None) -> dict[str, dict[str, float]]:
     """Log-weights of the baseline allocations: uniform, and the sensitivity (AIMET-style) one."""
     total = count_params(model)
     fixed = total - sum(c.dense_params for c in views.curves.values())
     budget = math.floor(target * total) - fixed
     starts = {"uniform": log_weights_for(views.curves, uniform_ranks(views.curves, budget))}
-    if sensitivity:
-        table = measure_sensitivity(model, views.curves, views.factors, evaluate)
-        starts["sensitivity"] = log_weights_for(views.curves, greedy_ranks(views.curves, table, budget))
+    if sensitivity is not None:
+        starts["sensitivity"] = log_weights_for(views.curves, greedy_ranks(views.curves, sensitivity, budget))
     return starts
 
 
@@ -378,6 +389,10 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
         return {"trial": t.number, "val": t.value, "test": t.user_attrs.get("test"), "before_retrain": t.user_attrs.get("before_retrain")}
 
     metric = {"name": metric_name, "dense": dense, "seed_rule": figures(seed_trial), "searched": figures(best)}
+    for method in ("uniform", "sensitivity"):
+        first = next((t for t in study.trials if t.user_attrs.get("method") == method), None)
+        if first is not None and first.state == TrialState.COMPLETE:
+            metric[method] = figures(first)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     settings_record = {
         "method": "optuna", "study_name": name, "sampler": "TPESampler(multivariate)", "pruner": "MedianPruner",

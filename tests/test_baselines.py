@@ -1,0 +1,51 @@
+"""Baseline allocations (uniform, AIMET-style greedy) and their expression as MSE-bound weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ranksearch.baselines import greedy_ranks, log_weights_for, uniform_ranks
+from ranksearch.solver import Curve, ranks_for_bound
+
+
+def _curves() -> dict[str, Curve]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (m, n) in {"a": (16, 40), "b": (32, 64), "c": (64, 300)}.items():
+        s = np.sort(rng.gamma(1.0, 1.0, min(m, n)))[::-1] * (1 + rng.random())
+        out[name] = Curve((m, n), s)
+    return out
+
+
+def test_uniform_ranks_fit_and_are_maximal():
+    curves = _curves()
+    budget = 3000
+    ranks = uniform_ranks(curves, budget)
+    cost = sum(curves[n].params(r) for n, r in ranks.items())
+    assert cost <= budget
+    fracs = {n: r / curves[n].max_rank for n, r in ranks.items()}
+    assert max(fracs.values()) - min(fracs.values()) < 0.2  # the same share of each layer's range
+
+
+def test_greedy_takes_highest_common_score_that_fits():
+    curves = _curves()
+    table = {"a": [(1, 0.2), (2, 0.8), (4, 0.95)], "b": [(1, 0.5), (4, 0.9), (8, 0.97)], "c": [(1, 0.1), (8, 0.85), (16, 0.96)]}
+    cost = lambda ranks: sum(curves[n].params(r) for n, r in ranks.items())  # noqa: E731
+    big = greedy_ranks(curves, table, 10**9)
+    assert big == {"a": 4, "b": 8, "c": 16}  # everything fits: the best score everywhere
+    budget = cost({"a": 2, "b": 4, "c": 8})
+    ranks = greedy_ranks(curves, table, budget)
+    assert cost(ranks) <= budget and ranks == {"a": 2, "b": 4, "c": 8}  # common score 0.8 .. 0.85
+
+
+@pytest.mark.parametrize("ranks", [{"a": 3, "b": 7, "c": 20}, {"a": 1, "b": 1, "c": 1}, {"a": 10, "b": 2, "c": 40}])
+def test_log_weights_reproduce_an_allocation(ranks):
+    curves = _curves()
+    logw = log_weights_for(curves, ranks)
+    assert abs(sum(logw.values())) < 1e-9  # centred
+    scale = 10 ** -np.mean([np.log10(curves[n].mse[r]) for n, r in ranks.items()])
+    bounds = {n: 10 ** v / scale * (1 + 1e-9) for n, v in logw.items()}  # float slack at the breakpoint
+    total = sum(c.dense_params for c in curves.values())
+    got = ranks_for_bound(curves, bounds, total).ranks
+    assert got == ranks
