@@ -14,8 +14,9 @@ is within the layer's bound:
 
   Whatever the breakpoints leave of the budget is then filled greedily, one rank step at a time, where
   it lowers the weighted MSE most per parameter (``fill=True``, the default), so the ratio lands within
-  one rank step of the narrowest layer. Without fill, every rank is monotone in the bound; with it, the
-  ranks are at least the bound's and no further step fits.
+  one rank step of the narrowest layer; if more than 0.1% of the model is still unspent (small models
+  with wide layers), exchanges (some steps back in one layer, then refill) are tried to spend it. Without fill, every rank
+  is monotone in the bound; with it, no further step fits.
 
 A layer whose bound would need a rank at which the pair is no smaller than the dense weight stays dense
 (its rank is reported as ``None``).
@@ -258,8 +259,38 @@ def solve_ratio(
     bound = float(candidates[lo]) if len(candidates) else 0.0
     idx = _choose(opts, scaled, bound)
     if fill:
-        idx = _fill(opts, scaled, idx, budget - fixed)
+        idx = _tighten(opts, scaled, _fill(opts, scaled, idx, budget - fixed), budget - fixed, total_params)
     return _solution(opts, idx, bound, fixed, total_params)
+
+
+def _tighten(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float, total: int,
+             slack: float = 1e-3, max_back: int = 32) -> np.ndarray:
+    """While more than ``slack`` of the model is left unspent, try taking up to ``max_back`` rank steps
+    back in one layer and refilling: keep the exchange that leaves the least unspent (small models)."""
+    rows = np.arange(len(idx))
+    last = opts.ranks.shape[1] - 1
+
+    def left(i: np.ndarray) -> float:
+        return budget - float(opts.cost[rows, i].sum())
+
+    for _ in range(len(idx)):
+        if left(idx) <= slack * total:
+            break
+        moves = []
+        for j in np.flatnonzero(idx > 0):
+            for back in range(1, min(int(idx[j]), max_back) + 1):
+                lowered = idx.copy()
+                lowered[j] -= back
+                for i in np.flatnonzero((np.arange(len(idx)) != j) & (idx < last)):
+                    cand = lowered.copy()
+                    cand[i] += 1  # force the exchange, then let the fill spend the rest
+                    if left(cand) >= 0:
+                        moves.append(_fill(opts, scaled, cand, budget))
+        best = min(moves, key=left, default=idx)
+        if left(best) >= left(idx):
+            break
+        idx = best
+    return idx
 
 
 def _fill(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float) -> np.ndarray:

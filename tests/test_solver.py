@@ -242,8 +242,7 @@ def test_solve_ratio_fill_spends_the_budget_left(multiple: int, min_rank: int, w
         assert sol.params >= base.params
         assert sol.bound == base.bound
         for name, c in CURVES.items():
-            r = sol.ranks[name]
-            assert _key(r) >= _key(base.ranks[name])
+            r = sol.ranks[name]  # (exchanges may lower a layer below the bound's rank to spend more)
             if r is not None:
                 assert r in _allowed(c.shape, multiple, min_rank)
             # no single further step fits the target any more
