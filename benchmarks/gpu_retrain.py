@@ -24,6 +24,8 @@ import torchvision
 from ranksearch.allocation import solve
 from ranksearch.surgery import count_params
 
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
 
 def throughput(model: torch.nn.Module, batch: int, steps: int, warmup: int, device: torch.device, size: int) -> float:
     cuda = device.type == "cuda"
@@ -96,10 +98,7 @@ def main() -> None:
         *[f"| {a} | {r} | {pd:,} | {pf:,} | {d:.1f} | {f:.1f} | {f / d:.2f} |" for a, r, pd, pf, d, f in rows],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.write_text((out.read_text() if out.exists() else "# Benchmark results\n\n") + text + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

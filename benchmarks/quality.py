@@ -22,6 +22,8 @@ import torch
 
 from ranksearch import load_space, search
 
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
 METHODS = ("uniform", "seed_rule", "sensitivity", "searched")
 
 
@@ -80,10 +82,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['space']} | {r['wp']} | {r['metric']} | {r['dense']:.4f} | {r['uniform']:.4f} | {r['seed_rule']:.4f} | "
                      f"{r['sensitivity']:.4f} | {r['searched']:.4f} | {r['searched'] - r['seed_rule']:+.4f} | {r['wall']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.write_text((out.read_text() if out.exists() else "# Benchmark results\n\n") + "\n" + text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from ranksearch.solver import solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params
 
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -59,10 +61,7 @@ def main() -> None:
         *[f"| {label} | {med:.2f} | {mx:.2f} |" for label, med, mx in rows],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.write_text((out.read_text() if out.exists() else "# Benchmark results\n\n") + text + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

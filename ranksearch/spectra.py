@@ -3,6 +3,13 @@
 The cache holds one small ``.npz`` file per weight, named by a hash of the weight's bytes, shape and
 dtype: unchanged weights are served from disk, a changed weight gets a new key, and a file that does
 not load or whose stored digest disagrees is recomputed and rewritten, never trusted.
+
+The key is XXH3-128 (``xxhash``) over the raw bytes, read in place: about 20 GB/s on one core, so
+keying VGG16's 553 MB of weights takes ~0.03 s where blake2b took 0.6-0.9 s. Any changed byte changes
+the key except with probability ~2**-128; XXH3 is not a cryptographic hash, so a cache folder that
+someone crafts on purpose is outside what this guards against (the stored key and the checksum of the
+singular values still catch corrupt, truncated or misplaced files). Without ``xxhash`` installed the
+key falls back to blake2b, under its own prefix so the two kinds of key never meet.
 """
 
 from __future__ import annotations
@@ -23,19 +30,31 @@ from ranksearch.layers import matrix_shape, weight_matrix
 from ranksearch.solver import Curve
 from ranksearch.surgery import find_layers
 
+try:
+    import xxhash
+except ImportError:  # pragma: no cover - xxhash is a declared dependency
+    xxhash = None
+
 __all__ = ["spectra", "weight_digest"]
 
 _log = logging.getLogger(__name__)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: XXH3-128 keys (1: blake2b-160)
+
+
+def _hasher():
+    if xxhash is not None:
+        return "x", xxhash.xxh3_128()
+    return "b", hashlib.blake2b(digest_size=16)
 
 
 def weight_digest(weight: torch.Tensor) -> str:
-    """Content hash of a weight tensor (bytes, shape and dtype)."""
+    """Content hash of a weight tensor (bytes, shape and dtype), as 32 hex digits plus a prefix."""
     t = weight.detach().to("cpu").contiguous()
-    h = hashlib.blake2b(digest_size=20)
+    kind, h = _hasher()
     h.update(f"v{_CACHE_VERSION}|{tuple(t.shape)}|{t.dtype}|".encode())
-    h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
-    return h.hexdigest()
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # zero-copy view of the bytes
+    return kind + h.hexdigest()
 
 
 def _load(path: Path, key: str, k: int) -> np.ndarray | None:

@@ -126,6 +126,35 @@ def test_weight_digest_distinguishes(a: torch.Tensor, b: torch.Tensor) -> None:
     assert weight_digest(a.T.contiguous().T) == weight_digest(a)
 
 
+@pytest.mark.parametrize("index", [0, 1_234_567, 4_000_000 - 1])
+def test_single_element_change_in_large_tensor_changes_key(index: int) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(2000, 2000)  # 16 MB
+    key = weight_digest(w)
+    assert key == weight_digest(w.clone())
+    changed = w.clone()
+    changed.view(-1)[index] = torch.nextafter(changed.view(-1)[index], torch.tensor(float("inf")))  # one ulp
+    assert weight_digest(changed) != key
+    swapped = w.clone()  # same multiset of bytes, two elements exchanged
+    swapped.view(-1)[[index, (index + 1) % w.numel()]] = w.view(-1)[[(index + 1) % w.numel(), index]]
+    assert weight_digest(swapped) != key
+
+
+def test_weight_digest_dtypes_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = torch.randn(5, 7)
+    for t in (w, w.bfloat16(), w.half(), w.double(), w > 0, torch.tensor(1.5), torch.empty(0, 3)):
+        assert weight_digest(t) == weight_digest(t.clone())
+    keys = {weight_digest(t) for t in (w, w.bfloat16(), w.half(), w.double(), torch.empty(0, 3), torch.empty(3, 0))}
+    assert len(keys) == 6
+    fast = weight_digest(w)
+    if spectra_mod.xxhash is not None:
+        assert fast.startswith("x") and len(fast) == 33
+    monkeypatch.setattr(spectra_mod, "xxhash", None)  # blake2b fallback: its own key space
+    slow = weight_digest(w)
+    assert slow.startswith("b") and slow != fast and len(slow) == 33
+    assert weight_digest(w + 1) != slow
+
+
 @pytest.mark.parametrize(
     "damage",
     [
