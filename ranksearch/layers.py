@@ -26,6 +26,7 @@ __all__ = [
     "LowRankConvTranspose2d",
     "LowRankLinear",
     "build_low_rank",
+    "compute_device",
     "ineligible_reason",
     "matrix_shape",
     "weight_matrix",
@@ -56,10 +57,17 @@ def matrix_shape(module: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w[0].numel())
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The dense layer's weight reshaped to its (m, n) matrix (a view, no copy)."""
+def weight_matrix(module: nn.Module, device: torch.device | None = None) -> torch.Tensor:
+    """The dense layer's weight reshaped to its (m, n) matrix (a view, no copy, unless moved to
+    ``device``: decompositions run on the GPU when there is one, see :func:`compute_device`)."""
     m, n = matrix_shape(module)
-    return module.weight.detach().reshape(m, n)
+    w = module.weight.detach().reshape(m, n)
+    return w if device is None else w.to(device)
+
+
+def compute_device() -> torch.device:
+    """Where decompositions run: CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class LowRank(nn.Module):

@@ -26,7 +26,7 @@ from torch import nn
 
 from ranksearch._io import atomic_path
 from ranksearch.decompose import singular_values
-from ranksearch.layers import matrix_shape, weight_matrix
+from ranksearch.layers import compute_device, matrix_shape, weight_matrix
 from ranksearch.solver import Curve
 from ranksearch.surgery import find_layers
 
@@ -83,12 +83,12 @@ def curve_of(module: nn.Module, cache_dir: str | os.PathLike[str] | None = None)
     """The MSE-to-rank curve of one eligible layer, served from ``cache_dir`` when possible."""
     shape = matrix_shape(module)
     if cache_dir is None:
-        return Curve(shape, singular_values(weight_matrix(module)))
+        return Curve(shape, singular_values(weight_matrix(module, compute_device())))
     key = weight_digest(module.weight)
     path = Path(cache_dir) / f"{key}.npz"
     s = _load(path, key, min(shape))
     if s is None:
-        s = singular_values(weight_matrix(module))
+        s = singular_values(weight_matrix(module, compute_device()))
         _store(path, key, s)
     return Curve(shape, s)
 

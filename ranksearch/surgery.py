@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ranksearch.decompose import Factors, factorize as decompose_matrix
-from ranksearch.layers import DENSE_TYPES, build_low_rank, ineligible_reason, weight_matrix
+from ranksearch.layers import DENSE_TYPES, build_low_rank, compute_device, ineligible_reason, weight_matrix
 
 __all__ = ["Layers", "count_params", "factorize", "find_layers", "layer_factors"]
 
@@ -76,7 +76,7 @@ def layer_factors(modules: Mapping[str, nn.Module], max_ranks: Mapping[str, int]
     """Truncated decompositions of each module's weight matrix, to be sliced at any rank."""
     out = {}
     for name, module in modules.items():
-        matrix = weight_matrix(module)
+        matrix = weight_matrix(module, compute_device())
         out[name] = decompose_matrix(matrix, None if max_ranks is None else max_ranks[name])
     return out
 
@@ -111,7 +111,7 @@ def factorize(
             raise ValueError(f"Rank {rank!r} for layer {name!r} must be an int in 1..{min(matrix.shape)}.")
         f = factors[name] if factors is not None and name in factors else decompose_matrix(matrix, rank)
         g, h = f.pair(rank)
-        pair = build_low_rank(dense, g.to(matrix.dtype), h.to(matrix.dtype))
+        pair = build_low_rank(dense, g.to(matrix.device, matrix.dtype), h.to(matrix.device, matrix.dtype))
         parent, _, attr = name.rpartition(".")
         setattr(result.get_submodule(parent) if parent else result, attr, pair)
     return result
