@@ -145,6 +145,18 @@ class _Views:
     kind: str  # "plain" or "data_aware"
 
 
+_SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+_PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
+
+
 class _Objective:
     """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric."""
 
@@ -258,6 +270,8 @@ def search(
     prior: str = "none",
     sensitivity: Sensitivity | None = None,
     warm_start: Iterable[Mapping[str, float]] = (),
+    sampler: str = "tpe",
+    pruner: str = "median",
 ) -> SearchResult:
     """Search the rank allocation of ``model`` at ``target_ratio`` that scores best after a short retrain.
 
@@ -285,7 +299,11 @@ def search(
         sensitivity: A table measured before (``result.sensitivity`` of another working point).
         warm_start: Trial parameters to enqueue after the baselines (e.g. the best of another working
             point), so several working points share what the search has learned.
+        sampler: ``"tpe"`` (multivariate TPE), ``"gp"`` (Gaussian process) or ``"random"``.
+        pruner: ``"median"``, ``"hyperband"`` or ``"none"`` (on the retrain's per-epoch metric).
     """
+    if sampler not in _SAMPLERS or pruner not in _PRUNERS:
+        raise ValueError(f"sampler {sampler!r} / pruner {pruner!r} not supported; use one of {sorted(_SAMPLERS)} / {sorted(_PRUNERS)}.")
     if prior not in ("none", "sensitivity"):
         raise ValueError(f"prior {prior!r} is not supported; use 'none' or 'sensitivity'.")
     if (task is None) == (evaluate is None):
@@ -310,10 +328,8 @@ def search(
 
     name = study_name or f"{model_name or type(model).__name__}@{target_ratio:g}"
     store = open_storage(storage, out_dir)
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, fresh = _open_study(store, name, resume, sampler, pruner)
+    study, fresh = _open_study(store, name, resume, _SAMPLERS[sampler](seed), _PRUNERS[pruner]())
     views = _views(model, curves, data_aware, calibration, task)
     if sensitivity is None and (baselines or prior == "sensitivity"):
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
@@ -338,7 +354,8 @@ def search(
     wall = time.perf_counter() - started
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
     result = _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
-                     settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name)
+                     settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name,
+                     sampler, pruner)
     result.sensitivity = sensitivity
     return result
 
@@ -375,7 +392,8 @@ def _starting_points(model: nn.Module, views: _Views, target: float,
 def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target: float, dense: dict[str, float],
             wall: float, weights_dir: Path | None, name: str, seed: int, spread: float,
             settings: RetrainSettings | None, exclude: Iterable[str] | Mapping[str, str], model_name: str | None,
-            source: dict[str, Any] | None, n_trials: int | None, timeout: float | None, metric_name: str) -> SearchResult:
+            source: dict[str, Any] | None, n_trials: int | None, timeout: float | None, metric_name: str,
+            sampler: str, pruner: str) -> SearchResult:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise ValueError(f"No trial of study {name!r} completed (timeout too short?); raise --timeout or --trials.")
@@ -395,7 +413,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
             metric[method] = figures(first)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     settings_record = {
-        "method": "optuna", "study_name": name, "sampler": "TPESampler(multivariate)", "pruner": "MedianPruner",
+        "method": "optuna", "study_name": name, "sampler": sampler, "pruner": pruner,
         "n_trials": n_trials, "timeout": timeout, "seed": seed, "spread": spread, "trials": counts,
         "best_trial": best.number, "wall_time_s": round(wall, 2), "exclude": list(exclude),
         "rank_multiple": objective.rank_multiple, "min_rank": objective.min_rank,

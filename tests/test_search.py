@@ -125,3 +125,14 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
     assert all(after[n] == v for n, v in before.items())
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
     assert (out / "rank_config.json").exists()
+
+
+@pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none")])
+def test_other_samplers_and_pruners(dense_and_task, sampler, pruner):
+    model, task = dense_and_task
+    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=4, seed=0, sampler=sampler, pruner=pruner,
+                 baselines=False)
+    assert res.config.search["sampler"] == sampler and res.config.search["pruner"] == pruner
+    assert res.config.achieved_ratio <= 0.3
+    with pytest.raises(ValueError, match="sampler"):
+        search(model, 0.3, task=task, n_trials=1, sampler="cmaes-ish")
