@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ranksearch.decompose import Factors, factorize as decompose_matrix
@@ -115,14 +114,3 @@ def factorize(
         parent, _, attr = name.rpartition(".")
         setattr(result.get_submodule(parent) if parent else result, attr, pair)
     return result
-
-
-def dense_weight_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """Module name -> weight shape of every factorizable-type layer (for config validation)."""
-    return {n: list(m.weight.shape) for n, m in model.named_modules() if isinstance(m, DENSE_TYPES)}
-
-
-@torch.no_grad()
-def reconstruction_mse(dense: nn.Module, g: torch.Tensor, h: torch.Tensor) -> float:
-    """Mean squared error per weight element of G @ H against the dense weight."""
-    return float(((weight_matrix(dense).double() - g.double() @ h.double()) ** 2).mean())
