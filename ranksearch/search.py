@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 import torch
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.study import MaxTrialsCallback
@@ -85,9 +86,22 @@ def open_storage(storage: str | BaseStorage | None, out_dir: str | os.PathLike[s
             return optuna.storages.InMemoryStorage()
         storage = str(Path(out_dir) / "study.journal")
     if "://" in storage:
-        return RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+        return _rdb(storage)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(storage))
+
+
+def _rdb(url: str, tries: int = 5) -> RDBStorage:
+    """An RDB storage with heartbeats; workers that start together may race to create the schema
+    (one gets an integrity error), so creation is retried."""
+    for attempt in range(tries):
+        try:
+            return RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.samplers.BaseSampler,
