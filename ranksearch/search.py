@@ -345,7 +345,7 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, fresh = _open_study(store, name, resume, _SAMPLERS[sampler](seed), _PRUNERS[pruner]())
     views = _views(model, curves, data_aware, calibration, task)
-    if sensitivity is None and (baselines or prior == "sensitivity"):
+    if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: already enqueued
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity", {}) if prior == "sensitivity" else {}
