@@ -182,8 +182,13 @@ def _search(args: argparse.Namespace) -> int:
             raise ValueError(f"{str(o)!r} already holds a finished search; pass --resume or choose another --out.")
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials} must be >= 1.")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError(f"--timeout {args.timeout} must be > 0 seconds.")
     task = space.build_task()
     model = space.build_model(task)
+    for target in targets:  # every working point must be reachable before any of them writes a file
+        solve(model, target, exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
+              cache_dir=cache_root() / "spectra")
     sensitivity, warm, rows = None, [], []
     for target, o in zip(targets, outs):
         _log.info("searching %s at ratio %s on %s (%d trials%s)", space.name, target, best_device(), args.trials,

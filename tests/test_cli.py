@@ -139,3 +139,14 @@ def test_several_working_points_in_one_run(tmp_path, capsys):
     table = (out / "summary.md").read_text()
     assert "| 0.2 |" in table and "| 0.1 |" in table and "sensitivity" in table
     assert table.splitlines()[-1] in printed
+
+
+def test_one_unreachable_working_point_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "multi"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.3,0.001", "--trials", "1", "--out", str(out)]) == 2
+    _one_line_error(capsys, "unreachable", "0.001")
+    assert not out.exists()
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.3", "--trials", "1", "--timeout", "-5",
+                 "--out", str(out)]) == 2
+    _one_line_error(capsys, "--timeout")
+    assert not out.exists()
