@@ -93,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-aware", action="store_true", help="activation-whitened factors from calibration inputs")
     p.add_argument("--prior", choices=("none", "sensitivity"), default="none", help="centre of the searched weights")
     p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
-    p.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--sampler", choices=("tpe", "gp", "cmaes", "random"), default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--granularity", choices=("layer", "group"), default="layer",
+                   help="one searched weight per layer (default) or per group of similar layers")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="Optuna pruner")
     p.add_argument("--trials", type=int, default=20, help="trials to finish, resumed ones included (default 20)")
     p.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
@@ -200,7 +202,7 @@ def _search(args: argparse.Namespace) -> int:
                         rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
                         model_name=space.name, source=_source(space), data_aware=args.data_aware, prior=args.prior,
                         baselines=not args.no_baselines, sensitivity=sensitivity, warm_start=warm,
-                        sampler=args.sampler, pruner=args.pruner)
+                        sampler=args.sampler, pruner=args.pruner, granularity=args.granularity)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)
         sensitivity, warm = result.sensitivity, [result.study.best_trial.params]
         rows.append(result.summary)

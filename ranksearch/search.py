@@ -43,7 +43,7 @@ from ranksearch.decompose import Factors
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
 from ranksearch.solver import Curve, Solution, solve_ratio
 from ranksearch.spectra import spectra
-from ranksearch.surgery import count_params, factorize, find_layers, layer_factors
+from ranksearch.surgery import count_params, factorize, find_layers, layer_factors, layer_groups
 from ranksearch.task import Task
 from ranksearch.weights import load_state_dict, save_state_dict
 
@@ -163,7 +163,9 @@ _SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
 }
+_GRANULARITIES = ("layer", "group")
 _PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
@@ -176,21 +178,32 @@ class _Objective:
 
     def __init__(self, model: nn.Module, views: _Views, target: float, *, evaluate: Evaluate,
                  retrain: Retrain | None, test: Evaluate | None, spread: float, prior: Mapping[str, float],
+                 groups: Mapping[str, str], starts: Mapping[str, Mapping[str, float]],
                  rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
         self.model, self.views, self.target = model, views, target
         self.curves, self.factors = views.curves, views.factors
         self.evaluate, self.retrain, self.test = evaluate, retrain, test
         self.spread, self.prior, self.rank_multiple, self.min_rank = spread, prior, rank_multiple, min_rank
+        self.groups, self.starts = groups, starts
         self.weights_dir, self.n_trials = weights_dir, n_trials
         self.total = count_params(model)
 
     def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
-        """Ranks of the trial and the kind of factors they use."""
-        u = {n: trial.suggest_float(_PREFIX + n, -self.spread, self.spread) for n in self.curves}
-        if trial.user_attrs.get("method") == "seed_rule":
+        """Ranks of the trial and the kind of factors they use.
+
+        A baseline trial (seed rule, uniform, sensitivity) allocates exactly as its method does; its
+        parameters are its nearest point in the searched space, for the sampler to learn from.
+        """
+        u = {g: trial.suggest_float(_PREFIX + g, -self.spread, self.spread) for g in dict.fromkeys(self.groups.values())}
+        method = trial.user_attrs.get("method")
+        if method == "seed_rule":
             sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
             return sol, "plain"
-        w = {n: 10.0 ** (self.prior.get(n, 0.0) + u[n]) for n in self.curves}
+        if method in self.starts:
+            logw = self.starts[method]
+        else:
+            logw = {n: self.prior.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
+        w = {n: 10.0 ** logw[n] for n in self.curves}
         return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank), self.views.kind
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -286,6 +299,7 @@ def search(
     warm_start: Iterable[Mapping[str, float]] = (),
     sampler: str = "tpe",
     pruner: str = "median",
+    granularity: str = "layer",
 ) -> SearchResult:
     """Search the rank allocation of ``model`` at ``target_ratio`` that scores best after a short retrain.
 
@@ -313,13 +327,17 @@ def search(
         sensitivity: A table measured before (``result.sensitivity`` of another working point).
         warm_start: Trial parameters to enqueue after the baselines (e.g. the best of another working
             point), so several working points share what the search has learned.
-        sampler: ``"tpe"`` (multivariate TPE), ``"gp"`` (Gaussian process) or ``"random"``.
+        sampler: ``"tpe"`` (multivariate TPE), ``"gp"`` (Gaussian process), ``"cmaes"`` or ``"random"``.
         pruner: ``"median"``, ``"hyperband"`` or ``"none"`` (on the retrain's per-epoch metric).
+        granularity: ``"layer"`` (one weight per layer) or ``"group"`` (one per group of
+            :func:`~ranksearch.surgery.layer_groups`: same path without block indices, same type).
     """
     if sampler not in _SAMPLERS or pruner not in _PRUNERS:
         raise ValueError(f"sampler {sampler!r} / pruner {pruner!r} not supported; use one of {sorted(_SAMPLERS)} / {sorted(_PRUNERS)}.")
     if prior not in ("none", "sensitivity"):
         raise ValueError(f"prior {prior!r} is not supported; use 'none' or 'sensitivity'.")
+    if granularity not in _GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r} is not supported; use one of {list(_GRANULARITIES)}.")
     if (task is None) == (evaluate is None):
         raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if n_trials is not None and n_trials < 1:
@@ -349,16 +367,22 @@ def search(
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity", {}) if prior == "sensitivity" else {}
+    layers = find_layers(model).eligible
+    groups = layer_groups({n: layers[n] for n in curves}) if granularity == "group" else {n: n for n in curves}
     if fresh:
-        study.enqueue_trial({_PREFIX + n: 0.0 for n in curves}, user_attrs={"method": "seed_rule"})
+        study.enqueue_trial({_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
         for method, logw in starts.items() if baselines else ():
-            u = {_PREFIX + n: float(np.clip(v - centre.get(n, 0.0), -spread, spread)) for n, v in logw.items()}
+            offsets: dict[str, list[float]] = {}
+            for n, v in logw.items():
+                offsets.setdefault(groups[n], []).append(v - centre.get(n, 0.0))
+            u = {_PREFIX + g: float(np.clip(np.mean(o), -spread, spread)) for g, o in offsets.items()}
             study.enqueue_trial(u, user_attrs={"method": method})
         for params in warm_start:
             study.enqueue_trial(dict(params), user_attrs={"method": "warm_start"})
     weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
     objective = _Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
-                           spread=spread, prior=centre, rank_multiple=rank_multiple, min_rank=min_rank,
+                           spread=spread, prior=centre, groups=groups, starts=starts if baselines else {},
+                           rank_multiple=rank_multiple, min_rank=min_rank,
                            weights_dir=weights_dir, n_trials=n_trials)
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     remaining = None if n_trials is None else max(0, n_trials - finished)
@@ -369,7 +393,8 @@ def search(
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
     result = _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
                      settings if task is not None else None, exclude, model_name, source, n_trials, timeout, metric_name,
-                     sampler, pruner)
+                     {"sampler": sampler, "pruner": pruner, "prior": prior, "granularity": granularity,
+                      "data_aware": data_aware, "baselines": baselines})
     result.sensitivity = sensitivity
     return result
 
@@ -407,7 +432,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
             wall: float, weights_dir: Path | None, name: str, seed: int, spread: float,
             settings: RetrainSettings | None, exclude: Iterable[str] | Mapping[str, str], model_name: str | None,
             source: dict[str, Any] | None, n_trials: int | None, timeout: float | None, metric_name: str,
-            sampler: str, pruner: str) -> SearchResult:
+            choices: dict[str, Any]) -> SearchResult:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise ValueError(f"No trial of study {name!r} completed (timeout too short?); raise --timeout or --trials.")
@@ -427,7 +452,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
             metric[method] = figures(first)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     settings_record = {
-        "method": "optuna", "study_name": name, "sampler": sampler, "pruner": pruner,
+        "method": "optuna", "study_name": name, **choices,
         "n_trials": n_trials, "timeout": timeout, "seed": seed, "spread": spread, "trials": counts,
         "best_trial": best.number, "wall_time_s": round(wall, 2), "exclude": list(exclude),
         "rank_multiple": objective.rank_multiple, "min_rank": objective.min_rank,

@@ -16,7 +16,7 @@ from torch import nn
 from ranksearch.decompose import Factors, factorize as decompose_matrix
 from ranksearch.layers import DENSE_TYPES, build_low_rank, compute_device, ineligible_reason, weight_matrix
 
-__all__ = ["Layers", "count_params", "factorize", "find_layers", "layer_factors"]
+__all__ = ["Layers", "count_params", "factorize", "find_layers", "layer_factors", "layer_groups"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,20 @@ def find_layers(model: nn.Module, exclude: Iterable[str] | Mapping[str, str] = (
         else:
             skipped[name] = why
     return Layers(eligible, skipped)
+
+
+def layer_groups(layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """Group of each layer: its path without block indices, and its type.
+
+    ``layer3.1.conv2`` (Conv2d) -> ``layer3.conv2:Conv2d``, ``classifier.6`` (Linear) ->
+    ``classifier:Linear``; in a flat ``nn.Sequential`` the convolutions form one group and the
+    linear layers another. A search over groups has one weight per group instead of per layer.
+    """
+    out = {}
+    for name, module in layers.items():
+        path = ".".join(p for p in name.split(".") if not p.isdigit())
+        out[name] = f"{path}:{type(module).__name__}" if path else type(module).__name__
+    return out
 
 
 def count_params(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 from ranksearch.allocation import apply, load_factorized, solve
 from ranksearch.config import RankConfig
 from ranksearch.layers import LowRank
-from ranksearch.surgery import count_params
+from ranksearch.surgery import count_params, find_layers, layer_groups
 from ranksearch.weights import save_state_dict
 
 
@@ -276,3 +276,15 @@ def test_load_factorized_refuses_wrong_weights(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         load_factorized(model, config, bad)
+
+
+def test_layer_groups_strip_block_indices_and_split_types() -> None:
+    from torchvision.models import resnet18
+
+    layers = find_layers(resnet18()).eligible
+    groups = layer_groups(layers)
+    assert groups["layer3.1.conv2"] == groups["layer3.0.conv2"] == "layer3.conv2:Conv2d"
+    assert groups["layer3.0.conv2"] != groups["layer4.0.conv2"]
+    assert groups["fc"] == "fc:Linear"
+    flat = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    assert layer_groups(find_layers(flat).eligible) == {"0": "Conv2d", "1": "Conv2d", "3": "Linear"}

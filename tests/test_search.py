@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -127,7 +128,7 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
     assert (out / "rank_config.json").exists()
 
 
-@pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none")])
+@pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none"), ("cmaes", "median")])
 def test_other_samplers_and_pruners(dense_and_task, sampler, pruner):
     model, task = dense_and_task
     res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=4, seed=0, sampler=sampler, pruner=pruner,
@@ -136,3 +137,29 @@ def test_other_samplers_and_pruners(dense_and_task, sampler, pruner):
     assert res.config.achieved_ratio <= 0.3
     with pytest.raises(ValueError, match="sampler"):
         search(model, 0.3, task=task, n_trials=1, sampler="cmaes-ish")
+
+
+def test_group_granularity_and_exact_baseline_trials(dense_and_task):
+    """One searched weight per group; the enqueued baselines allocate exactly as their methods do."""
+    from ranksearch.baselines import greedy_ranks, log_weights_for, uniform_ranks
+    from ranksearch.solver import solve_ratio
+    from ranksearch.spectra import spectra
+
+    model, task = dense_and_task
+    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=5, seed=0, granularity="group",
+                 prior="sensitivity")
+    first = res.study.trials[0]
+    assert sorted(first.params) == ["log10w:Conv2d", "log10w:Linear"]
+    assert res.config.search["granularity"] == "group" and res.config.search["prior"] == "sensitivity"
+    curves = spectra(model)
+    budget = int(0.2 * count_params(model)) - (count_params(model) - sum(c.dense_params for c in curves.values()))
+    by_method = {t.user_attrs["method"]: t.user_attrs["ranks"] for t in res.study.trials}
+    uniform, greedy = uniform_ranks(curves, budget), greedy_ranks(curves, res.sensitivity, budget)
+    for method, ranks in (("uniform", uniform), ("sensitivity", greedy)):
+        w = {n: 10.0 ** v for n, v in log_weights_for(curves, ranks).items()}
+        expected = solve_ratio(curves, 0.2, count_params(model), w).ranks
+        assert by_method[method] == {n: r for n, r in expected.items() if r is not None}
+        # the solver spends what the baseline leaves unused, so ranks only grow (missing: dense)
+        assert all(by_method[method].get(n, math.inf) >= r for n, r in ranks.items())
+    with pytest.raises(ValueError, match="granularity"):
+        search(model, 0.2, task=task, n_trials=1, granularity="block")
