@@ -164,10 +164,13 @@ def _random_crops(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Ge
     return out
 
 
-def _tiles(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` distinct non-overlapping crop x crop tiles of the photos (an even random pick of the grid)."""
+def _tiles(photos: list[np.ndarray], n: int | None, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct non-overlapping crop x crop tiles of the photos (an even random pick of the grid;
+    all of them when ``n`` is None)."""
     grid = [(i, r, c) for i, p in enumerate(photos)
             for r in range(0, p.shape[0] - crop + 1, crop) for c in range(0, p.shape[1] - crop + 1, crop)]
+    if n is None:
+        return np.stack([photos[i][r:r + crop, c:c + crop] for i, r, c in grid])
     if n > len(grid):
         raise ValueError(f"{n} held-out crops of {crop}px requested but the held-out photos only hold "
                          f"{len(grid)} non-overlapping tiles; lower n_val/n_test or the crop size.")
@@ -175,15 +178,15 @@ def _tiles(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Generator
     return np.stack([photos[i][r:r + crop, c:c + crop] for i, r, c in (grid[k] for k in pick)])
 
 
-def task(seed: int = 0, crop: int = 64, n_train: int = 2000, n_val: int = 64, n_test: int = 64) -> Task:
+def task(seed: int = 0, crop: int = 64, n_train: int = 2000, n_val: int | None = None, n_test: int | None = None) -> Task:
     """Random crops of six photos for training; tiles of two other photos each for val and test.
 
     Args:
         seed: Draws the training crops and which held-out tiles are used.
         crop: Side of the square crops in pixels (a multiple of 8).
         n_train: Number of random training crops (they may overlap).
-        n_val: Number of validation tiles (non-overlapping, from ``VAL_PHOTOS``).
-        n_test: Number of test tiles (non-overlapping, from ``TEST_PHOTOS``).
+        n_val: Number of validation tiles (non-overlapping, from ``VAL_PHOTOS``; None: all, 88 at 64 px).
+        n_test: Number of test tiles (non-overlapping, from ``TEST_PHOTOS``; None: all, 114 at 64 px).
 
     Returns:
         Task whose inputs and targets are the same (3, crop, crop) float32 images in [0, 1].
@@ -194,15 +197,15 @@ def task(seed: int = 0, crop: int = 64, n_train: int = 2000, n_val: int = 64, n_
     """
     if crop < 8 or crop % 8 or crop > 300:
         raise ValueError(f"crop={crop} must be a multiple of 8 between 8 and 300 (the smallest photo is 300 px).")
-    if min(n_train, n_val, n_test) < 1:
+    if min(n_train, n_val or 1, n_test or 1) < 1:
         raise ValueError(f"n_train, n_val, n_test = {(n_train, n_val, n_test)} must all be at least 1.")
     rng = np.random.default_rng(seed)
     train = _Crops(_random_crops(load_photos(TRAIN_PHOTOS), n_train, crop, rng))
     val = _Crops(_tiles(load_photos(VAL_PHOTOS), n_val, crop, rng))
     test = _Crops(_tiles(load_photos(TEST_PHOTOS), n_test, crop, rng))
-    logger.debug("codec task: %d train / %d val / %d test crops of %d px", n_train, n_val, n_test, crop)
+    logger.debug("codec task: %d train / %d val / %d test crops of %d px", n_train, len(val), len(test), crop)
     return Task(
         train=train, val=val, test=test, loss="mse", metric="psnr", synthetic=False,
         description=(f"real photos (skimage + sklearn samples), {crop}px crops: {n_train} train from "
-                     f"{len(TRAIN_PHOTOS)} photos / {n_val} val and {n_test} test from 2 held-out photos each"),
+                     f"{len(TRAIN_PHOTOS)} photos / {len(val)} val and {len(test)} test from 2 held-out photos each"),
     )

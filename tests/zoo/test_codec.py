@@ -119,3 +119,9 @@ def test_bad_arguments(kwargs: dict[str, int], match: str) -> None:
 def test_unknown_photo() -> None:
     with pytest.raises(ValueError, match="'lena'"):
         codec.load_photos(("lena",))
+
+
+def test_default_held_out_sets_are_every_tile():
+    t = codec.task(seed=0, crop=64, n_train=8)
+    assert (len(t.val), len(t.test)) == (88, 114)  # 28 + 60 tiles of chelsea + flower, 54 + 60 of coffee + china
+    assert len({bytes(t.val[i][0].numpy()) for i in range(len(t.val))}) == 88
