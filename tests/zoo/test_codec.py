@@ -89,22 +89,32 @@ def test_task_is_deterministic(small_task: Task) -> None:
 
 
 def test_held_out_photos_are_disjoint_from_training(small_task: Task) -> None:
-    names = [set(codec.TRAIN_PHOTOS), set(codec.VAL_PHOTOS), set(codec.TEST_PHOTOS)]
-    assert all(not (a & b) for i, a in enumerate(names) for b in names[i + 1:])
-    every = sorted(set().union(*names))
+    assert not set(codec.TRAIN_PHOTOS) & set(codec.HELD_OUT_PHOTOS)
+    every = sorted(set(codec.TRAIN_PHOTOS) | set(codec.HELD_OUT_PHOTOS))
     photos = dict(zip(every, codec.load_photos(tuple(every)), strict=True))
     assert len({p.tobytes() for p in photos.values()}) == len(photos)  # no photo twice (e.g. chelsea/cat)
     train_bytes = {c.numpy().tobytes() for c in small_task.train.crops}
-    for split, group in ((small_task.val, codec.VAL_PHOTOS), (small_task.test, codec.TEST_PHOTOS)):
+    squares = {}
+    for parity, split in enumerate((small_task.val, small_task.test)):
         assert not train_bytes & {c.numpy().tobytes() for c in split.crops}
-        for crop in split.crops.permute(0, 2, 3, 1).numpy():  # every held-out tile is cut from its own photos
-            assert any(_contains(photos[name], crop) for name in group)
+        for crop in split.crops.permute(0, 2, 3, 1).numpy():  # every held-out tile is cut from a held-out photo
+            where = [w for name in codec.HELD_OUT_PHOTOS for w in _positions(photos[name], crop)]
+            assert where and all((r + c) % 2 == parity for r, c in where)  # val: white squares, test: black
+            squares.setdefault(parity, set()).update(where)
+    assert not squares[0] & squares[1]
 
 
-def _contains(photo: np.ndarray, tile: np.ndarray) -> bool:
+def test_default_held_out_sets_are_every_tile():
+    t = codec.task(seed=0, crop=64, n_train=8)
+    assert (len(t.val), len(t.test)) == (101, 101)  # 202 tiles of chelsea, flower, coffee and china
+    assert len({bytes(t.val[i][0].numpy()) for i in range(len(t.val))}) == 101
+
+
+def _positions(photo: np.ndarray, tile: np.ndarray) -> list[tuple[int, int]]:
+    """Grid squares (row, column) of ``photo`` equal to ``tile``."""
     k = tile.shape[0]
-    return any(np.array_equal(photo[r:r + k, c:c + k], tile)
-               for r in range(0, photo.shape[0] - k + 1, k) for c in range(0, photo.shape[1] - k + 1, k))
+    return [(r // k, c // k) for r in range(0, photo.shape[0] - k + 1, k) for c in range(0, photo.shape[1] - k + 1, k)
+            if np.array_equal(photo[r:r + k, c:c + k], tile)]
 
 
 @pytest.mark.parametrize(
@@ -120,8 +130,3 @@ def test_unknown_photo() -> None:
     with pytest.raises(ValueError, match="'lena'"):
         codec.load_photos(("lena",))
 
-
-def test_default_held_out_sets_are_every_tile():
-    t = codec.task(seed=0, crop=64, n_train=8)
-    assert (len(t.val), len(t.test)) == (88, 114)  # 28 + 60 tiles of chelsea + flower, 54 + 60 of coffee + china
-    assert len({bytes(t.val[i][0].numpy()) for i in range(len(t.val))}) == 88
