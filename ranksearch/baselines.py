@@ -4,6 +4,11 @@
 * **sensitivity (AIMET-style greedy)**: each layer is truncated alone at a few ranks and scored with the
   user's metric (no retrain); a common score is found by bisection such that every layer takes its
   smallest measured rank that keeps the score, as AIMET's weight-SVD greedy selection does.
+* **sensitivity sum** (ranksearch's own, the centre of the search's prior): the same table, read as if
+  the layers' score drops added up; the ranks that maximize the sum of the layers' scores within the
+  budget (a multiple-choice knapsack, solved by Lagrangian relaxation). Where no common score fits the
+  budget (aggressive working points) the greedy rule can only fall back to the smallest ranks, while
+  this one still trades the layers that lose little against those that lose much.
 
 Any allocation is turned into per-layer weights on the MSE bound (``w_l = mse_l(r_l)``), so that the
 solver scales it to hit the target ratio exactly, and so that it can be enqueued in, or centre, the
@@ -23,22 +28,32 @@ from ranksearch.decompose import Factors
 from ranksearch.solver import Curve
 from ranksearch.surgery import factorize
 
-__all__ = ["FRACTIONS", "greedy_ranks", "log_weights_for", "measure_sensitivity", "uniform_ranks"]
+__all__ = ["additive_ranks", "greedy_ranks", "log_weights_for", "measure_sensitivity", "probe_ranks", "uniform_ranks"]
 
 _log = logging.getLogger(__name__)
-FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
 #: layer name -> list of (rank, metric with only that layer truncated to rank)
 Sensitivity = dict[str, list[tuple[int, float]]]
 
 
+def probe_ranks(max_rank: int) -> list[int]:
+    """Ranks at which a layer's sensitivity is measured: the powers of two below half its useful rank
+    range, and half of it (``max_rank`` 236 -> 1, 2, 4, ..., 64, 118; 7 -> 1, 2, 4)."""
+    if max_rank < 1:
+        return []
+    ranks, r = {math.ceil(max_rank / 2)}, 1
+    while r < max_rank / 2:
+        ranks.add(r)
+        r *= 2
+    return sorted(ranks)
+
+
 def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Mapping[str, Factors],
-                        evaluate: Callable[[nn.Module], float], fractions: tuple[float, ...] = FRACTIONS) -> Sensitivity:
-    """Metric with one layer at a time truncated to each fraction of its useful rank range."""
+                        evaluate: Callable[[nn.Module], float]) -> Sensitivity:
+    """Metric with one layer at a time truncated to each of its :func:`probe_ranks`."""
     table: Sensitivity = {}
     for i, (name, c) in enumerate(curves.items()):
-        ranks = sorted({max(1, min(c.max_rank, math.ceil(f * c.max_rank))) for f in fractions})
-        table[name] = [(r, float(evaluate(factorize(model, {name: r}, factors)))) for r in ranks if c.max_rank >= 1]
+        table[name] = [(r, float(evaluate(factorize(model, {name: r}, factors)))) for r in probe_ranks(c.max_rank)]
         _log.info("sensitivity %d/%d %s: %s", i + 1, len(curves), name, ", ".join(f"r{r}={v:.3f}" for r, v in table[name]))
     return table
 
@@ -90,3 +105,47 @@ def greedy_ranks(curves: Mapping[str, Curve], table: Sensitivity, budget: int) -
         if sum(curves[n].params(r) for n, r in ranks.items()) <= budget:
             return ranks
     return {n: min(r for r, _ in rows) for n, rows in table.items()}
+
+
+def additive_ranks(curves: Mapping[str, Curve], table: Sensitivity, budget: int, max_states: int = 50_000) -> dict[str, int]:
+    """The measured ranks that maximize the sum of the layers' scores within ``budget`` weights.
+
+    Each layer chooses one of its measured ranks or its full useful rank (scored as its best
+    measurement): a multiple-choice knapsack, solved exactly by dynamic programming over the Pareto
+    front of (weights, score) of the layers taken so far. Should the front grow beyond ``max_states``
+    it is thinned to that many states evenly spread over the weights (then nearly optimal).
+    If even the smallest ranks do not fit, they are returned.
+    """
+    names = list(table)
+    options = []
+    for n in names:
+        c, rows = curves[n], table[n]
+        rows = [*rows, (c.max_rank, max(v for _, v in rows))] if rows else [(c.max_rank, 0.0)]
+        options.append((np.array([r for r, _ in rows]), np.array([v for _, v in rows], float),
+                        np.array([c.params(r) for r, _ in rows], np.int64)))
+    if sum(int(o[2].min()) for o in options) > budget:
+        return {n: int(o[0][np.argmin(o[2])]) for n, o in zip(names, options)}
+    cost, score = np.zeros(1, np.int64), np.zeros(1)
+    trail = []  # per layer: (state it came from, option taken) for every state of the new front
+    for ranks, values, params in options:
+        c = (cost[:, None] + params[None, :]).ravel()
+        v = (score[:, None] + values[None, :]).ravel()
+        src = np.repeat(np.arange(len(cost)), len(params))
+        opt = np.tile(np.arange(len(params)), len(cost))
+        ok = c <= budget
+        c, v, src, opt = c[ok], v[ok], src[ok], opt[ok]
+        order = np.lexsort((-v, c))  # by weights, best score first among equal weights
+        c, v, src, opt = c[order], v[order], src[order], opt[order]
+        keep = v > np.concatenate(([-np.inf], np.maximum.accumulate(v)[:-1]))  # strictly better than any cheaper
+        c, v, src, opt = c[keep], v[keep], src[keep], opt[keep]
+        if len(c) > max_states:
+            pick = np.unique(np.linspace(0, len(c) - 1, max_states).round().astype(int))
+            c, v, src, opt = c[pick], v[pick], src[pick], opt[pick]
+        trail.append((src, opt))
+        cost, score = c, v
+    state = int(np.argmax(score))
+    out = {}
+    for n, (ranks, _, _), (src, opt) in zip(reversed(names), reversed(options), reversed(trail)):
+        out[n] = int(ranks[opt[state]])
+        state = int(src[state])
+    return {n: out[n] for n in names}

@@ -70,7 +70,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 def working_points_table(summaries: list[dict[str, Any]]) -> str:
     """Markdown table over several working points: test metric of every method (val in brackets)."""
     name = summaries[0].get("name", "metric") if summaries else "metric"
-    methods = [m for m in ("seed_rule", "uniform", "sensitivity", "searched") if any(m in s for s in summaries)]
+    methods = [m for m in ("seed_rule", "uniform", "sensitivity", "sensitivity_sum", "searched") if any(m in s for s in summaries)]
     lines = [f"| target | ratio | dense | {' | '.join(methods)} | trials | wall s |",
              "|---" * (len(methods) + 5) + "|"]
     for s in summaries:

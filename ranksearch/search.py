@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch.allocation import config_for
-from ranksearch.baselines import Sensitivity, greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
+from ranksearch.baselines import Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.config import RankConfig
 from ranksearch.decompose import Factors
@@ -320,10 +320,11 @@ def search(
         spread: Layer weights on the MSE bound range over ``10**[-spread, spread]``.
         data_aware: Trials use activation-whitened factors and curves (the seed rule stays plain SVD).
         calibration: Input batches for ``data_aware`` (default: 512 samples of ``task.train``).
-        baselines: Enqueue the uniform and the sensitivity (AIMET-style greedy) allocations after the
-            seed rule; the sensitivity needs one evaluation per layer and measured rank.
+        baselines: Enqueue the uniform, the sensitivity (AIMET-style greedy) and the sensitivity-sum
+            allocations after the seed rule; the sensitivity needs one evaluation per layer and
+            measured rank (:func:`~ranksearch.baselines.probe_ranks`).
         prior: ``"none"`` (weights centred on the seed rule) or ``"sensitivity"`` (centred on the
-            sensitivity allocation).
+            sensitivity-sum allocation, :func:`~ranksearch.baselines.additive_ranks`).
         sensitivity: A table measured before (``result.sensitivity`` of another working point).
         warm_start: Trial parameters to enqueue after the baselines (e.g. the best of another working
             point), so several working points share what the search has learned.
@@ -366,7 +367,7 @@ def search(
     if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: already enqueued
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
-    centre = starts.get("sensitivity", {}) if prior == "sensitivity" else {}
+    centre = starts.get("sensitivity_sum", {}) if prior == "sensitivity" else {}
     layers = find_layers(model).eligible
     groups = layer_groups({n: layers[n] for n in curves}) if granularity == "group" else {n: n for n in curves}
     if fresh:
@@ -418,13 +419,15 @@ def _views(model: nn.Module, curves: Mapping[str, Curve], data_aware: bool,
 
 def _starting_points(model: nn.Module, views: _Views, target: float,
                      sensitivity: Sensitivity | None) -> dict[str, dict[str, float]]:
-    """Log-weights of the baseline allocations: uniform, and the sensitivity (AIMET-style) one."""
+    """Log-weights of the enqueued allocations: uniform, and from the sensitivity table the AIMET-style
+    greedy one and the sum-of-scores one (the prior's centre)."""
     total = count_params(model)
     fixed = total - sum(c.dense_params for c in views.curves.values())
     budget = math.floor(target * total) - fixed
     starts = {"uniform": log_weights_for(views.curves, uniform_ranks(views.curves, budget))}
     if sensitivity is not None:
         starts["sensitivity"] = log_weights_for(views.curves, greedy_ranks(views.curves, sensitivity, budget))
+        starts["sensitivity_sum"] = log_weights_for(views.curves, additive_ranks(views.curves, sensitivity, budget))
     return starts
 
 
@@ -446,7 +449,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
         return {"trial": t.number, "val": t.value, "test": t.user_attrs.get("test"), "before_retrain": t.user_attrs.get("before_retrain")}
 
     metric = {"name": metric_name, "dense": dense, "seed_rule": figures(seed_trial), "searched": figures(best)}
-    for method in ("uniform", "sensitivity"):
+    for method in ("uniform", "sensitivity", "sensitivity_sum"):
         first = next((t for t in study.trials if t.user_attrs.get("method") == method), None)
         if first is not None and first.state == TrialState.COMPLETE:
             metric[method] = figures(first)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ranksearch.baselines import greedy_ranks, log_weights_for, uniform_ranks
+import itertools
+
+from ranksearch.baselines import additive_ranks, greedy_ranks, log_weights_for, probe_ranks, uniform_ranks
 from ranksearch.solver import Curve, ranks_for_bound
 
 
@@ -49,3 +51,37 @@ def test_log_weights_reproduce_an_allocation(ranks):
     total = sum(c.dense_params for c in curves.values())
     got = ranks_for_bound(curves, bounds, total).ranks
     assert got == ranks
+
+
+@pytest.mark.parametrize(("max_rank", "expected"), [(236, [1, 2, 4, 8, 16, 32, 64, 118]), (7, [1, 2, 4]), (1, [1]), (2, [1]), (0, [])])
+def test_probe_ranks_are_powers_of_two_and_half(max_rank, expected):
+    assert probe_ranks(max_rank) == expected
+
+
+def _table():
+    return {"a": [(1, 0.2), (2, 0.8), (4, 0.95)], "b": [(1, 0.5), (4, 0.9), (8, 0.97)], "c": [(1, 0.1), (8, 0.85), (16, 0.96)]}
+
+
+@pytest.mark.parametrize("budget", [700, 1500, 3000, 6000, 12000])
+def test_additive_ranks_fit_and_are_the_knapsack_optimum(budget):
+    curves, table = _curves(), _table()
+    cost = lambda ranks: sum(curves[n].params(r) for n, r in ranks.items())  # noqa: E731
+    options = {n: [*rows, (curves[n].max_rank, max(v for _, v in rows))] for n, rows in table.items()}
+    score = lambda ranks: sum(dict(options[n])[r] for n, r in ranks.items())  # noqa: E731
+    ranks = additive_ranks(curves, table, budget)
+    assert cost(ranks) <= budget
+    feasible = [dict(zip(options, combo)) for combo in itertools.product(*([r for r, _ in o] for o in options.values()))]
+    feasible = [f for f in feasible if cost(f) <= budget]
+    assert score(ranks) == pytest.approx(max(score(f) for f in feasible))  # the exact optimum (brute force)
+
+
+def test_additive_ranks_maximize_the_sum_where_greedy_maximizes_the_minimum():
+    curves = _curves()
+    # b gains much from rank 8, a little from rank 2: the sum says spend on b, a common score says on a
+    table = {"a": [(1, 0.5), (2, 0.6)], "b": [(1, 0.55), (8, 0.99)], "c": [(1, 0.9), (2, 0.9)]}
+    cost = lambda ranks: sum(curves[n].params(r) for n, r in ranks.items())  # noqa: E731
+    budget = cost({"a": 1, "b": 8, "c": 1})
+    assert cost({"a": 2, "b": 8, "c": 1}) > budget
+    assert additive_ranks(curves, table, budget) == {"a": 1, "b": 8, "c": 1}  # scores sum to 2.39
+    assert greedy_ranks(curves, table, budget) == {"a": 2, "b": 1, "c": 1}  # 2.05, its minimum 0.55 is higher
+    assert additive_ranks(curves, table, 10) == {"a": 1, "b": 1, "c": 1}  # nothing fits: the smallest ranks
