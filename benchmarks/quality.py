@@ -24,10 +24,10 @@ from ranksearch import load_space, search
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-METHODS = ("uniform", "seed_rule", "sensitivity", "searched")
+METHODS = ("uniform", "seed_rule", "sensitivity", "sensitivity_sum", "searched")
 
 
-def run_space(name: str, seeds: list[int], trials: int, data_aware: bool, prior: str, wps: list[float] | None) -> list[dict]:
+def run_space(name: str, seeds: list[int], trials: int, options: dict, wps: list[float] | None) -> list[dict]:
     space = load_space(name)
     task = space.build_task()
     model = space.build_model(task)
@@ -39,12 +39,13 @@ def run_space(name: str, seeds: list[int], trials: int, data_aware: bool, prior:
             t0 = time.perf_counter()
             res = search(model, wp, task=task, retrain_settings=space.retrain, n_trials=trials, seed=seed,
                          exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
-                         data_aware=data_aware, prior=prior, sensitivity=sens)
+                         sensitivity=sens, **options)
             sens = res.sensitivity  # the sensitivity table does not depend on the seed
             s = res.summary
-            per_seed.append({m: s.get(m, {}).get("test") for m in METHODS} | {"wall": time.perf_counter() - t0, "dense": s["dense"]["test"]})
+            per_seed.append({m: s.get(m, {}).get("test") for m in METHODS} | {"wall": time.perf_counter() - t0, "dense": s["dense"]["test"],
+                            "settings": {k: res.config.search[k] for k in ("sampler", "pruner", "prior", "granularity", "data_aware")}})
             print(name, wp, seed, {m: per_seed[-1][m] for m in METHODS}, flush=True)
-        med = {m: statistics.median(r[m] for r in per_seed if r[m] is not None) for m in METHODS}
+        med = {m: statistics.median([r[m] for r in per_seed if r[m] is not None] or [float("nan")]) for m in METHODS}
         rows.append({"space": name, "wp": wp, "metric": task.metric, "dense": per_seed[0]["dense"], **med,
                      "wall": statistics.median(r["wall"] for r in per_seed), "runs": per_seed})
     return rows
@@ -56,16 +57,22 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--wps", help="comma list of ratios (default: the space's working points)")
-    ap.add_argument("--plain", action="store_true", help="plain SVD factors for the searched trials")
-    ap.add_argument("--prior", default="sensitivity", choices=("none", "sensitivity"))
+    ap.add_argument("--factors", choices=("plain", "data-aware"), help="factors of the searched trials (default: search's)")
+    ap.add_argument("--prior", choices=("none", "sensitivity"), help="default: search's")
+    ap.add_argument("--sampler", help="default: search's")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
     wps = [float(w) for w in args.wps.split(",")] if args.wps else None
-    rows = [r for name in args.spaces.split(",") for r in run_space(name, seeds, args.trials, not args.plain, args.prior, wps)]
+    options = {k: v for k, v in (("prior", args.prior), ("sampler", args.sampler)) if v is not None}
+    if args.factors is not None:
+        options["data_aware"] = args.factors == "data-aware"
+    rows = [r for name in args.spaces.split(",") for r in run_space(name, seeds, args.trials, options, wps)]
     cmd = " ".join(["python benchmarks/quality.py", f"--spaces {args.spaces}", f"--seeds {args.seeds}", f"--trials {args.trials}"]
-                   + ([f"--wps {args.wps}"] if args.wps else []) + (["--plain"] if args.plain else []) + [f"--prior {args.prior}"])
+                   + ([f"--wps {args.wps}"] if args.wps else []) + [f"--{k} {getattr(args, k)}" for k in ("factors", "prior", "sampler")
+                                                                     if getattr(args, k) is not None])
+    used = rows[0]["runs"][0]["settings"] if rows else {}
     lines = [
         f"## Quality at equal retrain budget ({datetime.date.today()})",
         "",
@@ -73,15 +80,21 @@ def main() -> None:
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}.  ",
         f"Each cell: test metric after the space's short retrain (`retrain:` in its YAML), median over seeds {args.seeds}. "
         f"One study per working point and seed: trials 0-2 are the seed rule (plain SVD, one MSE bound), uniform, "
-        f"sensitivity (AIMET-style greedy); ranksearch's search = best of {args.trials} trials on the validation split "
-        f"({'data-aware' if not args.plain else 'plain'} factors, prior {args.prior}).",
+        f"sensitivity (AIMET-style greedy), then ranksearch's sensitivity-sum allocation; ranksearch's search = best of "
+        f"{args.trials} trials on the validation split (search settings: {used}). Per-seed values (seeds {args.seeds}) in brackets.",
         "",
-        "| space | WP | metric | dense | uniform | seed rule (MSE) | AIMET-style greedy | ranksearch search | search - seed rule | median wall s / study |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| space | WP | metric | dense | uniform | seed rule (MSE) | AIMET-style greedy | sensitivity sum (no search) | ranksearch search | search - seed rule | search - best baseline | median wall s / study |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(r: dict, m: str) -> str:
+        per = "/".join("-" if x[m] is None else f"{x[m]:.4g}" for x in r["runs"])
+        return f"{r[m]:.4f} ({per})"
+
     for r in rows:
-        lines.append(f"| {r['space']} | {r['wp']} | {r['metric']} | {r['dense']:.4f} | {r['uniform']:.4f} | {r['seed_rule']:.4f} | "
-                     f"{r['sensitivity']:.4f} | {r['searched']:.4f} | {r['searched'] - r['seed_rule']:+.4f} | {r['wall']:.0f} |")
+        best_base = max(r[m] for m in ("uniform", "seed_rule", "sensitivity"))
+        lines.append(f"| {r['space']} | {r['wp']} | {r['metric']} | {r['dense']:.4f} | " + " | ".join(cell(r, m) for m in METHODS)
+                     + f" | {r['searched'] - r['seed_rule']:+.4f} | {r['searched'] - best_base:+.4f} | {r['wall']:.0f} |")
     publish(lines, args.out)
 
 
