@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="Optuna search of the rank allocation with a short retrain per trial")
     _space_args(p)
     _target_args(p, several=True)
-    p.add_argument("--data-aware", action="store_true", help="activation-whitened factors from calibration inputs")
+    p.add_argument("--factors", choices=("data-aware", "plain"), default="data-aware",
+                   help="searched trials truncate on calibration activations (data-aware, default) or the weights alone")
     p.add_argument("--prior", choices=("none", "sensitivity"), default="none", help="centre of the searched weights")
     p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
     p.add_argument("--sampler", choices=("tpe", "gp", "cmaes", "random"), default="tpe", help="Optuna sampler (default tpe)")
@@ -200,7 +201,7 @@ def _search(args: argparse.Namespace) -> int:
                         study_name=args.study_name and (f"{args.study_name}@{target:g}" if several else args.study_name),
                         resume=args.resume, out_dir=o, seed=args.seed, exclude=space.exclude,
                         rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
-                        model_name=space.name, source=_source(space), data_aware=args.data_aware, prior=args.prior,
+                        model_name=space.name, source=_source(space), data_aware=args.factors == "data-aware", prior=args.prior,
                         baselines=not args.no_baselines, sensitivity=sensitivity, warm_start=warm,
                         sampler=args.sampler, pruner=args.pruner, granularity=args.granularity)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)

@@ -291,7 +291,7 @@ def search(
     cache_dir: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
     source: dict[str, Any] | None = None,
-    data_aware: bool = False,
+    data_aware: bool | None = None,
     calibration: Iterable[torch.Tensor] | None = None,
     baselines: bool = True,
     prior: str = "none",
@@ -319,6 +319,7 @@ def search(
         seed: Seeds the sampler and every retrain; sequential runs are deterministic on CPU.
         spread: Layer weights on the MSE bound range over ``10**[-spread, spread]``.
         data_aware: Trials use activation-whitened factors and curves (the seed rule stays plain SVD).
+            Default (None): on when there are calibration inputs (``calibration`` or a ``task``).
         calibration: Input batches for ``data_aware`` (default: 512 samples of ``task.train``).
         baselines: Enqueue the uniform, the sensitivity (AIMET-style greedy) and the sensitivity-sum
             allocations after the seed rule; the sensitivity needs one evaluation per layer and
@@ -363,6 +364,8 @@ def search(
     store = open_storage(storage, out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, fresh = _open_study(store, name, resume, _SAMPLERS[sampler](seed), _PRUNERS[pruner]())
+    if data_aware is None:
+        data_aware = calibration is not None or task is not None
     views = _views(model, curves, data_aware, calibration, task)
     if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: already enqueued
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]

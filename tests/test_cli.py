@@ -130,12 +130,13 @@ def test_default_space_search_at_quarter(tmp_path):
 def test_several_working_points_in_one_run(tmp_path, capsys):
     out = tmp_path / "all"
     assert main(["search", "--space", "tiny-digits", "--wp", "WP3,WP4", "--trials", "4", "--epochs", "1",
-                 "--data-aware", "--prior", "sensitivity", "--out", str(out)]) == 0
+                 "--factors", "plain", "--prior", "sensitivity", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for ratio in (0.2, 0.1):
         cfg = RankConfig.load(out / f"ratio-{ratio:g}" / "rank_config.json")
         assert cfg.target_ratio == ratio and cfg.achieved_ratio <= ratio
         assert {"seed_rule", "uniform", "sensitivity", "searched"} <= set(cfg.metric)
+        assert cfg.search["data_aware"] is False and cfg.search["prior"] == "sensitivity"
     table = (out / "summary.md").read_text()
     assert "| 0.2 |" in table and "| 0.1 |" in table and "sensitivity" in table
     assert table.splitlines()[-1] in printed

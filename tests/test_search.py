@@ -48,6 +48,9 @@ def test_search_hits_ratio_and_never_loses_to_seed_rule(dense_and_task, tmp_path
     assert res.config.compressed_params == count_params(res.model)
     assert res.study.best_value >= first.value
     assert res.summary["searched"]["val"] >= res.summary["seed_rule"]["val"]
+    assert res.config.search["data_aware"] is True  # a task gives calibration inputs: data-aware by default
+    factors = {t.user_attrs["method"]: t.user_attrs["factors"] for t in trials}
+    assert factors["seed_rule"] == "plain" and factors.get("uniform") == "data_aware"
     assert list(tmp_path.glob("trials/*.safetensors")) == [tmp_path / "trials" / f"trial_{res.study.best_trial.number}.safetensors"]
 
 
@@ -148,7 +151,7 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
     from ranksearch.spectra import spectra
 
     model, task = dense_and_task
-    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=5, seed=0, granularity="group",
+    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=5, seed=0, granularity="group", data_aware=False,
                  prior="sensitivity")
     first = res.study.trials[0]
     assert sorted(first.params) == ["log10w:Conv2d", "log10w:Linear"]
