@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,7 +393,9 @@ def search(
     remaining = None if n_trials is None else max(0, n_trials - finished)
     if remaining != 0:
         stop = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))] if n_trials else []
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(), callbacks=stop)
+        with warnings.catch_warnings():  # the ratio constraint always holds (the solver hits it); CMA-ES says it ignores it
+            warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(), callbacks=stop)
     wall = time.perf_counter() - started
     metric_name = task.metric if task is not None else getattr(evaluate, "__name__", "evaluate")
     result = _result(study, objective, model, target_ratio, dense, wall, weights_dir, name, seed, spread,
