@@ -100,8 +100,8 @@ def main() -> None:
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}.  ",
-        f"{args.trials} trials per study (the first three are the enqueued seed rule, uniform and sensitivity "
-        f"allocations), the space's retrain for every trial; one sensitivity table per space, shared. "
+        f"{args.trials} trials per study (the first four are the enqueued seed rule, uniform, AIMET-style and "
+        f"sensitivity-sum allocations), the space's retrain for every trial; one sensitivity table per space, shared. "
         f"Cells: median over seeds {args.seeds} of the best trial's validation metric and test metric; worst = "
         f"the lowest test metric over the seeds; picked = which kind of trial won per seed.",
         "",
