@@ -32,15 +32,15 @@ def run_space(name: str, seeds: list[int], trials: int, options: dict, wps: list
     task = space.build_task()
     model = space.build_model(task)
     rows = []
+    sens = None  # the sensitivity table depends on neither the seed nor the working point: measured once
     for wp in wps or space.working_points:
         per_seed = []
-        sens = None
         for seed in seeds:
             t0 = time.perf_counter()
             res = search(model, wp, task=task, retrain_settings=space.retrain, n_trials=trials, seed=seed,
                          exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
                          sensitivity=sens, **options)
-            sens = res.sensitivity  # the sensitivity table does not depend on the seed
+            sens = res.sensitivity
             s = res.summary
             per_seed.append({m: s.get(m, {}).get("test") for m in METHODS} | {"wall": time.perf_counter() - t0, "dense": s["dense"]["test"],
                             "settings": {k: res.config.search[k] for k in ("sampler", "pruner", "prior", "granularity", "data_aware")}})
@@ -79,8 +79,8 @@ def main() -> None:
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}.  ",
         f"Each cell: test metric after the space's short retrain (`retrain:` in its YAML), median over seeds {args.seeds}. "
-        f"One study per working point and seed: trials 0-2 are the seed rule (plain SVD, one MSE bound), uniform, "
-        f"sensitivity (AIMET-style greedy), then ranksearch's sensitivity-sum allocation; ranksearch's search = best of "
+        f"One study per working point and seed: trials 0-3 are the seed rule (plain SVD, one MSE bound), uniform, "
+        f"sensitivity (AIMET-style greedy), then ranksearch's sensitivity-sum allocation (a '-' in its column: pruned after its first epoch); ranksearch's search = best of "
         f"{args.trials} trials on the validation split (search settings: {used}). Per-seed values (seeds {args.seeds}) in brackets.",
         "",
         "| space | WP | metric | dense | uniform | seed rule (MSE) | AIMET-style greedy | sensitivity sum (no search) | ranksearch search | search - seed rule | search - best baseline | median wall s / study |",
