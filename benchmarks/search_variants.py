@@ -24,10 +24,6 @@ from pathlib import Path
 import torch
 
 from ranksearch import load_space, search
-from ranksearch.search import _views  # the same views the search builds, to measure sensitivity once
-from ranksearch.baselines import measure_sensitivity
-from ranksearch.retrain import evaluate
-from ranksearch.spectra import spectra
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
@@ -51,10 +47,7 @@ def run(space_name: str, wps: list[float], seeds: list[int], trials: int, varian
     task = space.build_task()
     model = space.build_model(task)
     rows = []
-    sens = {}
-    for data_aware in sorted({VARIANTS[v].get("data_aware", False) for v in variants}):
-        views = _views(model, spectra(model, exclude=space.exclude), data_aware, None, task)
-        sens[data_aware] = measure_sensitivity(model, views.curves, views.factors, lambda m: evaluate(m, task.val, task.metric))
+    sens = {}  # data_aware -> the table the first study measured; it depends on the factors only
     for wp in wps:
         for name in variants:
             kw = dict(VARIANTS[name])
@@ -65,7 +58,8 @@ def run(space_name: str, wps: list[float], seeds: list[int], trials: int, varian
                 t0 = time.perf_counter()
                 res = search(model, wp, task=task, retrain_settings=settings, n_trials=trials, seed=seed,
                              exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
-                             sensitivity=sens[kw.get("data_aware", False)], **kw)
+                             sensitivity=sens.get(kw["data_aware"]), **kw)
+                sens[kw["data_aware"]] = res.sensitivity
                 s = res.summary
                 runs.append({"val": s["searched"]["val"], "test": s["searched"]["test"], "method": res.config.search["trial_method"],
                              "wall": time.perf_counter() - t0, "pruned": s["trials"]["pruned"]})

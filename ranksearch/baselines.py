@@ -6,7 +6,7 @@
   smallest measured rank that keeps the score, as AIMET's weight-SVD greedy selection does.
 * **sensitivity sum** (ranksearch's own, the centre of the search's prior): the same table, read as if
   the layers' score drops added up; the ranks that maximize the sum of the layers' scores within the
-  budget (a multiple-choice knapsack, solved by Lagrangian relaxation). Where no common score fits the
+  budget (a multiple-choice knapsack, solved exactly by dynamic programming). Where no common score fits the
   budget (aggressive working points) the greedy rule can only fall back to the smallest ranks, while
   this one still trades the layers that lose little against those that lose much.
 

@@ -200,7 +200,7 @@ class _Objective:
         if method == "seed_rule":
             sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
             return sol, "plain"
-        if method in self.starts:
+        if method in self.starts:  # absent on a resumed study that measured no sensitivity: then its params
             logw = self.starts[method]
         else:
             logw = {n: self.prior.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
@@ -367,13 +367,14 @@ def search(
     study, fresh = _open_study(store, name, resume, _SAMPLERS[sampler](seed), _PRUNERS[pruner]())
     if data_aware is None:
         data_aware = calibration is not None or task is not None
-    views = _views(model, curves, data_aware, calibration, task)
+    layers = find_layers(model).eligible
+    modules = {n: layers[n] for n in curves}
+    views = _views(model, modules, curves, data_aware, calibration, task)
     if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: already enqueued
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity_sum", {}) if prior == "sensitivity" else {}
-    layers = find_layers(model).eligible
-    groups = layer_groups({n: layers[n] for n in curves}) if granularity == "group" else {n: n for n in curves}
+    groups = layer_groups(modules) if granularity == "group" else {n: n for n in curves}
     if fresh:
         study.enqueue_trial({_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
         for method, logw in starts.items() if baselines else ():
@@ -406,10 +407,8 @@ def search(
     return result
 
 
-def _views(model: nn.Module, curves: Mapping[str, Curve], data_aware: bool,
+def _views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapping[str, Curve], data_aware: bool,
            calibration: Iterable[torch.Tensor] | None, task: Task | None) -> _Views:
-    layers = find_layers(model).eligible
-    modules = {n: layers[n] for n in curves}
     plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
     if not data_aware:
         return _Views(curves, plain, curves, plain, "plain")
