@@ -230,12 +230,14 @@ class _Objective:
             return float(twin.value)  # type: ignore[arg-type]
         model = factorize(self.model, ranks, self.views.plain_factors if kind == "plain" else self.factors)
         trial.set_user_attr("before_retrain", self.evaluate(model))
+        scored = None
         if self.retrain is not None:
             if _accepts_report(self.retrain):
-                self.retrain(model, report=lambda step, value: _report(trial, step, value))
+                scored = self.retrain(model, report=lambda step, value: _report(trial, step, value))
             else:
-                self.retrain(model)
-        value = float(self.evaluate(model))
+                scored = self.retrain(model)
+        # a retrain that returns a number has scored the model on the validation split already
+        value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(self.evaluate(model))
         if not math.isfinite(value):
             raise ValueError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         if self.test is not None:
@@ -261,8 +263,15 @@ def _task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, s
     def evaluate(model: nn.Module) -> float:
         return evaluate_metric(model, task.val, task.metric)
 
-    def retrain(model: nn.Module, report: Callable[[int, float | None], None]) -> None:
-        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=report, validate=True)
+    def retrain(model: nn.Module, report: Callable[[int, float | None], None]) -> float | None:
+        last: list[float | None] = [None]
+
+        def on_epoch(step: int, value: float | None) -> None:
+            last[0] = value
+            report(step, value)
+
+        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True)
+        return last[0]  # the validation metric after the last epoch (None without epochs)
 
     def test(model: nn.Module) -> float:
         return evaluate_metric(model, task.test, task.metric)
@@ -307,7 +316,8 @@ def search(
     Either give a ``task`` (data, loss and metric: the built-in retrain runs ``retrain_settings`` and
     scores the validation split, the test split is reported) or your own ``evaluate(model) -> float``
     (higher is better) and optionally ``retrain(model)`` (which may accept ``report=fn(step, value)``
-    to let the pruner stop bad trials).
+    to let the pruner stop bad trials, and may return the retrained model's ``evaluate`` value to save
+    evaluating it again).
 
     Args:
         model: The dense model (left unchanged).

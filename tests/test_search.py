@@ -82,6 +82,33 @@ def test_user_callables_get_reports_and_pruning(dense_and_task):
     assert res.summary["name"] == "evaluate"
 
 
+def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
+    model, task = dense_and_task
+    from ranksearch.retrain import evaluate as metric
+
+    evaluated: list[int] = []
+
+    def evaluate(m: torch.nn.Module) -> float:
+        evaluated.append(1)
+        return metric(m, task.val, "accuracy")
+
+    def retrain(m: torch.nn.Module) -> float:
+        return 0.25  # "the validation metric after retraining"
+
+    res = search(model, 0.3, evaluate=evaluate, retrain=retrain, n_trials=3, seed=0, baselines=False)
+    done = res.study.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.value for t in done] == [0.25] * len(done)
+    assert len(evaluated) == 1 + len(done)  # the dense model, then each trial before its retrain only
+
+
+def test_task_trial_value_is_the_validation_metric_of_the_returned_model(dense_and_task):
+    model, task = dense_and_task
+    from ranksearch.retrain import evaluate as metric
+
+    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, seed=0, baselines=False)
+    assert res.study.best_value == pytest.approx(metric(res.model, task.val, "accuracy"))
+
+
 def test_existing_study_needs_resume(dense_and_task, tmp_path):
     model, task = dense_and_task
     search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=1, out_dir=tmp_path)
