@@ -20,7 +20,7 @@ from ranksearch._io import atomic_write_text
 from ranksearch.config import RankConfig
 from ranksearch.export import summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
-from ranksearch.search import search
+from ranksearch.search import GRANULARITIES, PRUNERS, SAMPLERS, search
 from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
@@ -94,10 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="searched trials truncate on calibration activations (data-aware, default) or the weights alone")
     p.add_argument("--prior", choices=("none", "sensitivity"), default="none", help="centre of the searched weights")
     p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
-    p.add_argument("--sampler", choices=("tpe", "gp", "cmaes", "random"), default="tpe", help="Optuna sampler (default tpe)")
-    p.add_argument("--granularity", choices=("layer", "group"), default="layer",
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
-    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="Optuna pruner")
+    p.add_argument("--pruner", choices=PRUNERS, default=PRUNERS[0], help=f"Optuna pruner (default {PRUNERS[0]})")
     p.add_argument("--trials", type=int, default=20, help="trials to finish, resumed ones included (default 20)")
     p.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
     p.add_argument("--epochs", type=int, help="retrain epochs per trial (default: the space's)")
@@ -205,7 +205,8 @@ def _search(args: argparse.Namespace) -> int:
                         baselines=not args.no_baselines, sensitivity=sensitivity, warm_start=warm,
                         sampler=args.sampler, pruner=args.pruner, granularity=args.granularity)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)
-        sensitivity, warm = result.sensitivity, [result.study.best_trial.params]
+        best = result.study.best_trial.user_attrs.get("log10w")  # none when the seed rule won: enqueued anyway
+        sensitivity, warm = result.sensitivity, [best] if best is not None else []
         rows.append(result.summary)
         print(summary_table(result.summary), end="")
         print(_layer_report(result.config, find_layers(model, space.exclude).skipped))

@@ -48,10 +48,11 @@ from ranksearch.surgery import count_params, factorize, find_layers, layer_facto
 from ranksearch.task import Task
 from ranksearch.weights import load_state_dict, save_state_dict
 
-__all__ = ["SearchResult", "open_storage", "search"]
+__all__ = ["GRANULARITIES", "PRUNERS", "SAMPLERS", "SearchResult", "open_storage", "search"]
 
 _log = logging.getLogger(__name__)
 _PREFIX = "log10w:"
+_EXACT = "log10w"  # user attr of a trial that allocates with these per-layer log-weights, not its params
 
 Evaluate = Callable[[nn.Module], float]
 Retrain = Callable[..., Any]
@@ -115,7 +116,8 @@ def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.s
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if resume and not _worker_alive(t.user_attrs.get("worker")):  # killed: fail it, run its proposal again
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"method": t.user_attrs.get("method", "searched")})
+            again = {k: t.user_attrs[k] for k in ("method", _EXACT) if k in t.user_attrs}
+            study.enqueue_trial(t.params, user_attrs={"method": "searched", **again})
             _log.info("trial %d was interrupted; it will run again", t.number)
     return study, not exists
 
@@ -160,18 +162,20 @@ class _Views:
     kind: str  # "plain" or "data_aware"
 
 
-_SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+_SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
 }
-_GRANULARITIES = ("layer", "group")
-_PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+_PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
     "none": lambda: optuna.pruners.NopPruner(),
 }
+SAMPLERS = tuple(_SAMPLER_FACTORIES)  #: names accepted by ``search(sampler=...)``, the default first
+PRUNERS = tuple(_PRUNER_FACTORIES)  #: names accepted by ``search(pruner=...)``, the default first
+GRANULARITIES = ("layer", "group")  #: names accepted by ``search(granularity=...)``, the default first
 
 
 class _Objective:
@@ -179,32 +183,32 @@ class _Objective:
 
     def __init__(self, model: nn.Module, views: _Views, target: float, *, evaluate: Evaluate,
                  retrain: Retrain | None, test: Evaluate | None, spread: float, prior: Mapping[str, float],
-                 groups: Mapping[str, str], starts: Mapping[str, Mapping[str, float]],
-                 rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
+                 groups: Mapping[str, str], rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
         self.model, self.views, self.target = model, views, target
         self.curves, self.factors = views.curves, views.factors
         self.evaluate, self.retrain, self.test = evaluate, retrain, test
         self.spread, self.prior, self.rank_multiple, self.min_rank = spread, prior, rank_multiple, min_rank
-        self.groups, self.starts = groups, starts
+        self.groups = groups
         self.weights_dir, self.n_trials = weights_dir, n_trials
         self.total = count_params(model)
 
     def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
         """Ranks of the trial and the kind of factors they use.
 
-        A baseline trial (seed rule, uniform, sensitivity) allocates exactly as its method does; its
-        parameters are its nearest point in the searched space, for the sampler to learn from.
+        An enqueued allocation (the seed rule, uniform, sensitivity, a warm start) allocates exactly
+        as it was given (its per-layer log-weights ride in the trial's user attrs, so a resumed study
+        runs it again exactly); its parameters are its nearest point in the searched space, for the
+        sampler to learn from. Every trial records the absolute log-weights it allocated with.
         """
         u = {g: trial.suggest_float(_PREFIX + g, -self.spread, self.spread) for g in dict.fromkeys(self.groups.values())}
-        method = trial.user_attrs.get("method")
-        if method == "seed_rule":
+        if trial.user_attrs.get("method") == "seed_rule":
             sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
             return sol, "plain"
-        if method in self.starts:  # absent on a resumed study that measured no sensitivity: then its params
-            logw = self.starts[method]
-        else:
+        logw = trial.user_attrs.get(_EXACT)
+        if logw is None:
             logw = {n: self.prior.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
-        w = {n: 10.0 ** logw[n] for n in self.curves}
+            trial.set_user_attr(_EXACT, logw)
+        w = {n: 10.0 ** logw.get(n, 0.0) for n in self.curves}
         return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank), self.views.kind
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -338,19 +342,20 @@ def search(
         prior: ``"none"`` (weights centred on the seed rule) or ``"sensitivity"`` (centred on the
             sensitivity-sum allocation, :func:`~ranksearch.baselines.additive_ranks`).
         sensitivity: A table measured before (``result.sensitivity`` of another working point).
-        warm_start: Trial parameters to enqueue after the baselines (e.g. the best of another working
-            point), so several working points share what the search has learned.
+        warm_start: Per-layer ``log10`` weights to enqueue after the baselines (e.g. the best trial's
+            ``user_attrs["log10w"]`` at another working point), so several working points share what
+            the search has learned.
         sampler: ``"tpe"`` (multivariate TPE), ``"gp"`` (Gaussian process), ``"cmaes"`` or ``"random"``.
         pruner: ``"median"``, ``"hyperband"`` or ``"none"`` (on the retrain's per-epoch metric).
         granularity: ``"layer"`` (one weight per layer) or ``"group"`` (one per group of
             :func:`~ranksearch.surgery.layer_groups`: same path without block indices, same type).
     """
-    if sampler not in _SAMPLERS or pruner not in _PRUNERS:
-        raise ValueError(f"sampler {sampler!r} / pruner {pruner!r} not supported; use one of {sorted(_SAMPLERS)} / {sorted(_PRUNERS)}.")
+    if sampler not in SAMPLERS or pruner not in PRUNERS:
+        raise ValueError(f"sampler {sampler!r} / pruner {pruner!r} not supported; use one of {list(SAMPLERS)} / {list(PRUNERS)}.")
     if prior not in ("none", "sensitivity"):
         raise ValueError(f"prior {prior!r} is not supported; use 'none' or 'sensitivity'.")
-    if granularity not in _GRANULARITIES:
-        raise ValueError(f"granularity {granularity!r} is not supported; use one of {list(_GRANULARITIES)}.")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r} is not supported; use one of {list(GRANULARITIES)}.")
     if (task is None) == (evaluate is None):
         raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if n_trials is not None and n_trials < 1:
@@ -374,30 +379,30 @@ def search(
     name = study_name or f"{model_name or type(model).__name__}@{target_ratio:g}"
     store = open_storage(storage, out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, fresh = _open_study(store, name, resume, _SAMPLERS[sampler](seed), _PRUNERS[pruner]())
+    study, fresh = _open_study(store, name, resume, _SAMPLER_FACTORIES[sampler](seed), _PRUNER_FACTORIES[pruner]())
     if data_aware is None:
         data_aware = calibration is not None or task is not None
     layers = find_layers(model).eligible
     modules = {n: layers[n] for n in curves}
     views = _views(model, modules, curves, data_aware, calibration, task)
-    if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: already enqueued
+    if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: enqueued exactly
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity_sum", {}) if prior == "sensitivity" else {}
     groups = layer_groups(modules) if granularity == "group" else {n: n for n in curves}
     if fresh:
         study.enqueue_trial({_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
-        for method, logw in starts.items() if baselines else ():
+        exact = [*(starts.items() if baselines else ()), *(("warm_start", w) for w in warm_start)]
+        for method, logw in exact:
+            logw = {n: float(logw.get(n, 0.0)) for n in curves}
             offsets: dict[str, list[float]] = {}
             for n, v in logw.items():
                 offsets.setdefault(groups[n], []).append(v - centre.get(n, 0.0))
             u = {_PREFIX + g: float(np.clip(np.mean(o), -spread, spread)) for g, o in offsets.items()}
-            study.enqueue_trial(u, user_attrs={"method": method})
-        for params in warm_start:
-            study.enqueue_trial(dict(params), user_attrs={"method": "warm_start"})
+            study.enqueue_trial(u, user_attrs={"method": method, _EXACT: logw})
     weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
     objective = _Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
-                           spread=spread, prior=centre, groups=groups, starts=starts if baselines else {},
+                           spread=spread, prior=centre, groups=groups,
                            rank_multiple=rank_multiple, min_rank=min_rank,
                            weights_dir=weights_dir, n_trials=n_trials)
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

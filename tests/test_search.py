@@ -195,3 +195,43 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
         assert all(by_method[method].get(n, math.inf) >= r for n, r in ranks.items())
     with pytest.raises(ValueError, match="granularity"):
         search(model, 0.2, task=task, n_trials=1, granularity="block")
+
+
+def test_resumed_study_runs_its_queued_baselines_exactly(dense_and_task, tmp_path):
+    """A study stopped before its sensitivity trials ran (no table measured on resume) still runs them
+    with their exact allocations, which ride in the queued trials."""
+    model, task = dense_and_task
+    kw = dict(task=task, retrain_settings=RECIPE, seed=0, data_aware=False, pruner="none", spread=0.2)  # params clip
+    fresh = search(model, 0.2, n_trials=4, **kw)
+    search(model, 0.2, n_trials=1, out_dir=tmp_path, **kw)
+    resumed = search(model, 0.2, n_trials=4, out_dir=tmp_path, resume=True, **kw)
+    assert resumed.sensitivity is None  # not measured again on resume
+
+    def by_method(res):
+        return {t.user_attrs["method"]: t.user_attrs["ranks"] for t in res.study.trials}
+
+    assert by_method(resumed) == by_method(fresh)
+    assert set(by_method(fresh)) == {"seed_rule", "uniform", "sensitivity", "sensitivity_sum"}
+
+
+def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_task):
+    from ranksearch.solver import solve_ratio
+    from ranksearch.spectra import spectra
+
+    model, task = dense_and_task
+    curves = spectra(model)
+    names = list(curves)
+    warm = {n: (-2.5 if i == 2 else 0.0) for i, n in enumerate(names)}  # outside the searched range of +-1
+    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=3, seed=0, data_aware=False, baselines=False,
+                 warm_start=[warm], prior="none", spread=1.0)
+    trial = next(t for t in res.study.trials if t.user_attrs["method"] == "warm_start")
+
+    def ranks(logw):
+        sol = solve_ratio(curves, 0.3, count_params(model), {n: 10.0 ** v for n, v in logw.items()})
+        return {n: r for n, r in sol.ranks.items() if r is not None}
+
+    assert trial.user_attrs["ranks"] == ranks(warm)
+    assert ranks(warm) != ranks({n: t for n, t in zip(names, trial.params.values())})  # not its clipped params
+    assert trial.user_attrs["log10w"] == warm
+    searched = [t for t in res.study.trials if t.user_attrs["method"] == "searched"]
+    assert searched and all(t.user_attrs["log10w"] == {n: t.params[f"log10w:{n}"] for n in names} for t in searched)
