@@ -1,6 +1,10 @@
 """Solver speed: one proposal (per-layer weights) -> exact ranks, on ResNet50's eligible layers.
 
-Baseline in the same run: the plain CE1 rule (weights all 1). Writes a section to benchmarks/RESULTS.md.
+Baseline in the same run: the plain CE1 rule (weights all 1). Also times the allocations read from a
+sensitivity table (AIMET-style greedy bisection, ranksearch's sensitivity-sum knapsack) on a table of
+the real size (every layer at its :func:`~ranksearch.baselines.probe_ranks`) with synthetic scores
+(the timing depends on the table's shape, not on how the scores were measured).
+Writes a section to benchmarks/RESULTS.md.
 
     python benchmarks/solver.py --model resnet50 --repeats 200
 """
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 import torchvision
 
+from ranksearch.baselines import additive_ranks, greedy_ranks, probe_ranks
 from ranksearch.solver import solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params
@@ -48,13 +53,26 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             assert sol.params <= args.ratio * total
         rows.append((label, statistics.median(times) * 1e3, max(times) * 1e3))
+    table = {n: [(r, 0.76 - 0.5 * np.exp(-r / (c.max_rank * rng.uniform(0.01, 0.3)))) for r in probe_ranks(c.max_rank)]
+             for n, c in curves.items()}
+    budget = int(args.ratio * total) - (total - sum(c.dense_params for c in curves.values()))
+    for label, fn in (("AIMET-style greedy from the sensitivity table", greedy_ranks),
+                      ("sensitivity sum (exact knapsack) from the table", additive_ranks)):
+        times = []
+        for _ in range(max(1, args.repeats // 10)):
+            t0 = time.perf_counter()
+            ranks = fn(curves, table, budget)
+            times.append(time.perf_counter() - t0)
+        assert sum(curves[n].params(r) for n, r in ranks.items()) <= budget
+        rows.append((label, statistics.median(times) * 1e3, max(times) * 1e3))
     ranks = sum(c.max_rank for c in curves.values())
     lines = [
         f"## Solver: {args.model}, ratio {args.ratio} ({datetime.date.today()})",
         "",
         f"Command: `python benchmarks/solver.py --model {args.model} --ratio {args.ratio} --repeats {args.repeats}`  ",
         f"Machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, numpy {np.__version__}, CPU.  ",
-        f"{len(curves)} eligible layers, {ranks} candidate ranks in all; {args.repeats} solves each.",
+        f"{len(curves)} eligible layers, {ranks} candidate ranks in all; {args.repeats} solves each "
+        f"({max(1, args.repeats // 10)} for the table-based allocations, {sum(map(len, table.values()))} measured (layer, rank) cells).",
         "",
         "| proposal | median ms | max ms |",
         "|---|---|---|",
