@@ -143,7 +143,7 @@ def _spectra(args: argparse.Namespace) -> int:
     if args.out:
         data = {n: {"shape": list(c.shape), "singular_values": c.singular_values.tolist(), "mse": c.mse.tolist()} for n, c in curves.items()}
         atomic_write_text(args.out, json.dumps(data) + "\n")
-    print(f"| layer | matrix | s_max | s_min | max useful rank | MSE(1) |\n|---|---|---|---|---|---|")
+    print("| layer | matrix | s_max | s_min | max useful rank | MSE(1) |\n|---|---|---|---|---|---|")
     for n, c in curves.items():
         s = c.singular_values
         print(f"| {n} | {c.shape[0]}x{c.shape[1]} | {s[0]:.4g} | {s[-1]:.4g} | {c.max_rank} | {c.mse[1]:.3g} |")

@@ -14,7 +14,6 @@ search resumes (``resume=True``) without losing a finished trial; an interrupted
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 import os
@@ -38,24 +37,19 @@ from torch import nn
 
 from ranksearch.allocation import config_for
 from ranksearch.baselines import Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, uniform_ranks
-from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.config import RankConfig
-from ranksearch.decompose import Factors
-from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
-from ranksearch.solver import Curve, Solution, solve_ratio
+from ranksearch.retrain import RetrainSettings
+from ranksearch.solver import Solution, solve_ratio
 from ranksearch.spectra import spectra
-from ranksearch.surgery import count_params, factorize, find_layers, layer_factors, layer_groups
+from ranksearch.surgery import count_params, factorize, find_layers, layer_groups
 from ranksearch.task import Task
-from ranksearch.weights import load_state_dict, save_state_dict
+from ranksearch.trial import (EXACT_ATTR, PARAM_PREFIX, Evaluate, Objective, Retrain, Views, build_views, retrain_again,
+                              task_callables)
+from ranksearch.weights import load_state_dict
 
 __all__ = ["GRANULARITIES", "PRUNERS", "SAMPLERS", "SearchResult", "open_storage", "search"]
 
 _log = logging.getLogger(__name__)
-_PREFIX = "log10w:"
-_EXACT = "log10w"  # user attr of a trial that allocates with these per-layer log-weights, not its params
-
-Evaluate = Callable[[nn.Module], float]
-Retrain = Callable[..., Any]
 
 
 @dataclass
@@ -116,14 +110,10 @@ def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.s
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if resume and not _worker_alive(t.user_attrs.get("worker")):  # killed: fail it, run its proposal again
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            again = {k: t.user_attrs[k] for k in ("method", _EXACT) if k in t.user_attrs}
+            again = {k: t.user_attrs[k] for k in ("method", EXACT_ATTR) if k in t.user_attrs}
             study.enqueue_trial(t.params, user_attrs={"method": "searched", **again})
             _log.info("trial %d was interrupted; it will run again", t.number)
     return study, not exists
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _worker_alive(worker: str | None) -> bool:
@@ -143,25 +133,6 @@ def _worker_alive(worker: str | None) -> bool:
     return True
 
 
-def _accepts_report(fn: Callable[..., Any]) -> bool:
-    try:
-        return "report" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@dataclass(frozen=True)
-class _Views:
-    """Curves and decompositions a trial allocates on: the trial space's (plain or data-aware) and the
-    plain ones, which the CE1 rule (the seed rule) always uses."""
-
-    curves: Mapping[str, Curve]
-    factors: Mapping[str, Factors]
-    plain_curves: Mapping[str, Curve]
-    plain_factors: Mapping[str, Factors]
-    kind: str  # "plain" or "data_aware"
-
-
 _SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
@@ -176,111 +147,6 @@ _PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 SAMPLERS = tuple(_SAMPLER_FACTORIES)  #: names accepted by ``search(sampler=...)``, the default first
 PRUNERS = tuple(_PRUNER_FACTORIES)  #: names accepted by ``search(pruner=...)``, the default first
 GRANULARITIES = ("layer", "group")  #: names accepted by ``search(granularity=...)``, the default first
-
-
-class _Objective:
-    """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric."""
-
-    def __init__(self, model: nn.Module, views: _Views, target: float, *, evaluate: Evaluate,
-                 retrain: Retrain | None, test: Evaluate | None, spread: float, prior: Mapping[str, float],
-                 groups: Mapping[str, str], rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
-        self.model, self.views, self.target = model, views, target
-        self.curves, self.factors = views.curves, views.factors
-        self.evaluate, self.retrain, self.test = evaluate, retrain, test
-        self.spread, self.prior, self.rank_multiple, self.min_rank = spread, prior, rank_multiple, min_rank
-        self.groups = groups
-        self.weights_dir, self.n_trials = weights_dir, n_trials
-        self.total = count_params(model)
-
-    def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
-        """Ranks of the trial and the kind of factors they use.
-
-        An enqueued allocation (the seed rule, uniform, sensitivity, a warm start) allocates exactly
-        as it was given (its per-layer log-weights ride in the trial's user attrs, so a resumed study
-        runs it again exactly); its parameters are its nearest point in the searched space, for the
-        sampler to learn from. Every trial records the absolute log-weights it allocated with.
-        """
-        u = {g: trial.suggest_float(_PREFIX + g, -self.spread, self.spread) for g in dict.fromkeys(self.groups.values())}
-        if trial.user_attrs.get("method") == "seed_rule":
-            sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
-            return sol, "plain"
-        logw = trial.user_attrs.get(_EXACT)
-        if logw is None:
-            logw = {n: self.prior.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
-            trial.set_user_attr(_EXACT, logw)
-        w = {n: 10.0 ** logw.get(n, 0.0) for n in self.curves}
-        return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank), self.views.kind
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        start = time.perf_counter()
-        trial.set_user_attr("worker", _worker_id())
-        if "method" not in trial.user_attrs:  # enqueued trials carry theirs (seed_rule, ...)
-            trial.set_user_attr("method", "searched")
-        sol, kind = self.propose(trial)
-        ranks = {n: r for n, r in sol.ranks.items() if r is not None}
-        trial.set_constraint("ratio_over_target", sol.ratio - self.target)
-        trial.set_user_attr("ranks", ranks)
-        trial.set_user_attr("factors", kind)
-        trial.set_user_attr("params", sol.params)
-        trial.set_user_attr("ratio", sol.ratio)
-        twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.user_attrs.get("ranks") == ranks and t.user_attrs.get("factors") == kind), None)
-        if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
-            for key in ("before_retrain", "test"):
-                if key in twin.user_attrs:
-                    trial.set_user_attr(key, twin.user_attrs[key])
-            trial.set_user_attr("same_as", twin.number)
-            _log.info("trial %d has the ranks of trial %d: value reused", trial.number, twin.number)
-            return float(twin.value)  # type: ignore[arg-type]
-        model = factorize(self.model, ranks, self.views.plain_factors if kind == "plain" else self.factors)
-        trial.set_user_attr("before_retrain", self.evaluate(model))
-        scored = None
-        if self.retrain is not None:
-            if _accepts_report(self.retrain):
-                scored = self.retrain(model, report=lambda step, value: _report(trial, step, value))
-            else:
-                scored = self.retrain(model)
-        # a retrain that returns a number has scored the model on the validation split already
-        value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(self.evaluate(model))
-        if not math.isfinite(value):
-            raise ValueError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
-        if self.test is not None:
-            trial.set_user_attr("test", float(self.test(model)))
-        done = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if self.weights_dir is not None and (not done or value > max(t.value for t in done)):
-            save_state_dict(model.state_dict(), self.weights_dir / f"trial_{trial.number}.safetensors")
-        _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
-                  trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs["method"],
-                  sol.ratio, value, trial.user_attrs["before_retrain"], time.perf_counter() - start)
-        return value
-
-
-def _report(trial: optuna.Trial, step: int, value: float | None) -> None:
-    if value is None:
-        return
-    trial.report(float(value), step)
-    if trial.should_prune():
-        raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
-
-
-def _task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int) -> tuple[Evaluate, Retrain, Evaluate]:
-    def evaluate(model: nn.Module) -> float:
-        return evaluate_metric(model, task.val, task.metric)
-
-    def retrain(model: nn.Module, report: Callable[[int, float | None], None]) -> float | None:
-        last: list[float | None] = [None]
-
-        def on_epoch(step: int, value: float | None) -> None:
-            last[0] = value
-            report(step, value)
-
-        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True)
-        return last[0]  # the validation metric after the last epoch (None without epochs)
-
-    def test(model: nn.Module) -> float:
-        return evaluate_metric(model, task.test, task.metric)
-
-    return evaluate, retrain, test
 
 
 def search(
@@ -369,7 +235,7 @@ def search(
     test: Evaluate | None = None
     settings = retrain_settings or RetrainSettings()
     if task is not None:
-        evaluate, retrain, test = _task_callables(task, settings, copy.deepcopy(model), seed)
+        evaluate, retrain, test = task_callables(task, settings, copy.deepcopy(model), seed)
     started = time.perf_counter()
     dense = {"val": float(evaluate(copy.deepcopy(model)))}  # type: ignore[misc]
     if test is not None:
@@ -384,24 +250,24 @@ def search(
         data_aware = calibration is not None or task is not None
     layers = find_layers(model).eligible
     modules = {n: layers[n] for n in curves}
-    views = _views(model, modules, curves, data_aware, calibration, task)
+    views = build_views(model, modules, curves, data_aware, calibration, task)
     if sensitivity is None and ((fresh and baselines) or prior == "sensitivity"):  # resumed: enqueued exactly
         sensitivity = measure_sensitivity(model, views.curves, views.factors, evaluate)  # type: ignore[arg-type]
     starts = _starting_points(model, views, target_ratio, sensitivity)
     centre = starts.get("sensitivity_sum", {}) if prior == "sensitivity" else {}
     groups = layer_groups(modules) if granularity == "group" else {n: n for n in curves}
     if fresh:
-        study.enqueue_trial({_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
+        study.enqueue_trial({PARAM_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
         exact = [*(starts.items() if baselines else ()), *(("warm_start", w) for w in warm_start)]
         for method, logw in exact:
             logw = {n: float(logw.get(n, 0.0)) for n in curves}
             offsets: dict[str, list[float]] = {}
             for n, v in logw.items():
                 offsets.setdefault(groups[n], []).append(v - centre.get(n, 0.0))
-            u = {_PREFIX + g: float(np.clip(np.mean(o), -spread, spread)) for g, o in offsets.items()}
-            study.enqueue_trial(u, user_attrs={"method": method, _EXACT: logw})
+            u = {PARAM_PREFIX + g: float(np.clip(np.mean(o), -spread, spread)) for g, o in offsets.items()}
+            study.enqueue_trial(u, user_attrs={"method": method, EXACT_ATTR: logw})
     weights_dir = Path(out_dir) / "trials" if out_dir is not None else None
-    objective = _Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
+    objective = Objective(model, views, target_ratio, evaluate=evaluate, retrain=retrain, test=test,  # type: ignore[arg-type]
                            spread=spread, prior=centre, groups=groups,
                            rank_multiple=rank_multiple, min_rank=min_rank,
                            weights_dir=weights_dir, n_trials=n_trials)
@@ -422,22 +288,7 @@ def search(
     return result
 
 
-def _views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapping[str, Curve], data_aware: bool,
-           calibration: Iterable[torch.Tensor] | None, task: Task | None) -> _Views:
-    plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
-    if not data_aware:
-        return _Views(curves, plain, curves, plain, "plain")
-    if calibration is None:
-        if task is None:
-            raise ValueError("data_aware=True needs calibration batches (calibration=) or a task.")
-        calibration = calibration_batches(task.train)
-    moments = input_moments(model, modules, calibration, device=next(model.parameters()).device)
-    pairs = {n: whitened(m, moments[n], max(1, curves[n].max_rank)) for n, m in modules.items()}
-    _log.info("data-aware factors from %d layers' input moments", len(pairs))
-    return _Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")
-
-
-def _starting_points(model: nn.Module, views: _Views, target: float,
+def _starting_points(model: nn.Module, views: Views, target: float,
                      sensitivity: Sensitivity | None) -> dict[str, dict[str, float]]:
     """Log-weights of the enqueued allocations: uniform, and from the sensitivity table the AIMET-style
     greedy one and the sum-of-scores one (the prior's centre)."""
@@ -451,7 +302,7 @@ def _starting_points(model: nn.Module, views: _Views, target: float,
     return starts
 
 
-def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target: float, dense: dict[str, float],
+def _result(study: optuna.Study, objective: Objective, model: nn.Module, target: float, dense: dict[str, float],
             wall: float, weights_dir: Path | None, name: str, seed: int, spread: float,
             settings: RetrainSettings | None, exclude: Iterable[str] | Mapping[str, str], model_name: str | None,
             source: dict[str, Any] | None, n_trials: int | None, timeout: float | None, metric_name: str,
@@ -494,7 +345,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
     if path is not None and path.exists():
         best_model.load_state_dict(load_state_dict(path))
     elif objective.retrain is not None:  # weights not kept (no out_dir): retrain the best again, same seed
-        _retrain_again(objective, best_model)
+        retrain_again(objective, best_model)
     if weights_dir is not None:
         for p in weights_dir.glob("trial_*.safetensors"):
             if p != path:
@@ -507,13 +358,7 @@ def _result(study: optuna.Study, objective: _Objective, model: nn.Module, target
     return SearchResult(config=cfg, study=study, model=best_model, seed_rule=seed_cfg or cfg, summary=summary)
 
 
-def _solution_of(t: optuna.trial.FrozenTrial, objective: _Objective) -> Solution:
+def _solution_of(t: optuna.trial.FrozenTrial, objective: Objective) -> Solution:
     ranks = {n: t.user_attrs["ranks"].get(n) for n in objective.curves}
     return Solution(ranks, float("nan"), int(t.user_attrs["params"]), objective.total)
 
-
-def _retrain_again(objective: _Objective, model: nn.Module) -> None:
-    if _accepts_report(objective.retrain):  # type: ignore[arg-type]
-        objective.retrain(model, report=lambda step, value: None)  # type: ignore[misc]
-    else:
-        objective.retrain(model)  # type: ignore[misc]

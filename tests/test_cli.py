@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from ranksearch import RankConfig, count_params, load_factorized, load_space
 from ranksearch.cli import main
