@@ -61,9 +61,9 @@ def main() -> None:
         times = []
         for _ in range(max(1, args.repeats // 10)):
             t0 = time.perf_counter()
-            ranks = fn(curves, table, budget)
+            alloc = fn(curves, table, budget)
             times.append(time.perf_counter() - t0)
-        assert sum(curves[n].params(r) for n, r in ranks.items()) <= budget
+        assert sum(curves[n].params(r) for n, r in alloc.items()) <= budget
         rows.append((label, statistics.median(times) * 1e3, max(times) * 1e3))
     ranks = sum(c.max_rank for c in curves.values())
     lines = [

@@ -17,7 +17,6 @@ import copy
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -43,8 +42,8 @@ from ranksearch.solver import Solution, solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, factorize, find_layers, layer_groups
 from ranksearch.task import Task
-from ranksearch.trial import (EXACT_ATTR, PARAM_PREFIX, Evaluate, Objective, Retrain, Views, build_views, retrain_again,
-                              task_callables)
+from ranksearch.trial import (EXACT_ATTR, PARAM_PREFIX, Evaluate, Objective, Retrain, Views, build_views, task_callables,
+                              worker_alive)
 from ranksearch.weights import load_state_dict
 
 __all__ = ["GRANULARITIES", "PRUNERS", "SAMPLERS", "SearchResult", "open_storage", "search"]
@@ -108,29 +107,12 @@ def _open_study(storage: BaseStorage, name: str, resume: bool, sampler: optuna.s
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if resume and not _worker_alive(t.user_attrs.get("worker")):  # killed: fail it, run its proposal again
+        if resume and not worker_alive(t.user_attrs.get("worker")):  # killed: fail it, run its proposal again
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             again = {k: t.user_attrs[k] for k in ("method", EXACT_ATTR) if k in t.user_attrs}
             study.enqueue_trial(t.params, user_attrs={"method": "searched", **again})
             _log.info("trial %d was interrupted; it will run again", t.number)
     return study, not exists
-
-
-def _worker_alive(worker: str | None) -> bool:
-    """Whether the process that runs a trial is alive. Workers on other hosts are presumed alive
-    (a database storage's heartbeat fails their trials if they die)."""
-    if worker is None:
-        return False
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
@@ -232,6 +214,11 @@ def search(
     if not curves:
         raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
     solve_ratio(curves, target_ratio, count_params(model), None, rank_multiple, min_rank)  # fail fast if unreachable
+    warm = [dict(w) for w in warm_start]
+    for w in warm:  # before any study is written
+        if unknown := sorted(set(w) - set(curves)):
+            raise ValueError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
+                             "give per-layer log10 weights of this model (a trial's user_attrs['log10w']).")
     test: Evaluate | None = None
     settings = retrain_settings or RetrainSettings()
     if task is not None:
@@ -258,7 +245,7 @@ def search(
     groups = layer_groups(modules) if granularity == "group" else {n: n for n in curves}
     if fresh:
         study.enqueue_trial({PARAM_PREFIX + g: 0.0 for g in dict.fromkeys(groups.values())}, user_attrs={"method": "seed_rule"})
-        exact = [*(starts.items() if baselines else ()), *(("warm_start", w) for w in warm_start)]
+        exact = [*(starts.items() if baselines else ()), *(("warm_start", w) for w in warm)]
         for method, logw in exact:
             logw = {n: float(logw.get(n, 0.0)) for n in curves}
             offsets: dict[str, list[float]] = {}
@@ -345,7 +332,7 @@ def _result(study: optuna.Study, objective: Objective, model: nn.Module, target:
     if path is not None and path.exists():
         best_model.load_state_dict(load_state_dict(path))
     elif objective.retrain is not None:  # weights not kept (no out_dir): retrain the best again, same seed
-        retrain_again(objective, best_model)
+        objective.retrain_again(best_model)
     if weights_dir is not None:
         for p in weights_dir.glob("trial_*.safetensors"):
             if p != path:

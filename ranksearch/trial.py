@@ -30,8 +30,8 @@ from ranksearch.surgery import count_params, factorize, layer_factors
 from ranksearch.task import Task
 from ranksearch.weights import save_state_dict
 
-__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "Evaluate", "Objective", "Retrain", "Views", "accepts_report", "build_views",
-           "retrain_again", "task_callables", "worker_id"]
+__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "Evaluate", "Objective", "Retrain", "Views", "build_views", "task_callables",
+           "worker_alive", "worker_id"]
 
 _log = logging.getLogger(__name__)
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
@@ -42,10 +42,28 @@ Retrain = Callable[..., Any]
 
 
 def worker_id() -> str:
+    """``host:pid`` of this process, recorded on the trials it runs (read back by :func:`worker_alive`)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def accepts_report(fn: Callable[..., Any]) -> bool:
+def worker_alive(worker: str | None) -> bool:
+    """Whether the process that runs a trial is alive. Workers on other hosts are presumed alive
+    (a database storage's heartbeat fails their trials if they die)."""
+    if worker is None:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _accepts_report(fn: Callable[..., Any]) -> bool:
     try:
         return "report" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -122,7 +140,7 @@ class Objective:
         trial.set_user_attr("before_retrain", self.evaluate(model))
         scored = None
         if self.retrain is not None:
-            if accepts_report(self.retrain):
+            if _accepts_report(self.retrain):
                 scored = self.retrain(model, report=lambda step, value: _report(trial, step, value))
             else:
                 scored = self.retrain(model)
@@ -139,6 +157,13 @@ class Objective:
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs["method"],
                   sol.ratio, value, trial.user_attrs["before_retrain"], time.perf_counter() - start)
         return value
+
+    def retrain_again(self, model: nn.Module) -> None:
+        """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept)."""
+        if _accepts_report(self.retrain):  # type: ignore[arg-type]
+            self.retrain(model, report=lambda step, value: None)  # type: ignore[misc]
+        else:
+            self.retrain(model)  # type: ignore[misc]
 
 
 def _report(trial: optuna.Trial, step: int, value: float | None) -> None:
@@ -170,7 +195,7 @@ def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, se
 
 
 def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapping[str, Curve], data_aware: bool,
-           calibration: Iterable[torch.Tensor] | None, task: Task | None) -> Views:
+                calibration: Iterable[torch.Tensor] | None, task: Task | None) -> Views:
     plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
     if not data_aware:
         return Views(curves, plain, curves, plain, "plain")
@@ -183,9 +208,3 @@ def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapp
     _log.info("data-aware factors from %d layers' input moments", len(pairs))
     return Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")
 
-
-def retrain_again(objective: Objective, model: nn.Module) -> None:
-    if accepts_report(objective.retrain):  # type: ignore[arg-type]
-        objective.retrain(model, report=lambda step, value: None)  # type: ignore[misc]
-    else:
-        objective.retrain(model)  # type: ignore[misc]

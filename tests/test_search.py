@@ -105,7 +105,8 @@ def test_task_trial_value_is_the_validation_metric_of_the_returned_model(dense_a
     model, task = dense_and_task
     from ranksearch.retrain import evaluate as metric
 
-    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, seed=0, baselines=False)
+    two_epochs = RetrainSettings(epochs=2, batch_size=32, lr_start=0.01, lr_end=0.001)  # the last epoch's score counts
+    res = search(model, 0.3, task=task, retrain_settings=two_epochs, n_trials=2, seed=0, baselines=False)
     assert res.study.best_value == pytest.approx(metric(res.model, task.val, "accuracy"))
 
 
@@ -235,3 +236,10 @@ def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_ta
     assert trial.user_attrs["log10w"] == warm
     searched = [t for t in res.study.trials if t.user_attrs["method"] == "searched"]
     assert searched and all(t.user_attrs["log10w"] == {n: t.params[f"log10w:{n}"] for n in names} for t in searched)
+
+
+def test_warm_start_for_another_model_is_refused_before_any_study(dense_and_task, tmp_path):
+    model, task = dense_and_task
+    with pytest.raises(ValueError, match="warm_start names layers"):
+        search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=1, out_dir=tmp_path, warm_start=[{"features.99": 1.0}])
+    assert not (tmp_path / "study.journal").exists()
