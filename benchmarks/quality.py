@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ranksearch import load_space, search
+from ranksearch import SearchSettings, load_space, search
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
@@ -37,13 +37,13 @@ def run_space(name: str, seeds: list[int], trials: int, options: dict, wps: list
         per_seed = []
         for seed in seeds:
             t0 = time.perf_counter()
-            res = search(model, wp, task=task, retrain_settings=space.retrain, n_trials=trials, seed=seed,
-                         exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
-                         sensitivity=sens, **options)
+            settings = SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=seed, exclude=tuple(space.exclude),
+                                      rank_multiple=space.rank_multiple, min_rank=space.min_rank, **options)
+            res = search(model, settings, task=task, n_trials=trials, sensitivity=sens)
             sens = res.sensitivity
             s = res.summary
             per_seed.append({m: s.get(m, {}).get("test") for m in METHODS} | {"wall": time.perf_counter() - t0, "dense": s["dense"]["test"],
-                            "settings": {k: res.config.search[k] for k in ("sampler", "pruner", "prior", "granularity", "data_aware")}})
+                            "settings": {k: res.config.search["settings"][k] for k in ("sampler", "pruner", "prior", "granularity", "factors")}})
             print(name, wp, seed, {m: per_seed[-1][m] for m in METHODS}, flush=True)
         med = {m: statistics.median([r[m] for r in per_seed if r[m] is not None] or [float("nan")]) for m in METHODS}
         rows.append({"space": name, "wp": wp, "metric": task.metric, "dense": per_seed[0]["dense"], **med,
@@ -67,7 +67,7 @@ def main() -> None:
     wps = [float(w) for w in args.wps.split(",")] if args.wps else None
     options = {k: v for k, v in (("prior", args.prior), ("sampler", args.sampler)) if v is not None}
     if args.factors is not None:
-        options["data_aware"] = args.factors == "data-aware"
+        options["factors"] = args.factors
     rows = [r for name in args.spaces.split(",") for r in run_space(name, seeds, args.trials, options, wps)]
     cmd = " ".join(["python benchmarks/quality.py", f"--spaces {args.spaces}", f"--seeds {args.seeds}", f"--trials {args.trials}"]
                    + ([f"--wps {args.wps}"] if args.wps else []) + [f"--{k} {getattr(args, k)}" for k in ("factors", "prior", "sampler")

@@ -23,22 +23,22 @@ from pathlib import Path
 
 import torch
 
-from ranksearch import load_space, search
+from ranksearch import SearchSettings, load_space, search
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 #: name -> keyword arguments of ranksearch.search (plus "distill": the retrain's distillation weight)
 VARIANTS: dict[str, dict] = {
-    "tpe": dict(sampler="tpe", pruner="median", prior="sensitivity", data_aware=True),
-    "gp": dict(sampler="gp", pruner="median", prior="sensitivity", data_aware=True),
-    "cmaes": dict(sampler="cmaes", pruner="median", prior="sensitivity", data_aware=True),
-    "random": dict(sampler="random", pruner="median", prior="sensitivity", data_aware=True),
-    "tpe-hyperband": dict(sampler="tpe", pruner="hyperband", prior="sensitivity", data_aware=True),
-    "tpe-nopruner": dict(sampler="tpe", pruner="none", prior="sensitivity", data_aware=True),
-    "tpe-prior-none": dict(sampler="tpe", pruner="median", prior="none", data_aware=True),
-    "tpe-group": dict(sampler="tpe", pruner="median", prior="sensitivity", data_aware=True, granularity="group"),
-    "tpe-plain": dict(sampler="tpe", pruner="median", prior="sensitivity", data_aware=False),
-    "tpe-distill": dict(sampler="tpe", pruner="median", prior="sensitivity", data_aware=True, distill=0.5),
+    "tpe": dict(sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware"),
+    "gp": dict(sampler="gp", pruner="median", prior="sensitivity", factors="data-aware"),
+    "cmaes": dict(sampler="cmaes", pruner="median", prior="sensitivity", factors="data-aware"),
+    "random": dict(sampler="random", pruner="median", prior="sensitivity", factors="data-aware"),
+    "tpe-hyperband": dict(sampler="tpe", pruner="hyperband", prior="sensitivity", factors="data-aware"),
+    "tpe-nopruner": dict(sampler="tpe", pruner="none", prior="sensitivity", factors="data-aware"),
+    "tpe-prior-none": dict(sampler="tpe", pruner="median", prior="none", factors="data-aware"),
+    "tpe-group": dict(sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware", granularity="group"),
+    "tpe-plain": dict(sampler="tpe", pruner="median", prior="sensitivity", factors="plain"),
+    "tpe-distill": dict(sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware", distill=0.5),
 }
 
 
@@ -47,19 +47,19 @@ def run(space_name: str, wps: list[float], seeds: list[int], trials: int, varian
     task = space.build_task()
     model = space.build_model(task)
     rows = []
-    sens = {}  # data_aware -> the table the first study measured; it depends on the factors only
+    sens = {}  # factors -> the table the first study measured; it depends on the factors only
     for wp in wps:
         for name in variants:
             kw = dict(VARIANTS[name])
             distill = kw.pop("distill", 0.0)
-            settings = dataclasses.replace(space.retrain, distill=distill)
+            recipe = dataclasses.replace(space.retrain, distill=distill)
             runs = []
             for seed in seeds:
                 t0 = time.perf_counter()
-                res = search(model, wp, task=task, retrain_settings=settings, n_trials=trials, seed=seed,
-                             exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
-                             sensitivity=sens.get(kw["data_aware"]), **kw)
-                sens[kw["data_aware"]] = res.sensitivity
+                settings = SearchSettings(target_ratio=wp, model=space.name, retrain=recipe, seed=seed, exclude=tuple(space.exclude),
+                                          rank_multiple=space.rank_multiple, min_rank=space.min_rank, **kw)
+                res = search(model, settings, task=task, n_trials=trials, sensitivity=sens.get(kw["factors"]))
+                sens[kw["factors"]] = res.sensitivity
                 s = res.summary
                 runs.append({"val": s["searched"]["val"], "test": s["searched"]["test"], "method": res.config.search["trial_method"],
                              "wall": time.perf_counter() - t0, "pruned": s["trials"]["pruned"]})

@@ -32,8 +32,10 @@ def config_for(
     source: dict[str, Any] | None = None,
     metric: dict[str, Any] | None = None,
     search: dict[str, Any] | None = None,
+    mse: Mapping[str, float] | None = None,
 ) -> RankConfig:
-    """The :class:`RankConfig` of a solver solution for ``model``."""
+    """The :class:`RankConfig` of a solver solution for ``model`` (``mse``: per-layer errors to record
+    instead of the curves', e.g. a data-aware trial's output errors)."""
     modules = dict(model.named_modules())
     ranks = {n: r for n, r in solution.ranks.items() if r is not None}
     layers = {}
@@ -44,7 +46,7 @@ def config_for(
             weight_shape=list(modules[name].weight.shape),
             matrix=list(c.shape),
             rank=rank,
-            mse=float(c.mse[rank]),
+            mse=float(mse[name]) if mse is not None and name in mse else float(c.mse[rank]),
             params_before=c.dense_params,
             params_after=c.params(rank),
         )

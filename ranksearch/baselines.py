@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -49,11 +50,21 @@ def probe_ranks(max_rank: int) -> list[int]:
 
 
 def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Mapping[str, Factors],
-                        evaluate: Callable[[nn.Module], float]) -> Sensitivity:
-    """Metric with one layer at a time truncated to each of its :func:`probe_ranks`."""
+                        evaluate: Callable[[nn.Module], float], known: Mapping[str, Any] | None = None,
+                        on_layer: Callable[[str, list[tuple[int, float]]], None] | None = None) -> Sensitivity:
+    """Metric with one layer at a time truncated to each of its :func:`probe_ranks`.
+
+    Layers in ``known`` (rows measured before, e.g. by a search that was interrupted) are not measured
+    again; ``on_layer(name, rows)`` is called after each newly measured layer.
+    """
     table: Sensitivity = {}
     for i, (name, c) in enumerate(curves.items()):
+        if known is not None and name in known:
+            table[name] = [(int(r), float(v)) for r, v in known[name]]
+            continue
         table[name] = [(r, float(evaluate(factorize(model, {name: r}, factors)))) for r in probe_ranks(c.max_rank)]
+        if on_layer is not None:
+            on_layer(name, table[name])
         _log.info("sensitivity %d/%d %s: %s", i + 1, len(curves), name, ", ".join(f"r{r}={v:.3f}" for r, v in table[name]))
     return table
 

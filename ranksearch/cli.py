@@ -1,4 +1,4 @@
-"""Command line: ``ranksearch spectra | solve | search | apply``.
+"""Command line: ``ranksearch spectra | solve | search | worker | export | apply``.
 
 ``main(argv)`` returns the exit code, so tests call it in-process. Errors in the user's input
 (``ValueError``/``TypeError``) print one line on stderr and exit 2; progress goes to stderr.
@@ -9,22 +9,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from ranksearch.allocation import apply, solve
 from ranksearch._io import atomic_write_text
+from ranksearch._storage import GRACE_S, HEARTBEAT_S, StudyAttrs, create_or_join, open_storage
+from ranksearch.allocation import apply, solve
 from ranksearch.config import RankConfig
-from ranksearch.export import summary_table, working_points_table, write_results
+from ranksearch.export import export_study, summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
-from ranksearch.search import GRANULARITIES, PRUNERS, SAMPLERS, search
+from ranksearch.search import search
+from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PRUNERS, SAMPLERS, SearchSettings
 from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
 from ranksearch.weights import save_state_dict
+from ranksearch.worker import TrialsFailing, WorkersFailed, check_model, limit_threads, run_worker
 
 __all__ = ["main"]
 
@@ -90,22 +95,39 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="Optuna search of the rank allocation with a short retrain per trial")
     _space_args(p)
     _target_args(p, several=True)
-    p.add_argument("--factors", choices=("data-aware", "plain"), default="data-aware",
+    p.add_argument("--factors", choices=FACTORS[1:], default="data-aware",
                    help="searched trials truncate on calibration activations (data-aware, default) or the weights alone")
-    p.add_argument("--prior", choices=("none", "sensitivity"), default="none", help="centre of the searched weights")
+    p.add_argument("--prior", choices=PRIORS, default=PRIORS[0], help="centre of the searched weights")
     p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
     p.add_argument("--pruner", choices=PRUNERS, default=PRUNERS[0], help=f"Optuna pruner (default {PRUNERS[0]})")
-    p.add_argument("--trials", type=int, default=20, help="trials to finish, resumed ones included (default 20)")
-    p.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    p.add_argument("--spread", type=float, default=3.0, help="searched layer weights range over 10**[-spread, spread] (default 3)")
     p.add_argument("--epochs", type=int, help="retrain epochs per trial (default: the space's)")
     p.add_argument("--distill", type=float, help="weight in [0, 1] of distillation from the dense model")
-    p.add_argument("--storage", help="Optuna storage URL or journal file (default: OUT/study.journal)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the study found in the storage (or join it)")
     p.add_argument("--study-name", help="study name in the storage (default: SPACE@RATIO)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--gpus", help="CUDA devices for the workers, round-robin, e.g. 0,1 (several workers may share one)")
+    _run_args(p)
+
+    p = sub.add_parser("worker", parents=[common], help="join a study: run its trials (settings, space and weights digest come from it)")
+    p.add_argument("--storage", required=True, help="the study's storage: database URL or journal file")
+    p.add_argument("--study-name", required=True, help="the study to join")
+    p.add_argument("--weights", help="local dense weights (default: the file the study names, or the space's cache)")
+    p.add_argument("--data", help="local data folder (default: the study's)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, help="torch threads of this worker (default: all cores)")
+    _run_args(p, storage=False)
+
+    p = sub.add_parser("export", parents=[common], help="write the best trial of a study so far (also while workers run)")
+    p.add_argument("--storage", required=True, help="the study's storage: database URL or journal file")
+    p.add_argument("--study-name", required=True, help="the study to export")
+    p.add_argument("--weights", help="local dense weights (default: the file the study names, or the space's cache)")
+    p.add_argument("--artifacts", help="the artifact folder the workers wrote to (default: the study's)")
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("apply", parents=[common], help="rebuild the factorized model from a rank config and save it")
@@ -113,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="rank_config.json")
     p.add_argument("--out", required=True, help=".safetensors file to write")
     return parser
+
+
+def _run_args(p: argparse.ArgumentParser, storage: bool = True) -> None:
+    """Run options: how a study is run, not what it searches (not stored in its settings)."""
+    p.add_argument("--trials", type=int, default=None if not storage else 20,
+                   help="finished trials the study should hold, all workers counted (default " + ("20)" if storage else "the study's)"))
+    p.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    if storage:
+        p.add_argument("--storage", help="Optuna storage URL or journal file (default: OUT/study.journal)")
+    p.add_argument("--artifacts", help="folder for the trials' weights (default: OUT/artifacts; shared for several machines)")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help=f"database heartbeat interval, s (default {HEARTBEAT_S})")
+    p.add_argument("--grace", type=int, default=GRACE_S, help=f"database grace period before a silent trial is failed, s (default {GRACE_S})")
 
 
 def _space(args: argparse.Namespace) -> Space:
@@ -132,7 +166,7 @@ def _target(args: argparse.Namespace, space: Space) -> float:
 
 def _source(space: Space) -> dict[str, object]:
     return {"space": space.name, "space_file": str(space.path), "factory": space.model_factory,
-            "model_kwargs": space.model_kwargs, "weights": space.weights,
+            "model_kwargs": space.model_kwargs, "weights": str(Path(space.weights).resolve()) if space.weights else None,
             "pretrained_cache": None if space.weights else str(space.pretrained_path())}
 
 
@@ -169,6 +203,23 @@ def _layer_report(cfg: RankConfig, skipped: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSettings:
+    """The one settings object of a search, built from the space and the flags."""
+    ref = args.space if not args.space.endswith((".yaml", ".yml")) and "/" not in args.space else str(Path(args.space).resolve())
+    return SearchSettings(
+        target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
+        granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
+        rank_multiple=space.rank_multiple, min_rank=space.min_rank, exclude=tuple(space.exclude),
+        baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
+
+
+def _check_run(args: argparse.Namespace) -> None:
+    if args.trials is not None and args.trials < 1:
+        raise ValueError(f"--trials {args.trials} must be >= 1.")
+    if args.timeout is not None and not (0 < args.timeout < math.inf):
+        raise ValueError(f"--timeout {args.timeout} must be a finite number of seconds > 0.")
+
+
 def _search(args: argparse.Namespace) -> int:
     space = _space(args)
     if args.ratio is not None:
@@ -177,33 +228,33 @@ def _search(args: argparse.Namespace) -> int:
         targets = list(space.working_points)
     else:
         targets = [space.working_point(w.strip()) for w in args.wp.split(",")]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"working points {targets} repeat a ratio; give each once.")
     out = Path(args.out)
     several = len(targets) > 1
     outs = [out / f"ratio-{t:g}" if several else out for t in targets]
     for o in outs:
         if (o / "rank_config.json").exists() and not args.resume:
             raise ValueError(f"{str(o)!r} already holds a finished search; pass --resume or choose another --out.")
-    if args.trials < 1:
-        raise ValueError(f"--trials {args.trials} must be >= 1.")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError(f"--timeout {args.timeout} must be > 0 seconds.")
+    _check_run(args)
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers} must be >= 1.")
+    settings = [_settings(args, space, t) for t in targets]  # every point's settings are valid before any work
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
     task = space.build_task()
     model = space.build_model(task)
     for target in targets:  # every working point must be reachable before any of them writes a file
         solve(model, target, exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
               cache_dir=cache_root() / "spectra")
     sensitivity, warm, rows = None, [], []
-    for target, o in zip(targets, outs):
-        _log.info("searching %s at ratio %s on %s (%d trials%s)", space.name, target, best_device(), args.trials,
-                  f", timeout {args.timeout:g} s" if args.timeout else "")
-        result = search(model, target, task=task, retrain_settings=space.retrain, n_trials=args.trials,
-                        timeout=args.timeout, storage=args.storage,
-                        study_name=args.study_name and (f"{args.study_name}@{target:g}" if several else args.study_name),
-                        resume=args.resume, out_dir=o, seed=args.seed, exclude=space.exclude,
-                        rank_multiple=space.rank_multiple, min_rank=space.min_rank, cache_dir=cache_root() / "spectra",
-                        model_name=space.name, source=_source(space), data_aware=args.factors == "data-aware", prior=args.prior,
-                        baselines=not args.no_baselines, sensitivity=sensitivity, warm_start=warm,
-                        sampler=args.sampler, pruner=args.pruner, granularity=args.granularity)
+    for s, o in zip(settings, outs):
+        _log.info("searching %s at ratio %s on %s (%d trials%s%s)", space.name, s.target_ratio, best_device(), args.trials,
+                  f", timeout {args.timeout:g} s" if args.timeout else "", f", {args.workers} workers" if args.workers > 1 else "")
+        result = search(model, s, task=task, n_trials=args.trials, timeout=args.timeout, storage=args.storage,
+                        study_name=args.study_name and (f"{args.study_name}@{s.target_ratio:g}" if several else args.study_name),
+                        resume=args.resume, out_dir=o, artifacts=args.artifacts and (Path(args.artifacts) / o.name if several else args.artifacts),
+                        cache_dir=cache_root() / "spectra", source=_source(space), sensitivity=sensitivity, warm_start=warm,
+                        workers=args.workers, gpus=gpus, heartbeat=args.heartbeat, grace=args.grace)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)
         best = result.study.best_trial.user_attrs.get("log10w")  # none when the seed rule won: enqueued anyway
         sensitivity, warm = result.sensitivity, [best] if best is not None else []
@@ -214,6 +265,62 @@ def _search(args: argparse.Namespace) -> int:
         text = f"# ranksearch: {space.name}, {len(targets)} working points\n\n" + working_points_table(rows)
         atomic_write_text(out / "summary.md", text)
         print(text, end="")
+    return 0
+
+
+def _study_space(settings: SearchSettings, source: dict[str, Any], weights: str | None, data: str | None) -> Space:
+    """The space a study was made on, with local weights and data (the flags, else what the study names)."""
+    if settings.space is None:
+        raise ValueError("The study was made from Python without a space; join it from Python with ranksearch.run_worker().")
+    space = load_space(settings.space).with_weights(weights or source.get("weights"))
+    data = data or settings.data
+    return replace(space, task_kwargs={**space.task_kwargs, "data_dir": data}) if data else space
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _check_run(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be >= 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    store = open_storage(args.storage, heartbeat=args.heartbeat, grace=args.grace, existing=True)
+    study, _ = create_or_join(store, args.study_name, None, resume=True, sampler=None, pruner=None)  # type: ignore[arg-type]
+    attrs = StudyAttrs(study)
+    settings = attrs.settings()
+    space = _study_space(settings, attrs.get("source") or {}, args.weights, args.data)  # type: ignore[arg-type]
+    cap = args.trials if args.trials is not None else attrs.get("n_trials")
+    if cap is None and args.timeout is None:
+        raise ValueError(f"Study {args.study_name!r} records no trial cap; give --trials or --timeout.")
+    task = space.build_task()
+    model = space.build_model(task)
+    ran = run_worker(model, store, args.study_name, task=task, n_trials=cap, timeout=args.timeout,
+                     artifacts=args.artifacts, cache_dir=cache_root() / "spectra", worker_index=args.worker_index,
+                     heartbeat=args.heartbeat, grace=args.grace)
+    _log.info("worker done: %d trials run here", ran)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    store = open_storage(args.storage, existing=True)
+    study, _ = create_or_join(store, args.study_name, None, resume=True, sampler=None, pruner=None)  # type: ignore[arg-type]
+    attrs = StudyAttrs(study)
+    settings = attrs.settings()
+    source = attrs.get("source") or {}
+    space = _study_space(settings, source, args.weights, None)  # type: ignore[arg-type]
+    model = space.build_model()
+    check_model(study, settings, model)  # type: ignore[arg-type]
+    curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=settings.exclude)  # type: ignore[union-attr]
+    artifacts = args.artifacts or attrs.get("artifacts")
+    if artifacts is None:
+        raise ValueError(f"Study {args.study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
+    from ranksearch._storage import artifact_store
+
+    result = export_study(study, model, curves, args.out, artifacts=artifact_store(artifacts), source=source)
+    print(summary_table(result.summary), end="")
+    print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
+    print(f"written to {args.out}: rank_config.json, factorized.safetensors, factorized_nnr.safetensors, summary.md")
     return 0
 
 
@@ -229,7 +336,7 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"spectra": _spectra, "solve": _solve, "search": _search, "apply": _apply}
+_COMMANDS = {"spectra": _spectra, "solve": _solve, "search": _search, "worker": _worker, "export": _export, "apply": _apply}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,13 +349,30 @@ def main(argv: list[str] | None = None) -> int:
     root.handlers[:] = [handler]
     root.setLevel(level)
     start = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if args.command in ("search", "worker") else None
     try:
         code = _COMMANDS[args.command](args)
     except (ValueError, TypeError) as e:
         print(f"ranksearch {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (TrialsFailing, WorkersFailed) as e:
+        print(f"ranksearch {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = " --resume" if args.command == "search" and not args.resume else ""
+        again = " ".join(["ranksearch", *(argv if argv is not None else sys.argv[1:])]) + hint
+        print(f"ranksearch {args.command}: interrupted; finished trials are kept, resume with: {again}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     _log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
     return code
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM stops a search or worker as Ctrl-C does (the running trial is run again on resume)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

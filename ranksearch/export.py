@@ -10,23 +10,172 @@ Files in the output folder:
   is two tensors ``<layer>.weight_G`` (m x r) and ``<layer>.weight_H`` (r x n) and its bias stays
   ``<layer>.bias``; every other tensor keeps the dense model's name.
 * ``summary.md``: the dense, seed-rule and searched metrics, ratio, trials and wall time.
+
+:func:`collect` reads all of it from a study (any storage, any machine, also while workers run):
+the best trial's allocation and its retrained weights (an Optuna artifact); :func:`export_study`
+writes it. A search's own outputs are this export at its end.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
+from optuna.artifacts import download_artifact
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ranksearch._io import atomic_write_text
+from ranksearch._storage import StudyAttrs
+from ranksearch.allocation import config_for
+from ranksearch.baselines import Sensitivity
 from ranksearch.config import RankConfig
 from ranksearch.layers import LowRank
-from ranksearch.weights import save_state_dict
+from ranksearch.solver import Curve, Solution
+from ranksearch.surgery import count_params, factorize
+from ranksearch.weights import load_state_dict, save_state_dict
 
-__all__ = ["nnr_tensors", "summary_table", "working_points_table", "write_results"]
+__all__ = ["BASELINES", "SearchResult", "collect", "export_study", "nnr_tensors", "summary_table",
+           "working_points_table", "write_results"]
+
+_log = logging.getLogger(__name__)
+BASELINES = ("uniform", "sensitivity", "sensitivity_sum")  #: enqueued allocations reported beside the seed rule
+
+
+@dataclass
+class SearchResult:
+    """What a study found.
+
+    Attributes:
+        config: Rank config of the best trial (metrics and the study's settings recorded in it).
+        study: The Optuna study (all trials, their ranks and metrics in ``user_attrs``).
+        model: The best factorized model, retrained.
+        seed_rule: Rank config of the CE1 rule's trial with its metric (None if it has not run).
+        summary: Figures of the run: dense, seed rule, baselines and best metrics, trials, wall time.
+        sensitivity: The per-layer sensitivity table the study measured (None without baselines).
+    """
+
+    config: RankConfig
+    study: optuna.Study
+    model: nn.Module
+    seed_rule: RankConfig | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    sensitivity: Sensitivity | None = None
+
+
+def _figures(t: FrozenTrial | None) -> dict[str, Any]:
+    if t is None:
+        return {}
+    return {"trial": t.number, "val": t.value, "test": t.user_attrs.get("test"), "before_retrain": t.user_attrs.get("before_retrain"),
+            "method": t.user_attrs.get("method")}
+
+
+def _first(study: optuna.Study, method: str) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("method") == method), None)
+
+
+def _weights_of(study: optuna.Study, t: FrozenTrial) -> str | None:
+    """Artifact id of a trial's retrained weights (a trial that reused a twin's value: the twin's)."""
+    if "weights" in t.user_attrs:
+        return str(t.user_attrs["weights"])
+    twin = t.user_attrs.get("same_as")
+    if twin is not None:
+        return study.trials[int(twin)].user_attrs.get("weights")
+    return None
+
+
+def _solution(t: FrozenTrial, curves: Mapping[str, Curve], total: int) -> Solution:
+    return Solution({n: t.user_attrs["ranks"].get(n) for n in curves}, float("nan"), int(t.user_attrs["params"]), total)
+
+
+def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], *, artifacts: Any = None,
+            rebuild: Callable[[FrozenTrial], nn.Module] | None = None, source: dict[str, Any] | None = None) -> SearchResult:
+    """The best trial of ``study`` so far as a :class:`SearchResult`.
+
+    Args:
+        study: A ranksearch study (its settings, dense metric and trials are read from it).
+        model: The dense model it was made with.
+        curves: The plain curves of its layers (:func:`~ranksearch.spectra.spectra`): shapes and sizes.
+        artifacts: The artifact store holding the trials' weights.
+        rebuild: Makes the retrained model of a trial whose weights were not uploaded (the search
+            retrains it again); without it the best trial that has weights is taken, with a warning.
+        source: Where the dense model came from, recorded in the configs.
+    """
+    attrs = StudyAttrs(study)
+    settings = attrs.settings()
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete or settings is None:
+        raise ValueError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
+                         "raise --timeout or --trials, or export later.")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    weights = _weights_of(study, best) if artifacts is not None else None
+    if weights is None and rebuild is None:
+        with_weights = [t for t in complete if _weights_of(study, t) is not None] if artifacts is not None else []
+        if not with_weights:
+            raise ValueError(f"No trial of study {study.study_name!r} has uploaded its weights (no artifact store, "
+                             "or a wrong --artifacts folder); give the folder the workers wrote to.")
+        chosen = max(with_weights, key=lambda t: (t.value, -t.number))
+        _log.warning("the best trial %d has no weights; exporting trial %d (%.4f against %.4f)", best.number, chosen.number,
+                     chosen.value, best.value)
+        best, weights = chosen, _weights_of(study, chosen)
+    if weights is not None:
+        best_model = factorize(model, best.user_attrs["ranks"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.safetensors"
+            download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=weights)
+            best_model.load_state_dict(load_state_dict(path))
+        best_model.eval()
+    else:
+        best_model = rebuild(best)  # type: ignore[misc]
+    seed_trial = _first(study, "seed_rule")
+    metric: dict[str, Any] = {"name": attrs.get("metric") or "metric", "dense": attrs.get("dense") or {},
+                              "seed_rule": _figures(seed_trial), "searched": _figures(best)}
+    for method in BASELINES:
+        first = next((t for t in study.trials if t.user_attrs.get("method") == method), None)
+        if first is not None and first.state == TrialState.COMPLETE:
+            metric[method] = _figures(first)
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    created = attrs.get("created_at")
+    ends = [t.datetime_complete.timestamp() for t in study.trials if t.datetime_complete is not None]
+    wall = round(max(ends) - created, 1) if created and ends else None
+    total = count_params(model)
+    record = {"method": "optuna", "study_name": study.study_name, "settings": settings.to_dict(), "trials": counts,
+              "best_trial": best.number, "wall_time_s": wall}
+
+    def config_of(t: FrozenTrial) -> RankConfig:
+        return config_for(model, curves, _solution(t, curves, total), settings.target_ratio, model_name=settings.model,
+                          source=source if source is not None else attrs.get("source"), metric=metric,
+                          search={**record, "factors": t.user_attrs.get("factors"), "trial_method": t.user_attrs.get("method"),
+                                  "trial": t.number},
+                          mse=t.user_attrs.get("mse"))
+
+    cfg = config_of(best)
+    if count_params(best_model) != cfg.compressed_params:
+        raise ValueError(f"Trial {best.number}'s weights have {count_params(best_model)} parameters, its ranks {cfg.compressed_params}.")
+    summary = {"target_ratio": settings.target_ratio, "achieved_ratio": best.user_attrs["ratio"], "trials": counts,
+               "wall_time_s": wall, "seed_rule_ratio": seed_trial.user_attrs["ratio"] if seed_trial else None,
+               "best_method": best.user_attrs.get("method"), **metric}
+    table = attrs.get("sensitivity")
+    sensitivity = {n: [(int(r), float(v)) for r, v in rows] for n, rows in table.items()} if table else None
+    return SearchResult(config=cfg, study=study, model=best_model, seed_rule=config_of(seed_trial) if seed_trial else None,
+                        summary=summary, sensitivity=sensitivity)
+
+
+def export_study(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], out_dir: str | Path, *,
+                 artifacts: Any = None, source: dict[str, Any] | None = None) -> SearchResult:
+    """Write the best trial of ``study`` so far into ``out_dir`` (:func:`write_results`); from any
+    machine that has the storage, the artifacts and the dense model, also while workers run."""
+    result = collect(study, model, curves, artifacts=artifacts, source=source)
+    write_results(out_dir, result.config, result.model, result.seed_rule, result.summary)
+    return result
 
 
 def nnr_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -49,13 +198,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _method_label(summary: dict[str, Any]) -> str:
+    method = summary.get("best_method") or summary["searched"].get("method") or "searched"
+    return {"seed_rule": "the seed rule", "sensitivity": "AIMET-style sensitivity", "sensitivity_sum": "sensitivity sum",
+            "searched": "sampled trial", "warm_start": "warm start"}.get(method, method)
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """Markdown table: dense, seed rule and best searched metric at the achieved ratio."""
     name = summary.get("name", "metric")
     rows = [
         ("dense", summary["dense"], 1.0, "-"),
         ("seed rule (one MSE bound)", summary.get("seed_rule") or {}, summary.get("seed_rule_ratio"), _fmt(summary.get("seed_rule", {}).get("trial"))),
-        ("best searched", summary["searched"], summary["achieved_ratio"], _fmt(summary["searched"].get("trial"))),
+        (f"best ({_method_label(summary)})", summary["searched"], summary["achieved_ratio"], _fmt(summary["searched"].get("trial"))),
     ]
     lines = [f"| model | ratio | val {name} | test {name} | before retrain | trial |", "|---|---|---|---|---|---|"]
     for label, fig, ratio, trial in rows:

@@ -1,7 +1,11 @@
 """One search trial: a proposal of per-layer weights -> exact ranks -> factorize -> short retrain -> metric.
 
 :class:`Objective` is what Optuna calls per trial; :class:`Views` holds the curves and decompositions a
-trial allocates on (plain SVD, or activation-whitened when data-aware). Internal to :mod:`ranksearch.search`.
+trial allocates on (plain SVD, or activation-whitened when data-aware). Every trial records, in its
+user attrs, what it allocated (``method``, ``log10w``, ``ranks``, ``mse``, ``params``, ``ratio``,
+``factors``), who ran it (``worker``), what it scored (``before_retrain``, the value, ``test``), and,
+when it was the best so far, the artifact id of its retrained weights (``weights``). A trial that
+raises is failed with ``error`` and ``traceback``; one interrupted by Ctrl-C is marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -9,9 +13,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
-import socket
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +23,21 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
+from ranksearch._storage import worker_id
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.decompose import Factors
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
+from ranksearch.settings import SearchSettings
 from ranksearch.solver import Curve, Solution, solve_ratio
-from ranksearch.surgery import count_params, factorize, layer_factors
+from ranksearch.surgery import count_params, factorize, layer_factors, layer_groups
 from ranksearch.task import Task
 from ranksearch.weights import save_state_dict
 
-__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "Evaluate", "Objective", "Retrain", "Views", "build_views", "task_callables",
-           "worker_alive", "worker_id"]
+__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "Evaluate", "Objective", "Retrain", "Views", "build_views", "task_callables"]
 
 _log = logging.getLogger(__name__)
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
@@ -39,28 +45,6 @@ EXACT_ATTR = "log10w"  #: user attr of a trial: the per-layer log-weights it all
 
 Evaluate = Callable[[nn.Module], float]
 Retrain = Callable[..., Any]
-
-
-def worker_id() -> str:
-    """``host:pid`` of this process, recorded on the trials it runs (read back by :func:`worker_alive`)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def worker_alive(worker: str | None) -> bool:
-    """Whether the process that runs a trial is alive. Workers on other hosts are presumed alive
-    (a database storage's heartbeat fails their trials if they die)."""
-    if worker is None:
-        return False
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _accepts_report(fn: Callable[..., Any]) -> bool:
@@ -81,49 +65,100 @@ class Views:
     plain_factors: Mapping[str, Factors]
     kind: str  # "plain" or "data_aware"
 
+    def of(self, kind: str) -> tuple[Mapping[str, Curve], Mapping[str, Factors]]:
+        """Curves and factors of a trial's ``factors`` attr."""
+        return (self.plain_curves, self.plain_factors) if kind == "plain" else (self.curves, self.factors)
+
 
 class Objective:
-    """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric."""
+    """One trial: proposal -> exact ranks -> factorize -> short retrain -> metric.
 
-    def __init__(self, model: nn.Module, views: Views, target: float, *, evaluate: Evaluate,
-                 retrain: Retrain | None, test: Evaluate | None, spread: float, prior: Mapping[str, float],
-                 groups: Mapping[str, str], rank_multiple: int, min_rank: int, weights_dir: Path | None, n_trials: int | None) -> None:
-        self.model, self.views, self.target = model, views, target
+    Args:
+        model: The dense model (left unchanged).
+        views: Curves and factors (:func:`build_views`).
+        settings: The study's settings (target, spread, granularity, rank grid).
+        centre: Per-layer log-weights the searched offsets are added to (the prior's centre).
+        evaluate, retrain, test: The metric on validation data, the short retrain, the metric on test data.
+        artifacts: Where a trial that beats the best so far uploads its retrained weights (None: nowhere).
+        n_trials: The trial cap, for the log lines.
+    """
+
+    def __init__(self, model: nn.Module, views: Views, settings: SearchSettings, centre: Mapping[str, float], *,
+                 evaluate: Evaluate, retrain: Retrain | None, test: Evaluate | None,
+                 artifacts: Any = None, n_trials: int | None = None) -> None:
+        self.model, self.views, self.settings, self.target = model, views, settings, settings.target_ratio
         self.curves, self.factors = views.curves, views.factors
         self.evaluate, self.retrain, self.test = evaluate, retrain, test
-        self.spread, self.prior, self.rank_multiple, self.min_rank = spread, prior, rank_multiple, min_rank
-        self.groups = groups
-        self.weights_dir, self.n_trials = weights_dir, n_trials
+        self.centre, self.artifacts, self.n_trials = dict(centre), artifacts, n_trials
+        modules = dict(model.named_modules())
+        self.groups = (layer_groups({n: modules[n] for n in views.curves}) if settings.granularity == "group"
+                       else {n: n for n in views.curves})
         self.total = count_params(model)
+        self.current: int | None = None  #: number of the trial running now (for Ctrl-C)
+
+    def search_space(self) -> list[str]:
+        """Names of the searched parameters (one per layer or group)."""
+        return [PARAM_PREFIX + g for g in dict.fromkeys(self.groups.values())]
+
+    def params_for(self, logw: Mapping[str, float]) -> dict[str, float]:
+        """The point of the searched space nearest to absolute per-layer log-weights (for enqueueing)."""
+        offsets: dict[str, list[float]] = {}
+        for n in self.curves:
+            offsets.setdefault(self.groups[n], []).append(float(logw.get(n, 0.0)) - self.centre.get(n, 0.0))
+        s = self.settings.spread
+        return {PARAM_PREFIX + g: float(min(s, max(-s, sum(o) / len(o)))) for g, o in offsets.items()}
+
+    def solution(self, method: str | None, logw: Mapping[str, float] | None) -> tuple[Solution, str]:
+        """Ranks of an allocation and the kind of factors they use (the seed rule: plain, no weights)."""
+        s = self.settings
+        if method == "seed_rule":
+            return solve_ratio(self.views.plain_curves, self.target, self.total, None, s.rank_multiple, s.min_rank), "plain"
+        w = {n: 10.0 ** (logw or {}).get(n, 0.0) for n in self.curves}
+        return solve_ratio(self.curves, self.target, self.total, w, s.rank_multiple, s.min_rank), self.views.kind
 
     def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
         """Ranks of the trial and the kind of factors they use.
 
-        An enqueued allocation (the seed rule, uniform, sensitivity, a warm start) allocates exactly
-        as it was given (its per-layer log-weights ride in the trial's user attrs, so a resumed study
-        runs it again exactly); its parameters are its nearest point in the searched space, for the
-        sampler to learn from. Every trial records the absolute log-weights it allocated with.
+        An enqueued allocation (the seed rule, uniform, sensitivity, a warm start, a retried trial)
+        allocates exactly as it was given (its per-layer log-weights ride in the trial's user attrs);
+        its parameters are its nearest point in the searched space, for the sampler to learn from.
+        Every trial records the absolute log-weights it allocated with.
         """
-        u = {g: trial.suggest_float(PARAM_PREFIX + g, -self.spread, self.spread) for g in dict.fromkeys(self.groups.values())}
-        if trial.user_attrs.get("method") == "seed_rule":
-            sol = solve_ratio(self.views.plain_curves, self.target, self.total, None, self.rank_multiple, self.min_rank)
-            return sol, "plain"
+        spread = self.settings.spread
+        u = {g: trial.suggest_float(PARAM_PREFIX + g, -spread, spread) for g in dict.fromkeys(self.groups.values())}
+        method = trial.user_attrs.get("method")
         logw = trial.user_attrs.get(EXACT_ATTR)
-        if logw is None:
-            logw = {n: self.prior.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
+        if logw is None and method != "seed_rule":
+            logw = {n: self.centre.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
             trial.set_user_attr(EXACT_ATTR, logw)
-        w = {n: 10.0 ** logw.get(n, 0.0) for n in self.curves}
-        return solve_ratio(self.curves, self.target, self.total, w, self.rank_multiple, self.min_rank), self.views.kind
+        return self.solution(method, logw)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        start = time.perf_counter()
+        self.current = trial.number
         trial.set_user_attr("worker", worker_id())
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, KeyboardInterrupt) as e:
+            if isinstance(e, KeyboardInterrupt):
+                trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        start = time.perf_counter()
         if "method" not in trial.user_attrs:  # enqueued trials carry theirs (seed_rule, ...)
             trial.set_user_attr("method", "searched")
         sol, kind = self.propose(trial)
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
+        curves, factors = self.views.of(kind)
         trial.set_constraint("ratio_over_target", sol.ratio - self.target)
         trial.set_user_attr("ranks", ranks)
+        trial.set_user_attr("mse", {n: float(curves[n].mse[r]) for n, r in ranks.items()})
         trial.set_user_attr("factors", kind)
         trial.set_user_attr("params", sol.params)
         trial.set_user_attr("ratio", sol.ratio)
@@ -134,9 +169,10 @@ class Objective:
                 if key in twin.user_attrs:
                     trial.set_user_attr(key, twin.user_attrs[key])
             trial.set_user_attr("same_as", twin.number)
-            _log.info("trial %d has the ranks of trial %d: value reused", trial.number, twin.number)
+            _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number,
+                      trial.user_attrs["method"], twin.number, twin.value)
             return float(twin.value)  # type: ignore[arg-type]
-        model = factorize(self.model, ranks, self.views.plain_factors if kind == "plain" else self.factors)
+        model = factorize(self.model, ranks, factors)
         trial.set_user_attr("before_retrain", self.evaluate(model))
         scored = None
         if self.retrain is not None:
@@ -150,13 +186,22 @@ class Objective:
             raise ValueError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         if self.test is not None:
             trial.set_user_attr("test", float(self.test(model)))
-        done = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if self.weights_dir is not None and (not done or value > max(t.value for t in done)):
-            save_state_dict(model.state_dict(), self.weights_dir / f"trial_{trial.number}.safetensors")
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if self.artifacts is not None and (not done or value > max(t.value for t in done)):
+            self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs["method"],
                   sol.ratio, value, trial.user_attrs["before_retrain"], time.perf_counter() - start)
         return value
+
+    def _upload(self, trial: optuna.Trial, model: nn.Module) -> None:
+        """Upload the retrained weights as an artifact of the trial; the ``weights`` attr, set only
+        once the upload is complete, names it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial_{trial.number}.safetensors"
+            save_state_dict(model.state_dict(), path, {"format": "ranksearch.factorized", "trial": str(trial.number)})
+            artifact = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial)
+        trial.set_user_attr("weights", artifact)
 
     def retrain_again(self, model: nn.Module) -> None:
         """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept)."""

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ranksearch._io import atomic_path
 
-__all__ = ["load_state_dict", "save_state_dict"]
+__all__ = ["load_state_dict", "save_state_dict", "state_digest"]
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -41,3 +42,15 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike[str]
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """XXH3-128 of a state dict (names, shapes, dtypes and bytes, in name order): the identity of a
+    dense model's weights that a study records and every joining worker checks."""
+    h = xxhash.xxh3_128()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "x" + h.hexdigest()

@@ -54,7 +54,7 @@ def test_spectra_writes_curves(tmp_path, capsys):
 def test_search_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "3", "--epochs", "1", "--out", str(out)]) == 0
-    assert "best searched" in capsys.readouterr().out
+    assert "| best (" in capsys.readouterr().out
     data = json.loads((out / "rank_config.json").read_text())
     assert CONFIG_KEYS <= set(data)
     assert data["achieved_ratio"] == data["compressed_params"] / data["original_params"] <= 0.2
@@ -134,7 +134,8 @@ def test_several_working_points_in_one_run(tmp_path, capsys):
         cfg = RankConfig.load(out / f"ratio-{ratio:g}" / "rank_config.json")
         assert cfg.target_ratio == ratio and cfg.achieved_ratio <= ratio
         assert {"seed_rule", "uniform", "sensitivity", "searched"} <= set(cfg.metric)
-        assert cfg.search["data_aware"] is False and cfg.search["prior"] == "sensitivity"
+        assert cfg.search["settings"]["factors"] == "plain" and cfg.search["settings"]["prior"] == "sensitivity"
+        assert cfg.search["settings"]["target_ratio"] == ratio
     table = (out / "summary.md").read_text()
     assert "| 0.2 |" in table and "| 0.1 |" in table and "sensitivity" in table
     assert table.splitlines()[-1] in printed

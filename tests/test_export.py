@@ -131,7 +131,7 @@ def _summary() -> dict:
         "dense": {"val": 0.91, "test": 0.9},
         "seed_rule": {"trial": 0, "val": 0.8, "test": 0.79, "before_retrain": 0.5},
         "seed_rule_ratio": 0.4991,
-        "searched": {"trial": 7, "val": 0.85, "test": 0.84, "before_retrain": 0.55},
+        "searched": {"trial": 7, "val": 0.85, "test": 0.84, "before_retrain": 0.55, "method": "searched"},
         "trials": {"complete": 8, "pruned": 2, "fail": 1},
         "wall_time_s": 12.5,
     }
@@ -145,8 +145,10 @@ def test_summary_table_contents() -> None:
     assert "0.9100" in dense_row and "0.9000" in dense_row and "1.0000" in dense_row
     seed_row = next(line for line in lines if line.startswith("| seed rule"))
     assert all(v in seed_row for v in ("0.4991", "0.8000", "0.7900", "0.5000"))
-    best_row = next(line for line in lines if line.startswith("| best searched"))
+    best_row = next(line for line in lines if line.startswith("| best (sampled trial)"))
     assert all(v in best_row for v in ("0.4987", "0.8500", "0.8400", "0.5500", "| 7 |"))
+    baseline = summary_table({**_summary(), "searched": {**_summary()["searched"], "method": "sensitivity"}})
+    assert "| best (AIMET-style sensitivity) |" in baseline  # the best's method is named, never called "searched"
     assert "8 complete, 2 pruned, 1 failed" in text and "12.5 s" in text and "Target ratio 0.5" in text
     no_seed = summary_table({**_summary(), "seed_rule": {}, "seed_rule_ratio": None})
     seed_row = next(line for line in no_seed.splitlines() if line.startswith("| seed rule"))

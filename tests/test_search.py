@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 import tinyspace
-from ranksearch import RetrainSettings, count_params, search
+from ranksearch import RetrainSettings, SearchSettings, count_params, search, solve
 from ranksearch.cli import main
 from ranksearch.search import open_storage
 
@@ -34,29 +34,36 @@ def dense_and_task():
     return model, task
 
 
-def test_search_hits_ratio_and_never_loses_to_seed_rule(dense_and_task, tmp_path):
+def _s(ratio, **kw):
+    return SearchSettings(target_ratio=ratio, retrain=RECIPE, **kw)
+
+
+def test_search_hits_ratio_and_runs_the_seed_rule_first(dense_and_task, tmp_path):
     model, task = dense_and_task
-    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=4, out_dir=tmp_path, seed=0)
+    res = search(model, _s(0.2), task=task, n_trials=4, out_dir=tmp_path)
     trials = res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) == 4
     first = res.study.trials[0]
     assert first.user_attrs["method"] == "seed_rule" and set(first.params.values()) == {0.0}
+    assert first.user_attrs["ranks"] == solve(model, 0.2).ranks  # trial 0 is exactly the CE1 rule
     for t in trials:
         assert 0.2 - 0.02 < t.user_attrs["ratio"] <= 0.2
         assert t.system_attrs["constraints:ratio_over_target"] <= 0
     assert res.config.achieved_ratio <= 0.2
     assert res.config.compressed_params == count_params(res.model)
-    assert res.study.best_value >= first.value
-    assert res.summary["searched"]["val"] >= res.summary["seed_rule"]["val"]
-    assert res.config.search["data_aware"] is True  # a task gives calibration inputs: data-aware by default
+    assert res.summary["searched"]["trial"] == res.study.best_trial.number == res.config.search["best_trial"]
+    assert res.config.search["settings"]["factors"] == "data-aware"  # a task gives calibration inputs: data-aware by default
     factors = {t.user_attrs["method"]: t.user_attrs["factors"] for t in trials}
     assert factors["seed_rule"] == "plain" and factors.get("uniform") == "data_aware"
-    assert list(tmp_path.glob("trials/*.safetensors")) == [tmp_path / "trials" / f"trial_{res.study.best_trial.number}.safetensors"]
+    uploaded = [t for t in trials if "weights" in t.user_attrs]  # each trial that beat the best so far
+    assert uploaded[0].number == 0 and res.study.best_trial in uploaded + [
+        t for t in trials if t.user_attrs.get("same_as") in {u.number for u in uploaded}]
+    assert len(list((tmp_path / "artifacts").iterdir())) == len(uploaded)
 
 
 def test_sequential_search_is_deterministic(dense_and_task):
     model, task = dense_and_task
-    runs = [search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=3, seed=7) for _ in range(2)]
+    runs = [search(model, _s(0.3, seed=7), task=task, n_trials=3) for _ in range(2)]
     a, b = ([(t.params, t.value, t.user_attrs["ranks"]) for t in r.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
             for r in runs)
     assert len(a) == 3
@@ -73,13 +80,16 @@ def test_user_callables_get_reports_and_pruning(dense_and_task):
         return metric(m, task.val, "accuracy")
 
     def retrain(m: torch.nn.Module, report) -> None:
+        late = len(calls) >= 12  # after four full trials every report is far below the median: pruned at step 0
         for step in range(3):
             calls.append(step)
-            report(step, evaluate(m) - 0.1 * step * (len(calls) > 9))
+            report(step, evaluate(m) - (1.0 if late else 0.0))
 
-    res = search(model, 0.3, evaluate=evaluate, retrain=retrain, n_trials=6, seed=1)
+    res = search(model, SearchSettings(0.3, seed=1, factors="plain"), evaluate=evaluate, retrain=retrain, n_trials=6)
     assert len(calls) >= 12 and res.config.achieved_ratio <= 0.3
     assert res.summary["name"] == "evaluate"
+    pruned = res.study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and all(len(t.intermediate_values) < 3 for t in pruned)  # stopped before its last report
 
 
 def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
@@ -95,7 +105,7 @@ def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
     def retrain(m: torch.nn.Module) -> float:
         return 0.25  # "the validation metric after retraining"
 
-    res = search(model, 0.3, evaluate=evaluate, retrain=retrain, n_trials=3, seed=0, baselines=False)
+    res = search(model, SearchSettings(0.3, baselines=False), evaluate=evaluate, retrain=retrain, n_trials=3)
     done = res.study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.value for t in done] == [0.25] * len(done)
     assert len(evaluated) == 1 + len(done)  # the dense model, then each trial before its retrain only
@@ -106,16 +116,18 @@ def test_task_trial_value_is_the_validation_metric_of_the_returned_model(dense_a
     from ranksearch.retrain import evaluate as metric
 
     two_epochs = RetrainSettings(epochs=2, batch_size=32, lr_start=0.01, lr_end=0.001)  # the last epoch's score counts
-    res = search(model, 0.3, task=task, retrain_settings=two_epochs, n_trials=2, seed=0, baselines=False)
+    res = search(model, SearchSettings(0.3, retrain=two_epochs, baselines=False), task=task, n_trials=2)
     assert res.study.best_value == pytest.approx(metric(res.model, task.val, "accuracy"))
 
 
 def test_existing_study_needs_resume(dense_and_task, tmp_path):
     model, task = dense_and_task
-    search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=1, out_dir=tmp_path)
+    search(model, _s(0.3), task=task, n_trials=1, out_dir=tmp_path)
     with pytest.raises(ValueError, match="--resume"):
-        search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, out_dir=tmp_path)
-    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=2, out_dir=tmp_path, resume=True)
+        search(model, _s(0.3), task=task, n_trials=2, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="spread=3.0.*spread=1.0"):  # a resume must not mix other settings in
+        search(model, _s(0.3, spread=1.0), task=task, n_trials=2, out_dir=tmp_path, resume=True)
+    res = search(model, _s(0.3), task=task, n_trials=2, out_dir=tmp_path, resume=True)
     assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
 
 
@@ -123,6 +135,8 @@ def test_bad_search_arguments(dense_and_task):
     model, task = dense_and_task
     with pytest.raises(ValueError, match="unreachable"):
         search(model, 0.001, task=task, n_trials=1)
+    with pytest.raises(ValueError, match="target_ratio"):
+        search(model, 1.0, task=task, n_trials=1)
     with pytest.raises(ValueError, match="either task"):
         search(model, 0.3, n_trials=1)
     with pytest.raises(ValueError, match="n_trials"):
@@ -164,12 +178,20 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
 @pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none"), ("cmaes", "median")])
 def test_other_samplers_and_pruners(dense_and_task, sampler, pruner):
     model, task = dense_and_task
-    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=4, seed=0, sampler=sampler, pruner=pruner,
-                 baselines=False)
-    assert res.config.search["sampler"] == sampler and res.config.search["pruner"] == pruner
+    res = search(model, _s(0.3, sampler=sampler, pruner=pruner, baselines=False), task=task, n_trials=4)
+    assert res.config.search["settings"]["sampler"] == sampler and res.config.search["settings"]["pruner"] == pruner
     assert res.config.achieved_ratio <= 0.3
     with pytest.raises(ValueError, match="sampler"):
-        search(model, 0.3, task=task, n_trials=1, sampler="cmaes-ish")
+        search(model, _s(0.3, sampler="cmaes-ish"), task=task, n_trials=1)
+
+
+def test_optuna_objects_as_sampler_and_pruner(dense_and_task):
+    model, task = dense_and_task
+    sampler = optuna.samplers.RandomSampler(seed=5)
+    res = search(model, _s(0.3, baselines=False), task=task, n_trials=3, sampler=sampler, pruner=optuna.pruners.NopPruner())
+    assert res.study.sampler is sampler
+    assert res.config.search["settings"]["sampler"] == "custom:RandomSampler"
+    assert res.config.search["settings"]["pruner"] == "custom:NopPruner"
 
 
 def test_group_granularity_and_exact_baseline_trials(dense_and_task):
@@ -179,11 +201,10 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
     from ranksearch.spectra import spectra
 
     model, task = dense_and_task
-    res = search(model, 0.2, task=task, retrain_settings=RECIPE, n_trials=5, seed=0, granularity="group", data_aware=False,
-                 prior="sensitivity")
+    res = search(model, _s(0.2, granularity="group", factors="plain", prior="sensitivity"), task=task, n_trials=5)
     first = res.study.trials[0]
     assert sorted(first.params) == ["log10w:Conv2d", "log10w:Linear"]
-    assert res.config.search["granularity"] == "group" and res.config.search["prior"] == "sensitivity"
+    assert res.config.search["settings"]["granularity"] == "group" and res.config.search["settings"]["prior"] == "sensitivity"
     curves = spectra(model)
     budget = int(0.2 * count_params(model)) - (count_params(model) - sum(c.dense_params for c in curves.values()))
     by_method = {t.user_attrs["method"]: t.user_attrs["ranks"] for t in res.study.trials}
@@ -195,18 +216,18 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
         # the solver spends what the baseline leaves unused, so ranks only grow (missing: dense)
         assert all(by_method[method].get(n, math.inf) >= r for n, r in ranks.items())
     with pytest.raises(ValueError, match="granularity"):
-        search(model, 0.2, task=task, n_trials=1, granularity="block")
+        search(model, _s(0.2, granularity="block"), task=task, n_trials=1)
 
 
 def test_resumed_study_runs_its_queued_baselines_exactly(dense_and_task, tmp_path):
     """A study stopped before its sensitivity trials ran (no table measured on resume) still runs them
     with their exact allocations, which ride in the queued trials."""
     model, task = dense_and_task
-    kw = dict(task=task, retrain_settings=RECIPE, seed=0, data_aware=False, pruner="none", spread=0.2)  # params clip
-    fresh = search(model, 0.2, n_trials=4, **kw)
-    search(model, 0.2, n_trials=1, out_dir=tmp_path, **kw)
-    resumed = search(model, 0.2, n_trials=4, out_dir=tmp_path, resume=True, **kw)
-    assert resumed.sensitivity is None  # not measured again on resume
+    s = _s(0.2, factors="plain", pruner="none", spread=0.2)  # params clip
+    fresh = search(model, s, task=task, n_trials=4)
+    search(model, s, task=task, n_trials=1, out_dir=tmp_path)
+    resumed = search(model, s, task=task, n_trials=4, out_dir=tmp_path, resume=True)
+    assert resumed.sensitivity == fresh.sensitivity  # read back from the study, not measured again
 
     def by_method(res):
         return {t.user_attrs["method"]: t.user_attrs["ranks"] for t in res.study.trials}
@@ -223,8 +244,7 @@ def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_ta
     curves = spectra(model)
     names = list(curves)
     warm = {n: (-2.5 if i == 2 else 0.0) for i, n in enumerate(names)}  # outside the searched range of +-1
-    res = search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=3, seed=0, data_aware=False, baselines=False,
-                 warm_start=[warm], prior="none", spread=1.0)
+    res = search(model, _s(0.3, factors="plain", baselines=False, spread=1.0), task=task, n_trials=3, warm_start=[warm])
     trial = next(t for t in res.study.trials if t.user_attrs["method"] == "warm_start")
 
     def ranks(logw):
@@ -241,5 +261,5 @@ def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_ta
 def test_warm_start_for_another_model_is_refused_before_any_study(dense_and_task, tmp_path):
     model, task = dense_and_task
     with pytest.raises(ValueError, match="warm_start names layers"):
-        search(model, 0.3, task=task, retrain_settings=RECIPE, n_trials=1, out_dir=tmp_path, warm_start=[{"features.99": 1.0}])
+        search(model, _s(0.3), task=task, n_trials=1, out_dir=tmp_path, warm_start=[{"features.99": 1.0}])
     assert not (tmp_path / "study.journal").exists()

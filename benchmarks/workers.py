@@ -1,0 +1,95 @@
+"""Throughput of one study run by 1, 2 and 4 worker processes (``ranksearch search --workers K``).
+
+Each run is a fresh study of the same space and ratio with the same seed; its setup (dense metric,
+sensitivity table) runs in the leading process first and is not counted. Measured from the study's
+own timestamps: retrained trials (not the ones that reused a twin's value) per minute over the span
+from the first trial's start to the last trial's end; the wall time of the whole command is shown
+beside it. Pruning is off so that every trial is a full retrain. On a GPU machine pass ``--gpus 0``:
+all workers share the one GPU.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/workers.py --spaces mnist5k-cnn,dcase-audio --workers 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ranksearch._storage import open_storage
+
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
+
+def run(space: str, ratio: float, workers: int, trials: int, gpus: str | None, folder: Path) -> dict:
+    out = folder / f"{space}-{workers}"
+    cmd = [sys.executable, "-m", "ranksearch.cli", "search", "--space", space, "--ratio", str(ratio), "--trials", str(trials),
+           "--workers", str(workers), "--pruner", "none", "--seed", "0", "--out", str(out), "-q"]
+    cmd += ["--gpus", gpus] if gpus else []
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    wall = time.perf_counter() - t0
+    study = optuna.load_study(study_name=f"{space}@{ratio:g}", storage=open_storage(str(out / "study.journal")))
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    retrained = [t for t in done if "same_as" not in t.user_attrs]
+    span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    per_trial = statistics.median((t.datetime_complete - t.datetime_start).total_seconds() for t in retrained)
+    return {"space": space, "workers": workers, "finished": len(done), "retrained": len(retrained),
+            "span_s": span.total_seconds(), "rate": len(retrained) / span.total_seconds() * 60, "wall_s": wall,
+            "trial_s": per_trial, "workers_seen": len({t.user_attrs["worker"] for t in done})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spaces", default="mnist5k-cnn,dcase-audio")
+    ap.add_argument("--ratios", default="0.1,0.15", help="one ratio per space")
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--gpus", help="e.g. 0: place every worker on GPU 0")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for space, ratio in zip(args.spaces.split(","), [float(r) for r in args.ratios.split(",")]):
+            for k in [int(w) for w in args.workers.split(",")]:
+                rows.append(run(space, ratio, k, args.trials, args.gpus, Path(tmp)))
+                print(rows[-1], flush=True)
+    load_after = os.getloadavg()
+    device = torch.cuda.get_device_name(0) if args.gpus and torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    cmd = " ".join(["python benchmarks/workers.py", f"--spaces {args.spaces}", f"--ratios {args.ratios}", f"--workers {args.workers}",
+                    f"--trials {args.trials}"] + ([f"--gpus {args.gpus}"] if args.gpus else []))
+    lines = [
+        f"## Workers on one study: trials per minute ({datetime.date.today()})",
+        "",
+        f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
+        f"Machine: {platform.machine()}, {device}, torch {torch.__version__}; load average before "
+        f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min).  ",
+        "Retrained trials per minute over the trials' own span (setup excluded; pruning off; twins that reused a",
+        "value not counted); speed-up against 1 worker of the same space in the same run.",
+        "",
+        "| space | workers | finished | retrained | median trial s | span s | retrained / min | speed-up | command wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = next(b for b in rows if b["space"] == r["space"] and b["workers"] == 1) if any(
+            b["space"] == r["space"] and b["workers"] == 1 for b in rows) else r
+        lines.append(f"| {r['space']} | {r['workers']} | {r['finished']} | {r['retrained']} | "
+                     f"{r['trial_s']:.2f} | {r['span_s']:.1f} | {r['rate']:.1f} | {r['rate'] / base['rate']:.2f}x | {r['wall_s']:.0f} |")
+    publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()

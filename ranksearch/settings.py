@@ -1,0 +1,151 @@
+"""Everything that defines a search: one frozen, versioned settings object.
+
+The CLI builds a :class:`SearchSettings` once from its flags, the Python API takes one, the study
+stores it at creation (every process that joins reads it back and refuses any difference), and the
+exported rank config records it. Run options (storage, output folder, timeout, trial cap, workers,
+device) are not part of it: they change how a study is run, not what it searches.
+
+Example:
+    >>> s = SearchSettings(target_ratio=0.25, sampler="random", seed=3)
+    >>> SearchSettings.from_dict(s.to_dict()) == s
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ranksearch.retrain import RetrainSettings
+
+__all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PRUNERS", "SAMPLERS", "SearchSettings"]
+
+FORMAT = "ranksearch.search_settings"
+FORMAT_VERSION = 1
+SAMPLERS = ("tpe", "gp", "random", "cmaes")  #: sampler names, the default first
+PRUNERS = ("median", "hyperband", "none")  #: pruner names, the default first
+GRANULARITIES = ("layer", "group")  #: one searched weight per layer, or per group of similar layers
+PRIORS = ("none", "sensitivity")  #: centre of the searched weights: the seed rule, or the sensitivity-sum allocation
+FACTORS = ("auto", "data-aware", "plain")  #: auto: data-aware when calibration inputs exist
+CUSTOM = "custom:"  #: prefix of a sampler/pruner given as an Optuna object from Python (``custom:TPESampler``)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a study searches, and how; equal settings mean trials that may be mixed in one study.
+
+    Attributes:
+        target_ratio: Fraction of the whole model's parameters to keep, in (0, 1).
+        model: Space name, model factory (``module:function``) or class name of the dense model.
+        weights_digest: XXH3-128 digest of the dense model's state dict (filled in by ``search``).
+        space: Space name or ``.yaml`` path a worker rebuilds the model and task from (None: Python only).
+        data: The space's local data folder (``--data``), if any.
+        sampler: One of :data:`SAMPLERS` (or ``custom:<class>`` for an Optuna object given in Python).
+        pruner: One of :data:`PRUNERS` (or ``custom:<class>``).
+        granularity: One of :data:`GRANULARITIES`.
+        prior: One of :data:`PRIORS`.
+        spread: Searched per-layer weights on the MSE bound range over ``10**[-spread, spread]``.
+        factors: One of :data:`FACTORS`; ``search`` resolves ``auto`` before the study stores it.
+        rank_multiple: Ranks are multiples of this.
+        min_rank: Smallest rank allowed.
+        exclude: Layer names or regular expressions kept dense.
+        baselines: Enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule.
+        retrain: The built-in retrain's recipe (None: the user's own ``retrain`` callable).
+        seed: Seeds the study's sampler (worker k gets its own seed derived from it) and every retrain.
+    """
+
+    target_ratio: float
+    model: str = ""
+    weights_digest: str = ""
+    space: str | None = None
+    data: str | None = None
+    sampler: str = SAMPLERS[0]
+    pruner: str = PRUNERS[0]
+    granularity: str = GRANULARITIES[0]
+    prior: str = PRIORS[0]
+    spread: float = 3.0
+    factors: str = FACTORS[0]
+    rank_multiple: int = 1
+    min_rank: int = 1
+    exclude: tuple[str, ...] = ()
+    baselines: bool = True
+    retrain: RetrainSettings | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        r = self.target_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r < 1):
+            raise ValueError(f"target_ratio {r!r} must be a number in (0, 1), e.g. 0.25 keeps a quarter of the parameters.")
+        object.__setattr__(self, "target_ratio", float(r))
+        for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            value = getattr(self, name)
+            if value not in allowed and not (isinstance(value, str) and value.startswith(CUSTOM)):
+                raise ValueError(f"{name} {value!r} is not supported; use one of {list(allowed)}.")
+        for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
+        if isinstance(self.spread, bool) or not isinstance(self.spread, (int, float)) or not (0 < self.spread < math.inf):
+            raise ValueError(f"spread {self.spread!r} must be a finite number > 0 (log10 range of the searched weights).")
+        object.__setattr__(self, "spread", float(self.spread))
+        for name in ("rank_multiple", "min_rank"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} {v!r} must be an int >= 1.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed {self.seed!r} must be an int >= 0.")
+        if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
+            raise ValueError(f"exclude {self.exclude!r} must be a list of layer names or regular expressions.")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not isinstance(self.baselines, bool):
+            raise ValueError(f"baselines {self.baselines!r} must be true or false.")
+        if isinstance(self.retrain, dict):
+            object.__setattr__(self, "retrain", RetrainSettings(**self.retrain))
+        elif self.retrain is not None and not isinstance(self.retrain, RetrainSettings):
+            raise ValueError(f"retrain {self.retrain!r} must be a RetrainSettings (or None for your own retrain callable).")
+        for name in ("model", "weights_digest"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} {getattr(self, name)!r} must be a string.")
+
+    @property
+    def data_aware(self) -> bool:
+        """Whether searched trials use activation-whitened factors (``factors`` must be resolved)."""
+        return self.factors == "data-aware"
+
+    def replace(self, **changes: Any) -> SearchSettings:
+        """A copy with ``changes`` (settings are never mutated)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, format keys first."""
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "search settings") -> SearchSettings:
+        """Build from :meth:`to_dict`'s output; errors name ``origin`` and the faulty field."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{origin} have format_version {data.get('format_version')!r}; this ranksearch reads "
+                             f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
+        body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(body) - known):
+            raise ValueError(f"{origin}: unknown fields {unknown}.")
+        if "target_ratio" not in body:
+            raise ValueError(f"{origin}: missing field 'target_ratio'.")
+        try:
+            return cls(**body)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{origin}: {e}") from None
+
+    def differences(self, other: SearchSettings) -> list[tuple[str, Any, Any]]:
+        """``(field, self's value, other's value)`` for every field that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return [(k, a[k], b[k]) for k in a if a[k] != b[k]]

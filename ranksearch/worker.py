@@ -1,0 +1,305 @@
+"""Joining a study and running trials: the part of a search every worker process runs.
+
+A study is set up once (the dense metric, the sensitivity table, the prior's centre, the enqueued
+allocations: :func:`set_up`) by the process that created it; every worker then runs
+:func:`run_trials`, which takes trials from the shared storage until the study holds ``n_trials``
+finished ones (complete or pruned; with K workers at most K-1 more finish, those already running).
+:func:`run_worker` is what ``ranksearch worker`` calls: join a study knowing only where it is.
+
+Faults: a trial that raises is failed with its error and traceback in its user attrs and the worker
+goes on (three failures in a row stop it with that error); Ctrl-C (or SIGTERM) fails the running
+trial, enqueues its allocation again and re-raises; trials of dead workers are failed and run again
+(heartbeats on a database, process ids on a journal file); at the end a worker fails trials left
+running by dead workers, waiting out the grace period for their heartbeats.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+import torch
+import xxhash
+from optuna.trial import TrialState
+from torch import nn
+
+from ranksearch._storage import GRACE_S, StudyAttrs, fail_dead_trials, retry_trial, settle, wait_until_ready, worker_id
+from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
+                                  uniform_ranks)
+from ranksearch.settings import SearchSettings
+from ranksearch.spectra import spectra
+from ranksearch.surgery import count_params, find_layers
+from ranksearch.task import Task
+from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables
+from ranksearch.weights import state_digest
+
+__all__ = ["FINISHED", "Callables", "TrialsFailing", "WorkersFailed", "check_model", "limit_threads", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
+           "sampler_seed", "set_up", "views_for", "objective_for"]
+
+_log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  #: the states the trial cap counts
+
+
+class TrialsFailing(RuntimeError):
+    """Several trials in a row raised: the worker stops (the error is likely in the retrain or metric)."""
+
+
+class WorkersFailed(RuntimeError):
+    """A worker process started by ``search(workers=K)`` exited with an error."""
+
+
+_SAMPLERS = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+}
+_PRUNERS = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
+
+
+def sampler_seed(seed: int, worker_index: int | None) -> int:
+    """Worker 0 uses the study's seed (a one-process search is deterministic); worker k another seed
+    derived from it; a worker without an index one derived from its ``host:pid``."""
+    if worker_index == 0:
+        return seed
+    key = f"{seed}:{worker_index if worker_index is not None else worker_id()}"
+    return xxhash.xxh32_intdigest(key.encode()) % (2**31)
+
+
+def make_sampler(settings: SearchSettings, worker_index: int | None) -> optuna.samplers.BaseSampler:
+    if settings.sampler not in _SAMPLERS:
+        raise ValueError(f"Study uses the custom sampler {settings.sampler!r}; join it from Python with the same sampler object.")
+    return _SAMPLERS[settings.sampler](sampler_seed(settings.seed, worker_index))
+
+
+def make_pruner(settings: SearchSettings) -> optuna.pruners.BasePruner:
+    if settings.pruner not in _PRUNERS:
+        raise ValueError(f"Study uses the custom pruner {settings.pruner!r}; join it from Python with the same pruner object.")
+    return _PRUNERS[settings.pruner]()
+
+
+class Callables:
+    """The metric on validation data, the short retrain and the metric on test data of a search."""
+
+    def __init__(self, evaluate: Evaluate, retrain: Retrain | None, test: Evaluate | None, metric: str) -> None:
+        self.evaluate, self.retrain, self.test, self.metric = evaluate, retrain, test, metric
+
+
+def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None, evaluate: Evaluate | None,
+                  retrain: Retrain | None) -> Callables:
+    """The built-in ones of a ``task`` (retrain recipe from the settings) or the user's own."""
+    if (task is None) == (evaluate is None):
+        raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
+    if task is not None:
+        ev, re, te = task_callables(task, settings.retrain or _default_recipe(), copy.deepcopy(model), settings.seed)
+        return Callables(ev, re, te, task.metric)
+    return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
+
+
+def _default_recipe() -> Any:
+    from ranksearch.retrain import RetrainSettings
+
+    return RetrainSettings()
+
+
+def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, calibration: Iterable[Any] | None,
+              cache_dir: Any) -> Views:
+    """Curves and factors of the study's layers (data-aware ones from the calibration inputs)."""
+    curves = spectra(model, cache_dir=cache_dir, exclude=settings.exclude)
+    if not curves:
+        raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
+    layers = find_layers(model).eligible
+    return build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task)
+
+
+def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables,
+                  artifacts: Any, n_trials: int | None) -> Objective:
+    """The trial function of a set-up study (the prior's centre read from the study)."""
+    centre = StudyAttrs(study).get("centre") or {}
+    return Objective(model, views, settings, centre, evaluate=calls.evaluate, retrain=calls.retrain, test=calls.test,
+                     artifacts=artifacts, n_trials=n_trials)
+
+
+def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables, *,
+           sensitivity: Sensitivity | None = None, warm_start: Iterable[Mapping[str, float]] = ()) -> Sensitivity | None:
+    """Set a created study up, once: the dense model's metric, the sensitivity table (measured here
+    unless given; rows already stored by an interrupted setup are kept), the prior's centre, and the
+    enqueued allocations (the seed rule first, then uniform, the AIMET-style greedy and the
+    sensitivity-sum ones, then the warm starts). An allocation the study already holds is not
+    enqueued again, so a setup taken over after a crash enqueues each one once. Returns the table."""
+    attrs = StudyAttrs(study)
+    setup = dict(attrs.get("setup") or {})
+
+    def beat() -> None:  # tells joiners on other hosts that the setup is alive
+        attrs.set("setup", {**setup, "at": time.time()})
+
+    if attrs.get("dense") is None:
+        dense = {"val": float(calls.evaluate(copy.deepcopy(model)))}
+        if calls.test is not None:
+            dense["test"] = float(calls.test(copy.deepcopy(model)))
+        attrs.set("dense", dense)
+        attrs.set("metric", calls.metric)
+        _log.info("dense model: %s", dense)
+    table = sensitivity
+    if table is None and (settings.baselines or settings.prior == "sensitivity"):
+        stored = attrs.get("sensitivity")
+        if stored is not None:
+            table = {n: [(int(r), float(v)) for r, v in rows] for n, rows in stored.items()}
+        else:
+            partial = dict(attrs.get("sensitivity_partial") or {})
+
+            def keep(name: str, rows: list[tuple[int, float]]) -> None:
+                partial[name] = rows
+                attrs.set("sensitivity_partial", partial)
+                beat()
+
+            table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep)
+    if table is not None and attrs.get("sensitivity") is None:
+        attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
+    starts = _starting_points(model, views, settings.target_ratio, table if settings.baselines or settings.prior == "sensitivity" else None)
+    centre = starts.get("sensitivity_sum", {}) if settings.prior == "sensitivity" else {}
+    attrs.set("centre", centre)
+    objective = Objective(model, views, settings, centre, evaluate=calls.evaluate, retrain=None, test=None)
+    have = {t.user_attrs.get("method") for t in study.get_trials(deepcopy=False)}
+    if "seed_rule" not in have:
+        study.enqueue_trial({p: 0.0 for p in objective.search_space()}, user_attrs={"method": "seed_rule"})
+    exact = [*((m, w) for m, w in starts.items() if settings.baselines), *(("warm_start", dict(w)) for w in warm_start)]
+    for method, logw in exact:
+        if method in have:
+            continue
+        logw = {n: float(logw.get(n, 0.0)) for n in views.curves}
+        study.enqueue_trial(objective.params_for(logw), user_attrs={"method": method, EXACT_ATTR: logw})
+    attrs.set("setup", {**setup, "state": "ready", "at": time.time()})
+    return table
+
+
+def _starting_points(model: nn.Module, views: Views, target: float,
+                     sensitivity: Sensitivity | None) -> dict[str, dict[str, float]]:
+    """Log-weights of the enqueued allocations: uniform, and from the sensitivity table the AIMET-style
+    greedy one and the sum-of-scores one (the prior's centre)."""
+    total = count_params(model)
+    fixed = total - sum(c.dense_params for c in views.curves.values())
+    budget = math.floor(target * total) - fixed
+    starts = {"uniform": log_weights_for(views.curves, uniform_ranks(views.curves, budget))}
+    if sensitivity is not None:
+        starts["sensitivity"] = log_weights_for(views.curves, greedy_ranks(views.curves, sensitivity, budget))
+        starts["sensitivity_sum"] = log_weights_for(views.curves, additive_ranks(views.curves, sensitivity, budget))
+    return starts
+
+
+def check_model(study: optuna.Study, settings: SearchSettings, model: nn.Module) -> None:
+    """Refuse a dense model whose weights are not the ones the study was made with."""
+    digest = state_digest(model.state_dict())
+    if settings.weights_digest and digest != settings.weights_digest:
+        raise ValueError(f"The dense weights here (digest {digest[:13]}) are not the ones study {study.study_name!r} was "
+                         f"made with ({settings.weights_digest[:13]}); pass --weights with the same file.")
+
+
+def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | None, timeout: float | None,
+               grace: float = GRACE_S, max_failures: int = 3) -> int:
+    """Run trials of ``study`` in this process until it holds ``n_trials`` finished ones or
+    ``timeout`` seconds have passed; returns how many this process ran.
+
+    Raises:
+        KeyboardInterrupt: after failing the running trial and enqueueing its allocation again.
+        TrialsFailing: after ``max_failures`` trials in a row raised (the last error in the message).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ran = failures = 0
+    with warnings.catch_warnings():  # the ratio constraint always holds (the solver hits it); CMA-ES says it ignores it
+        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged by ranksearch, in one line
+        while True:
+            fail_dead_trials(study)
+            if n_trials is not None and len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            objective.current = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            except KeyboardInterrupt:
+                _requeue(study, objective.current)
+                raise
+            ran += 1
+            last = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, objective.current)) \
+                if objective.current is not None else None
+            if last is not None and last.state == TrialState.FAIL:
+                failures += 1
+                _log.warning("trial %d [%s] failed: %s", last.number, last.user_attrs.get("method"), last.user_attrs.get("error"))
+                if failures >= max_failures:
+                    raise TrialsFailing(f"{failures} trials in a row failed, the last (trial {last.number}) with "
+                                        f"{last.user_attrs.get('error')}; its 'traceback' user attr has the details.")
+            else:
+                failures = 0
+    settle(study, grace)
+    return ran
+
+
+def _requeue(study: optuna.Study, number: int | None) -> None:
+    """Fail the trial Ctrl-C interrupted (Optuna does when it was inside the objective) and enqueue
+    its allocation again, so that a resumed study runs it."""
+    if number is None:
+        return
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:  # interrupted outside the objective (Optuna fails it inside)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.FAIL:
+        retry_trial(study, trial)
+
+
+def limit_threads(workers: int) -> int:
+    """Threads per worker so that ``workers`` processes share this machine's cores."""
+    import os
+
+    n = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(n)
+    return n
+
+
+def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | None = None,
+               evaluate: Evaluate | None = None, retrain: Retrain | None = None, calibration: Iterable[Any] | None = None,
+               n_trials: int | None = None, timeout: float | None = None, artifacts: Any = None, cache_dir: Any = None,
+               worker_index: int | None = None, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = 5, grace: int = GRACE_S) -> int:
+    """Join the study ``study_name`` in ``storage`` (URL, journal file or Optuna storage) and run its trials until
+    it holds ``n_trials`` finished ones (None: until ``timeout``); returns how many ran here.
+
+    Everything that defines the study comes from it (its :class:`SearchSettings`); ``model`` must be
+    the dense model it was made with (checked by digest), with ``task`` or ``evaluate``/``retrain`` as
+    when it was made. ``artifacts`` (default: the folder the study records) receives the weights of
+    trials that beat the best so far.
+    """
+    from ranksearch._storage import artifact_store, create_or_join, open_storage
+
+    probe = optuna.samplers.RandomSampler()
+    storage = open_storage(storage, heartbeat=heartbeat, grace=grace)
+    study, _ = create_or_join(storage, study_name, None, resume=True, sampler=probe, pruner=optuna.pruners.NopPruner())
+    attrs = StudyAttrs(study)
+    settings = attrs.settings()
+    assert settings is not None
+    study.sampler = sampler or make_sampler(settings, worker_index)
+    study.pruner = pruner or make_pruner(settings)
+    check_model(study, settings, model)
+    calls = callables_for(model, settings, task, evaluate, retrain)
+    views = views_for(model, settings, task, calibration, cache_dir)
+    wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls))
+    where = artifacts if artifacts is not None else attrs.get("artifacts")
+    store = artifact_store(where) if isinstance(where, (str, bytes)) or hasattr(where, "__fspath__") else where
+    objective = objective_for(study, model, views, settings, calls, store, n_trials)
+    _log.info("worker %s (index %s) joined study %s", worker_id(), worker_index, study_name)
+    return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace)

@@ -1,0 +1,96 @@
+"""SearchSettings: validation, versioned JSON, and one set of fields shared by CLI, API, study and config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import optuna
+import pytest
+
+from ranksearch import RankConfig, RetrainSettings, SearchSettings, load_space
+from ranksearch._storage import open_storage
+from ranksearch.cli import main
+from ranksearch.search import resolve_settings
+from ranksearch.settings import FORMAT, FORMAT_VERSION
+
+
+def test_round_trip_through_json():
+    s = SearchSettings(0.1, model="m", sampler="random", exclude=("fc",), retrain=RetrainSettings(epochs=3), seed=4)
+    data = json.loads(json.dumps(s.to_dict()))
+    assert data["format"] == FORMAT and data["format_version"] == FORMAT_VERSION
+    assert SearchSettings.from_dict(data) == s
+    assert s.replace(spread=1.0).differences(s) == [("spread", 1.0, 3.0)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.spread = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"target_ratio": 1.0}, "target_ratio 1.0"),
+    ({"target_ratio": 0}, "target_ratio 0"),
+    ({"target_ratio": "0.2"}, "target_ratio '0.2'"),
+    ({"sampler": "tpe2"}, "sampler 'tpe2'"),
+    ({"pruner": "sometimes"}, "pruner"),
+    ({"granularity": "block"}, "granularity"),
+    ({"prior": "flat"}, "prior"),
+    ({"factors": "whitened"}, "factors"),
+    ({"spread": float("nan")}, "spread"),
+    ({"spread": 0}, "spread"),
+    ({"rank_multiple": 0}, "rank_multiple"),
+    ({"min_rank": 1.5}, "min_rank"),
+    ({"seed": -1}, "seed"),
+    ({"exclude": "fc"}, "exclude"),
+    ({"baselines": "yes"}, "baselines"),
+    ({"retrain": {"epochs": -1}}, "epochs"),
+])
+def test_bad_settings_are_refused_by_name(bad, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        SearchSettings(**{"target_ratio": 0.2, **bad})
+
+
+def test_from_dict_names_origin_and_field():
+    good = SearchSettings(0.2).to_dict()
+    with pytest.raises(ValueError, match="not ranksearch search settings"):
+        SearchSettings.from_dict({"target_ratio": 0.2})
+    with pytest.raises(ValueError, match="format_version 99"):
+        SearchSettings.from_dict({**good, "format_version": 99})
+    with pytest.raises(ValueError, match=r"unknown fields \['sprad'\]"):
+        SearchSettings.from_dict({**good, "sprad": 1})
+    with pytest.raises(ValueError, match="study 'x'.*spread"):
+        SearchSettings.from_dict({**good, "spread": -1}, origin="study 'x'")
+
+
+def test_resolve_fills_model_identity_and_factors():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    s = resolve_settings(net, 0.5)
+    assert s.model == "Sequential" and s.factors == "plain" and len(s.weights_digest) == 33
+    assert resolve_settings(net, 0.5, calibration=[torch.randn(4, 16)]).factors == "data-aware"
+    with pytest.raises(ValueError, match="needs calibration"):
+        resolve_settings(net, SearchSettings(0.5, factors="data-aware"))
+    with pytest.raises(ValueError, match="not this model's"):
+        resolve_settings(net, SearchSettings(0.5, weights_digest="x" * 33))
+    with torch.no_grad():
+        net[0].weight.add_(1)
+    assert resolve_settings(net, 0.5).weights_digest != s.weights_digest
+
+
+def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
+    """The settings the CLI builds are the ones the study stores and the exported config records, and a
+    Python caller builds the very same object from the same choices."""
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "2", "--epochs", "1", "--spread", "2",
+                 "--sampler", "random", "--seed", "3", "--out", str(out), "-q"]) == 0
+    study = optuna.load_study(study_name="tiny-digits@0.2", storage=open_storage(str(out / "study.journal")))
+    stored = study.user_attrs["ranksearch:settings"]
+    config = RankConfig.load(out / "rank_config.json").search["settings"]
+    seed_rule = RankConfig.load(out / "rank_config_seed_rule.json").search["settings"]
+    assert stored == config == seed_rule
+    assert set(stored) == {f.name for f in dataclasses.fields(SearchSettings)} | {"format", "format_version"}
+    space = load_space("tiny-digits")
+    from_python = SearchSettings(target_ratio=0.2, model="tiny-digits", space="tiny-digits", sampler="random", spread=2.0,
+                                 factors="data-aware", exclude=tuple(space.exclude), retrain=dataclasses.replace(space.retrain, epochs=1),
+                                 seed=3)
+    model = space.build_model()
+    assert resolve_settings(model, from_python, task=space.build_task()).to_dict() == stored

@@ -1,0 +1,243 @@
+"""Many workers, one study: processes that start together, a worker killed mid-trial, export from elsewhere.
+
+The PostgreSQL cases run when ``RANKSEARCH_TEST_POSTGRES`` is set (``.ci/run`` starts a server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ranksearch import RankConfig, SearchSettings, count_params, load_factorized, load_space, search
+from ranksearch._storage import open_storage
+from ranksearch.cli import main
+from ranksearch.retrain import RetrainSettings
+from ranksearch.worker import TrialsFailing
+
+POSTGRES = os.environ.get("RANKSEARCH_TEST_POSTGRES")
+STORAGES = ["journal", pytest.param("postgres", marks=pytest.mark.skipif(not POSTGRES, reason="RANKSEARCH_TEST_POSTGRES is not set"))]
+ENQUEUED = ("seed_rule", "uniform", "sensitivity", "sensitivity_sum")
+CAP = 10
+
+
+def _storage_url(kind: str, tmp_path: Path) -> str:
+    return str(tmp_path / "shared" / "study.journal") if kind == "journal" else POSTGRES  # type: ignore[return-value]
+
+
+def _load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return _load(url, name).get_trials()
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_two_workers_one_killed_mid_trial(kind, tmp_path):
+    """Two processes start one study at the same moment; one is SIGKILLed inside a trial; the other
+    fails that trial, runs its allocation again and finishes the study; a third folder exports it."""
+    url, name = _storage_url(kind, tmp_path), f"tiny-{uuid.uuid4().hex[:8]}"
+    artifacts = tmp_path / "shared" / "artifacts"
+    args = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", str(CAP), "--epochs", "12", "--storage", url,
+            "--study-name", name, "--artifacts", str(artifacts), "--resume", "--heartbeat", "1", "--grace", "3", "-q"]
+    procs = [subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *args, "--out", str(tmp_path / f"w{i}")],
+                              env=os.environ.copy(), stderr=subprocess.PIPE, text=True) for i in range(2)]
+    pids = {str(p.pid): p for p in procs}
+    victim, killed_trial, deadline = None, None, time.time() + 300
+    try:
+        while victim is None:
+            assert time.time() < deadline, "no trial ran in time"
+            assert all(p.poll() is None for p in procs), "a worker ended before the kill"
+            trials = _trials(url, name)
+            if len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) >= 3:
+                for t in trials:
+                    owner = str(t.user_attrs.get("worker", "")).rpartition(":")[2]
+                    if t.state == TrialState.RUNNING and owner in pids and "ratio" in t.user_attrs:
+                        victim, killed_trial = pids[owner], t.number
+                        victim.send_signal(signal.SIGKILL)
+                        break
+            time.sleep(0.05)
+        survivor = next(p for p in procs if p is not victim)
+        _, err = survivor.communicate(timeout=600)
+        assert survivor.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+    study = _load(url, name)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert CAP <= len(finished) <= CAP + 1
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    killed = trials[killed_trial]
+    assert killed.state == TrialState.FAIL
+    again = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed_trial]
+    assert len(again) == 1 and again[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert again[0].user_attrs["method"] == killed.user_attrs["method"]
+    assert again[0].user_attrs["ranks"] == killed.user_attrs["ranks"]  # the same allocation, run again
+    methods = [t.user_attrs["method"] for t in finished]
+    assert all(methods.count(m) == 1 for m in ENQUEUED), methods  # each enqueued allocation ran once
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
+    sampled = [t for t in finished if t.user_attrs["method"] == "searched" and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None]
+    proposals = [json.dumps(t.params, sort_keys=True) for t in sampled]
+    assert len(set(proposals)) == len(proposals)  # no proposal twice (each worker has its own seed)
+
+    third = tmp_path / "third"
+    third.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(third)
+        assert main(["export", "--storage", url, "--study-name", name, "--out", "exported"]) == 0
+        cfg = RankConfig.load("exported/rank_config.json")
+        assert cfg.search["best_trial"] == study.best_trial.number
+        assert cfg.search["settings"] == study.user_attrs["ranksearch:settings"]
+        dense = load_space("tiny-digits").build_model()
+        small = load_factorized(dense, cfg, "exported/factorized.safetensors")
+        assert count_params(small) == cfg.compressed_params
+        assert main(["apply", "--space", "tiny-digits", "--config", "exported/rank_config.json", "--out", "small.safetensors"]) == 0
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("change", [["--spread", "1.0"], ["--ratio", "0.1"], ["--factors", "plain"]])
+def test_joining_with_other_settings_is_refused(tmp_path, capsys, change):
+    out = tmp_path / "run"
+    base = {"--space": "tiny-digits", "--ratio": "0.2", "--trials": "1", "--epochs": "1", "--study-name": "one", "--out": str(out)}
+    assert main(["search", *[x for kv in base.items() for x in kv]]) == 0
+    journal = out / "study.journal"
+    size, before = journal.stat().st_size, len(_load(str(journal), "one").trials)
+    other = {**base, "--trials": "3", change[0]: change[1]}
+    capsys.readouterr()
+    assert main(["search", *[x for kv in other.items() for x in kv], "--resume"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and change[0].lstrip("-").replace("ratio", "target_ratio") in err[0] and "study 'one'" in err[0].lower()
+    assert journal.stat().st_size == size  # nothing written to the study
+    assert len(_load(str(journal), "one").trials) == before
+
+
+def test_worker_joins_a_study_from_its_storage_alone(tmp_path):
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "2", "--epochs", "1", "--out", str(out), "-q"]) == 0
+    journal = str(out / "study.journal")
+    worker = subprocess.run([sys.executable, "-m", "ranksearch.cli", "worker", "--storage", journal, "--study-name", "tiny-digits@0.2",
+                             "--trials", "5", "-q"], env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    study = _load(journal, "tiny-digits@0.2")
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+
+def test_worker_with_other_weights_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "1", "--epochs", "1", "--out", str(out), "-q"]) == 0
+    model = load_space("tiny-digits").build_model()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    from ranksearch.weights import save_state_dict
+
+    other = save_state_dict(model.state_dict(), tmp_path / "other.safetensors")
+    capsys.readouterr()
+    assert main(["worker", "--storage", str(out / "study.journal"), "--study-name", "tiny-digits@0.2", "--trials", "3",
+                 "--weights", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "digest" in err and "--weights" in err and "Traceback" not in err
+    assert len(_load(str(out / "study.journal"), "tiny-digits@0.2").get_trials(states=(TrialState.COMPLETE,))) == 1
+
+
+def test_unknown_study_and_missing_driver(tmp_path, capsys):
+    assert main(["worker", "--storage", str(tmp_path / "none.journal"), "--study-name", "nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none.journal").exists()
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "1", "--epochs", "1", "--out", str(tmp_path), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--storage", str(tmp_path / "study.journal"), "--study-name", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "'nope' is not in this storage" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["worker", "--storage", "mysql://u@127.0.0.1/db", "--study-name", "x"]) == 2
+    assert "driver" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    space = load_space("tiny-digits")
+    task = space.build_task()
+    return space.build_model(task), task
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path):
+    model, task = tiny
+    calls: list[int] = []
+    from ranksearch.retrain import evaluate as metric
+
+    def retrain(m: torch.nn.Module) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    res = search(model, SearchSettings(0.2, factors="plain", baselines=False), evaluate=lambda m: metric(m, task.val, "accuracy"),
+                 retrain=retrain, n_trials=3, out_dir=tmp_path)
+    failed = res.study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert "raise RuntimeError" in failed[0].user_attrs["traceback"]
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+
+    def broken(m: torch.nn.Module) -> None:
+        raise ValueError("bad batch")
+
+    with pytest.raises(TrialsFailing, match="3 trials in a row failed.*bad batch"):
+        search(model, SearchSettings(0.3, factors="plain", baselines=False), evaluate=lambda m: 0.5, retrain=broken, n_trials=5)
+
+
+def test_ctrl_c_requeues_the_running_trial_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    model, task = tiny
+    settings = SearchSettings(0.2, factors="plain", retrain=RetrainSettings(epochs=1, batch_size=32), pruner="none")
+    full = search(model, settings, task=task, n_trials=6)
+    from ranksearch.trial import task_callables
+
+    _, plain_retrain, _ = task_callables(task, settings.retrain, model, settings.seed)  # type: ignore[arg-type]
+    count: list[int] = []
+
+    def evaluate(m: torch.nn.Module) -> float:
+        from ranksearch.retrain import evaluate as metric
+
+        return metric(m, task.val, "accuracy")
+
+    def retrain(m: torch.nn.Module, report) -> float | None:  # Ctrl-C in the third trial's retrain
+        count.append(1)
+        if len(count) == 3:
+            raise KeyboardInterrupt
+        return plain_retrain(m, report)
+
+    with pytest.raises(KeyboardInterrupt):
+        search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, n_trials=6, out_dir=tmp_path)
+    study = _load(str(tmp_path / "study.journal"), f"{settings.model or 'Sequential'}@0.2")
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["interrupted"] is True
+    assert study.trials[-1].state == TrialState.WAITING  # its allocation, queued again
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    resumed = search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, n_trials=6, out_dir=tmp_path,
+                     resume=True)
+
+    def runs(res):
+        done = res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done[:4])
+
+    assert runs(resumed) == runs(full)  # the enqueued allocations, each once, the same ranks
+    assert len(resumed.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
