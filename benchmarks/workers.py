@@ -71,24 +71,30 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if args.gpus and torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     cmd = " ".join(["python benchmarks/workers.py", f"--spaces {args.spaces}", f"--ratios {args.ratios}", f"--workers {args.workers}",
                     f"--trials {args.trials}"] + ([f"--gpus {args.gpus}"] if args.gpus else []))
+    publish(section(rows, cmd, device, load_before[0], load_after[0]), args.out)
+
+
+def section(rows: list[dict], cmd: str, device: str, load_before: float, load_after: float) -> list[str]:
+    """The results file section of one run (rows as :func:`run` returns them)."""
     lines = [
         f"## Workers on one study: trials per minute ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()}, {device}, torch {torch.__version__}; load average before "
-        f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min).  ",
-        "Retrained trials per minute over the trials' own span (setup excluded; pruning off; twins that reused a",
-        "value not counted); speed-up against 1 worker of the same space in the same run.",
+        f"{load_before:.2f}, after {load_after:.2f} (1 min).  ",
+        "Over the trials' own span (first start to last end; setup excluded; pruning off): finished trials per",
+        "minute, and retrained ones (not counting trials that reused the value of a twin with the same ranks);",
+        "speed-up against 1 worker of the same space in the same run; median seconds of one retrained trial.",
         "",
-        "| space | workers | finished | retrained | median trial s | span s | retrained / min | speed-up | command wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| space | workers | finished | retrained | median trial s | span s | finished / min | retrained / min | speed-up (finished) | speed-up (retrained) | command wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        base = next(b for b in rows if b["space"] == r["space"] and b["workers"] == 1) if any(
-            b["space"] == r["space"] and b["workers"] == 1 for b in rows) else r
-        lines.append(f"| {r['space']} | {r['workers']} | {r['finished']} | {r['retrained']} | "
-                     f"{r['trial_s']:.2f} | {r['span_s']:.1f} | {r['rate']:.1f} | {r['rate'] / base['rate']:.2f}x | {r['wall_s']:.0f} |")
-    publish(lines, args.out)
+        base = next((b for b in rows if b["space"] == r["space"] and b["workers"] == 1), r)
+        fin, fin0 = r["finished"] / r["span_s"] * 60, base["finished"] / base["span_s"] * 60
+        lines.append(f"| {r['space']} | {r['workers']} | {r['finished']} | {r['retrained']} | {r['trial_s']:.2f} | {r['span_s']:.1f} | "
+                     f"{fin:.1f} | {r['rate']:.1f} | {fin / fin0:.2f}x | {r['rate'] / base['rate']:.2f}x | {r['wall_s']:.0f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
 from ranksearch.weights import save_state_dict
-from ranksearch.worker import TrialsFailing, WorkersFailed, check_model, limit_threads, run_worker
+from ranksearch.worker import TrialsFailing, WorkersFailed, check_model, run_worker
 
 __all__ = ["main"]
 

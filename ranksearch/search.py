@@ -201,12 +201,13 @@ def search(
     return result
 
 
-def _spawn(url: str, name: str, settings: SearchSettings, n_trials: int | None, timeout: float | None, artifacts: Any,
-           workers: int, gpus: Sequence[str], heartbeat: int, grace: int, source: dict[str, Any] | None) -> None:
-    """Run ``workers`` ``ranksearch worker`` processes on the study and wait for them (Ctrl-C and
-    SIGTERM are passed on; each worker then re-enqueues its interrupted trial)."""
+def worker_commands(url: str, name: str, n_trials: int | None, timeout: float | None, artifacts: Any, workers: int,
+                    gpus: Sequence[str], heartbeat: int, grace: int, source: dict[str, Any] | None
+                    ) -> list[tuple[list[str], dict[str, str]]]:
+    """Command line and environment of each of ``workers`` worker processes: worker k gets index k (its
+    sampler seed), an equal share of the cores, and GPU ``gpus[(k - 1) % len(gpus)]``."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = []
+    out = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "ranksearch.cli", "worker", "--storage", url, "--study-name", name,
                "--worker-index", str(i + 1), "--threads", str(threads), "--heartbeat", str(heartbeat), "--grace", str(grace)]
@@ -215,10 +216,21 @@ def _spawn(url: str, name: str, settings: SearchSettings, n_trials: int | None, 
         cmd += ["--artifacts", str(artifacts)] if artifacts is not None else []
         if source and source.get("weights"):
             cmd += ["--weights", str(source["weights"])]
+        if not logging.getLogger("ranksearch").isEnabledFor(logging.INFO):
+            cmd += ["-q"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
-        procs.append(subprocess.Popen(cmd, env=env))
+        out.append((cmd, env))
+    return out
+
+
+def _spawn(url: str, name: str, settings: SearchSettings, n_trials: int | None, timeout: float | None, artifacts: Any,
+           workers: int, gpus: Sequence[str], heartbeat: int, grace: int, source: dict[str, Any] | None) -> None:
+    """Run ``workers`` ``ranksearch worker`` processes on the study and wait for them (Ctrl-C and
+    SIGTERM are passed on; each worker then re-enqueues its interrupted trial)."""
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in worker_commands(url, name, n_trials, timeout, artifacts, workers, gpus,
+                                                                            heartbeat, grace, source)]
     _log.info("%d workers started on study %s%s", workers, name, f" over GPUs {list(gpus)}" if gpus else "")
     try:
         codes = [p.wait() for p in procs]

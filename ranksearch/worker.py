@@ -21,10 +21,10 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import torch
 import xxhash
 from optuna.trial import TrialState
 from torch import nn
@@ -32,6 +32,7 @@ from torch import nn
 from ranksearch._storage import GRACE_S, StudyAttrs, fail_dead_trials, retry_trial, settle, wait_until_ready, worker_id
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
                                   uniform_ranks)
+from ranksearch.retrain import RetrainSettings
 from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
@@ -39,7 +40,7 @@ from ranksearch.task import Task
 from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables
 from ranksearch.weights import state_digest
 
-__all__ = ["FINISHED", "Callables", "TrialsFailing", "WorkersFailed", "check_model", "limit_threads", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
+__all__ = ["FINISHED", "Callables", "TrialsFailing", "WorkersFailed", "check_model", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
            "sampler_seed", "set_up", "views_for", "objective_for"]
 
 _log = logging.getLogger(__name__)
@@ -88,11 +89,14 @@ def make_pruner(settings: SearchSettings) -> optuna.pruners.BasePruner:
     return _PRUNERS[settings.pruner]()
 
 
+@dataclass(frozen=True)
 class Callables:
-    """The metric on validation data, the short retrain and the metric on test data of a search."""
+    """The metric on validation data, the short retrain, the metric on test data, and the metric's name."""
 
-    def __init__(self, evaluate: Evaluate, retrain: Retrain | None, test: Evaluate | None, metric: str) -> None:
-        self.evaluate, self.retrain, self.test, self.metric = evaluate, retrain, test, metric
+    evaluate: Evaluate
+    retrain: Retrain | None
+    test: Evaluate | None
+    metric: str
 
 
 def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None, evaluate: Evaluate | None,
@@ -101,15 +105,9 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
     if (task is None) == (evaluate is None):
         raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if task is not None:
-        ev, re, te = task_callables(task, settings.retrain or _default_recipe(), copy.deepcopy(model), settings.seed)
+        ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed)
         return Callables(ev, re, te, task.metric)
     return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
-
-
-def _default_recipe() -> Any:
-    from ranksearch.retrain import RetrainSettings
-
-    return RetrainSettings()
 
 
 def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, calibration: Iterable[Any] | None,
@@ -260,15 +258,6 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
         trial = storage.get_trial(trial_id)
     if trial.state == TrialState.FAIL:
         retry_trial(study, trial)
-
-
-def limit_threads(workers: int) -> int:
-    """Threads per worker so that ``workers`` processes share this machine's cores."""
-    import os
-
-    n = max(1, (os.cpu_count() or 1) // max(1, workers))
-    torch.set_num_threads(n)
-    return n
 
 
 def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | None = None,

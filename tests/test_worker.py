@@ -26,7 +26,7 @@ from ranksearch import RankConfig, SearchSettings, count_params, load_factorized
 from ranksearch._storage import open_storage
 from ranksearch.cli import main
 from ranksearch.retrain import RetrainSettings
-from ranksearch.worker import TrialsFailing
+from ranksearch.worker import TrialsFailing, sampler_seed
 
 POSTGRES = os.environ.get("RANKSEARCH_TEST_POSTGRES")
 STORAGES = ["journal", pytest.param("postgres", marks=pytest.mark.skipif(not POSTGRES, reason="RANKSEARCH_TEST_POSTGRES is not set"))]
@@ -241,3 +241,18 @@ def test_ctrl_c_requeues_the_running_trial_and_resume_matches_an_uninterrupted_r
 
     assert runs(resumed) == runs(full)  # the enqueued allocations, each once, the same ranks
     assert len(resumed.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+
+
+def test_worker_commands_share_cores_and_place_gpus_round_robin(monkeypatch):
+    from ranksearch.search import worker_commands
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    cmds = worker_commands("s.journal", "n@0.1", 48, None, "/shared/a", 8, ["0", "1", "2"], 5, 20, {"weights": "/w.pt"})
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["0", "1", "2", "0", "1", "2", "0", "1"]
+    assert all(env["OMP_NUM_THREADS"] == "2" for _, env in cmds)
+    for k, (cmd, _) in enumerate(cmds, start=1):
+        flags = dict(zip(cmd[4::2], cmd[5::2]))
+        assert flags["--worker-index"] == str(k) and flags["--threads"] == "2" and flags["--trials"] == "48"
+        assert flags["--weights"] == "/w.pt" and flags["--artifacts"] == "/shared/a" and flags["--storage"] == "s.journal"
+    seeds = {sampler_seed(0, k) for k in range(9)}
+    assert len(seeds) == 9  # every worker samples with its own seed
