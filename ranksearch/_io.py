@@ -32,3 +32,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool, what: str) -> Path:
+    """Fail fast, before any work, if ``path`` cannot be written (as a folder or as a file), without
+    creating anything: an existing path must be of the right kind, the nearest existing parent a
+    writable folder."""
+    from ranksearch.errors import RankSearchError
+
+    p = Path(path)
+    if str(path).strip() == "":
+        raise RankSearchError(f"{what} is empty; give a path, e.g. runs/wp.")
+    if p.exists():
+        if folder and not p.is_dir():
+            raise RankSearchError(f"{what} {str(p)!r} is a file, not a folder; give a folder path.")
+        if not folder and p.is_dir():
+            raise RankSearchError(f"{what} {str(p)!r} is a folder; give a file path.")
+        target = p if folder else p.parent
+        if not os.access(target, os.W_OK):
+            raise RankSearchError(f"{what} {str(p)!r} is not writable; give a path you can write.")
+        return p
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RankSearchError(f"{what} {str(p)!r} lies under the file {str(parent)!r}; give a path under a folder.")
+    if not os.access(parent, os.W_OK):
+        raise RankSearchError(f"{what} {str(p)!r} cannot be created: {str(parent)!r} is not writable.")
+    return p

@@ -33,9 +33,10 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from ranksearch.errors import StorageError, StudyError
 from ranksearch.settings import SearchSettings
 
-__all__ = ["ATTR", "KEEP_ON_RETRY", "StudyAttrs", "artifact_store", "claim_setup", "create_or_join", "fail_dead_trials",
+__all__ = ["ATTR", "KEEP_ON_RETRY", "StudyAttrs", "artifact_store", "check_storage", "claim_setup", "create_or_join", "fail_dead_trials",
            "open_storage", "retry_trial", "settle", "storage_url", "wait_until_ready", "worker_alive", "worker_id"]
 
 _log = logging.getLogger(__name__)
@@ -119,14 +120,14 @@ def open_storage(storage: str | BaseStorage | None, out_dir: str | os.PathLike[s
         return _rdb(url, heartbeat, grace)
     path = Path(url)
     if existing and not path.is_file():
-        raise ValueError(f"Storage {url!r} does not exist; give the journal file of the study (OUT/study.journal) or its database URL.")
+        raise StorageError(f"Storage {url!r} does not exist; give the journal file of the study (OUT/study.journal) or its database URL.")
     if path.is_dir():
-        raise ValueError(f"Storage {url!r} is a folder; give a journal file path (e.g. {str(path / 'study.journal')!r}) or a database URL.")
+        raise StorageError(f"Storage {url!r} is a folder; give a journal file path (e.g. {str(path / 'study.journal')!r}) or a database URL.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as e:
-        raise ValueError(f"Storage {url!r} cannot be opened ({e.strerror or e}); give a writable journal file path.") from None
+        raise StorageError(f"Storage {url!r} cannot be opened ({e.strerror or e}); give a writable journal file path.") from None
 
 
 _DRIVERS = {"postgresql": ("psycopg", "pip install 'ranksearch[postgres]'"),
@@ -135,31 +136,51 @@ _DRIVERS = {"postgresql": ("psycopg", "pip install 'ranksearch[postgres]'"),
             "mysql": ("MySQLdb", "pip install mysqlclient"), "mysql+pymysql": ("pymysql", "pip install pymysql")}
 
 
-def _rdb(url: str, heartbeat: int, grace: int, tries: int = 5) -> RDBStorage:
-    """An RDB storage with heartbeats; workers that start together may race to create the schema
-    (one gets an integrity error), so creation is retried."""
-    import sqlalchemy
+def check_storage(storage: str | None, out_dir: str | os.PathLike[str] | None) -> None:
+    """Fail fast, before any work and without writing: a journal file that can be written, or a
+    database URL whose driver is installed."""
+    from ranksearch._io import check_writable
 
+    url = storage_url(storage, out_dir)
+    if url is None:
+        return
+    if "://" in url:
+        _check_driver(url)
+    else:
+        check_writable(url, folder=False, what="Storage")
+
+
+def _check_driver(url: str) -> None:
     scheme = url.split("://", 1)[0]
     if scheme in _DRIVERS:
         module, hint = _DRIVERS[scheme]
         try:
             __import__(module)
         except ImportError:
-            raise ValueError(f"Storage {_redact(url)!r} needs the {module} driver, which is not installed: {hint}.") from None
+            raise StorageError(f"Storage {_redact(url)!r} needs the {module} driver, which is not installed: {hint}.") from None
+
+
+def _rdb(url: str, heartbeat: int, grace: int, tries: int = 5) -> RDBStorage:
+    """An RDB storage with heartbeats; workers that start together may race to create the schema
+    (one gets an integrity error), so creation is retried."""
+    import sqlalchemy
+
+    _check_driver(url)
     if heartbeat < 1 or grace <= heartbeat:
-        raise ValueError(f"heartbeat {heartbeat} s and grace period {grace} s: give heartbeat >= 1 and grace > heartbeat.")
+        raise StorageError(f"heartbeat {heartbeat} s and grace period {grace} s: give heartbeat >= 1 and grace > heartbeat.")
     for attempt in range(tries):
         try:
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace, heartbeat_stale_trial_callback=_Retry(),
-                              engine_kwargs={"pool_pre_ping": True})
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what a shared study needs
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace, heartbeat_stale_trial_callback=_Retry(),
+                                  engine_kwargs={"pool_pre_ping": True})
         except sqlalchemy.exc.ArgumentError as e:
-            raise ValueError(f"Storage URL {_redact(url)!r} is not usable ({e}); e.g. postgresql://user@host/db or a journal file path.") from None
+            raise StorageError(f"Storage URL {_redact(url)!r} is not usable ({e}); e.g. postgresql://user@host/db or a journal file path.") from None
         except (sqlalchemy.exc.NoSuchModuleError, ImportError) as e:
-            raise ValueError(f"Storage URL {_redact(url)!r} names an unknown database or driver ({e}).") from None
+            raise StorageError(f"Storage URL {_redact(url)!r} names an unknown database or driver ({e}).") from None
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == tries - 1:
-                raise ValueError(f"Storage {_redact(url)!r} cannot be reached ({str(e).splitlines()[0][:160]}); "
+                raise StorageError(f"Storage {_redact(url)!r} cannot be reached ({str(e).splitlines()[0][:160]}); "
                                  "check that the database server runs and the URL is right.") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -181,7 +202,7 @@ def artifact_store(path: str | os.PathLike[str]) -> FileSystemArtifactStore:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"Artifact folder {str(p)!r} cannot be created ({e.strerror or e}); give a writable folder.") from None
+        raise StorageError(f"Artifact folder {str(p)!r} cannot be created ({e.strerror or e}); give a writable folder.") from None
     return FileSystemArtifactStore(p)
 
 
@@ -213,16 +234,16 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
     exists_msg = (f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
                   "or choose another --out / --study-name.")
     if name in names and not resume:
-        raise ValueError(exists_msg)
+        raise StudyError(exists_msg)
     if name not in names:
         if settings is None:
-            raise ValueError(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
+            raise StudyError(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
         try:  # atomic: of several processes starting at once exactly one creates it
             storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
             created = True
         except DuplicatedStudyError:
             if not resume:
-                raise ValueError(exists_msg) from None
+                raise StudyError(exists_msg) from None
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     attrs = StudyAttrs(study)
     if created:
@@ -233,12 +254,12 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
     deadline = time.monotonic() + wait_s
     while (stored := attrs.settings()) is None:  # its creator writes them right after creating it
         if time.monotonic() > deadline:
-            raise ValueError(f"Study {name!r} holds no ranksearch settings (made by an older ranksearch or by "
+            raise StudyError(f"Study {name!r} holds no ranksearch settings (made by an older ranksearch or by "
                              "another tool); start a new study (another --out or --study-name).")
         time.sleep(0.2)
     if settings is not None and (diff := settings.differences(stored)):
         field, mine, theirs = diff[0]
-        raise ValueError(f"Study {name!r} was created with {field}={theirs!r}, this process has {field}={mine!r}"
+        raise StudyError(f"Study {name!r} was created with {field}={theirs!r}, this process has {field}={mine!r}"
                          f"{f' (and {len(diff) - 1} more differences)' if len(diff) > 1 else ''}; use the study's "
                          "settings or another study (--study-name / --out).")
     return study, False
@@ -323,3 +344,4 @@ def settle(study: optuna.Study, grace: float) -> None:
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) or time.monotonic() >= deadline:
             return
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+

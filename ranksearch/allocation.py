@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from ranksearch.config import LayerRank, RankConfig
+from ranksearch.errors import ConfigError
 from ranksearch.solver import Curve, Solution, ranks_for_bound, solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, factorize, find_layers
@@ -98,10 +99,10 @@ def solve(
         True
     """
     if (target_ratio is None) == (mse_bound is None):
-        raise ValueError("Give exactly one of target_ratio and mse_bound.")
+        raise ConfigError("Give exactly one of target_ratio and mse_bound.")
     curves = spectra(model, cache_dir=cache_dir, exclude=exclude)
     if not curves:
-        raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to solve.")
+        raise ConfigError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to solve.")
     total = count_params(model)
     if target_ratio is not None:
         solution = solve_ratio(curves, target_ratio, total, weights, rank_multiple, min_rank)
@@ -120,7 +121,7 @@ def _exclude_list(exclude: Iterable[str] | Mapping[str, str]) -> list[str]:
 def _check_matches(model: nn.Module, config: RankConfig) -> None:
     total = count_params(model)
     if total != config.original_params:
-        raise ValueError(
+        raise ConfigError(
             f"The config was made for a model with {config.original_params} parameters, this one has {total}; "
             f"use the config of this model ({config.model!r} in the config)."
         )
@@ -128,25 +129,36 @@ def _check_matches(model: nn.Module, config: RankConfig) -> None:
     eligible = find_layers(model).eligible
     for name, layer in config.layers.items():
         if name not in modules:
-            raise ValueError(f"The config names layer {name!r}, which this model does not have; it was made for {config.model!r}.")
+            raise ConfigError(f"The config names layer {name!r}, which this model does not have; it was made for {config.model!r}.")
         if name not in eligible:
-            raise ValueError(f"Layer {name!r} of the config is not factorizable in this model.")
+            raise ConfigError(f"Layer {name!r} of the config is not factorizable in this model.")
         shape = list(modules[name].weight.shape)
         if shape != layer.weight_shape:
-            raise ValueError(f"Layer {name!r} has weight shape {shape} but the config expects {layer.weight_shape}; it was made for {config.model!r}.")
+            raise ConfigError(f"Layer {name!r} has weight shape {shape} but the config expects {layer.weight_shape}; it was made for {config.model!r}.")
 
 
-def apply(model: nn.Module, config: RankConfig) -> nn.Module:
+def apply(model: nn.Module, config: RankConfig, *, allow_growth: bool = False) -> nn.Module:
     """A factorized copy of the dense ``model`` with the config's ranks (truncated-SVD initialized).
 
+    Args:
+        allow_growth: Accept a rank at which a layer's pair has at least as many weights as the layer.
+
     Raises:
-        ValueError: when the config's layers, shapes or parameter count do not match the model.
+        ConfigError: when the config's layers, shapes or parameter count do not match the model, or a
+            rank would grow its layer (unless ``allow_growth``).
     """
     _check_matches(model, config)
+    grows = {n: r for n, r in config.ranks.items()
+             if r * sum(config.layers[n].matrix) >= config.layers[n].matrix[0] * config.layers[n].matrix[1]}
+    if grows and not allow_growth:
+        n, r = next(iter(grows.items()))
+        m = config.layers[n].matrix
+        raise ConfigError(f"Rank {r} of layer {n!r} ({m[0]}x{m[1]}) gives a pair of {r * (m[0] + m[1])} weights, not fewer than "
+                          f"its {m[0] * m[1]} ({len(grows)} such layers); lower it, or pass --allow-growth (allow_growth=True).")
     result = factorize(model, config.ranks)
     got = count_params(result)
     if got != config.compressed_params:
-        raise ValueError(f"The factorized model has {got} parameters, the config says {config.compressed_params}; the config is inconsistent.")
+        raise ConfigError(f"The factorized model has {got} parameters, the config says {config.compressed_params}; the config is inconsistent.")
     return result
 
 
@@ -156,6 +168,6 @@ def load_factorized(model: nn.Module, config: RankConfig, weights: str | os.Path
     state = load_state_dict(weights)
     expected = result.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-        raise ValueError(f"Weights {str(weights)!r} do not fit the factorized model of this config; use the weights saved beside it.")
+        raise ConfigError(f"Weights {str(weights)!r} do not fit the factorized model of this config; use the weights saved beside it.")
     result.load_state_dict(state)
     return result

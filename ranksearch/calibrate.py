@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ranksearch.decompose import Factors, singular_values
 from ranksearch.decompose import factorize as decompose_matrix
+from ranksearch.errors import RankSearchError
 from ranksearch.layers import matrix_shape, weight_matrix
 from ranksearch.solver import Curve
 
@@ -80,7 +81,7 @@ def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: It
         model.train(was_training)
     missing = sorted(set(layers) - set(sums))
     if missing:
-        raise ValueError(f"Layers {missing} saw no input during calibration; are they used in forward()?")
+        raise RankSearchError(f"Layers {missing} saw no input during calibration; are they used in forward()?")
     return {n: sums[n] / counts[n] for n in layers}
 
 

@@ -1,7 +1,9 @@
 """Command line: ``ranksearch spectra | solve | search | worker | export | apply``.
 
 ``main(argv)`` returns the exit code, so tests call it in-process. Errors in the user's input
-(``ValueError``/``TypeError``) print one line on stderr and exit 2; progress goes to stderr.
+(:class:`~ranksearch.errors.RankSearchError` and file-system errors) print one line on stderr and exit 2 (the
+traceback with ``--debug``); failing trials or workers exit 1; Ctrl-C and SIGTERM exit 130 with the command
+that resumes. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ranksearch._io import atomic_write_text
-from ranksearch._storage import GRACE_S, HEARTBEAT_S, StudyAttrs, create_or_join, open_storage
+from ranksearch._io import atomic_write_text, check_writable
+from ranksearch._storage import GRACE_S, HEARTBEAT_S, StudyAttrs, check_storage, create_or_join, open_storage
 from ranksearch.allocation import apply, solve
 from ranksearch.config import RankConfig
+from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
 from ranksearch.search import search
@@ -41,8 +44,8 @@ def _ratio(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"ratio {text!r} is not a number; give e.g. 0.25") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"ratio {value} must be in (0, 1], e.g. 0.25 keeps a quarter")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"ratio {value} must be in (0, 1), e.g. 0.25 keeps a quarter (1 would keep everything)")
     return value
 
 
@@ -80,6 +83,7 @@ def _target_args(p: argparse.ArgumentParser, mse_bound: bool = False, several: b
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser = _Parser(prog="ranksearch", description="Low-rank factorization with searched ranks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -133,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", parents=[common], help="rebuild the factorized model from a rank config and save it")
     _space_args(p)
     p.add_argument("--config", required=True, help="rank_config.json")
+    p.add_argument("--allow-growth", action="store_true", help="accept ranks at which a layer's pair is not smaller than it")
     p.add_argument("--out", required=True, help=".safetensors file to write")
     return parser
 
@@ -187,6 +192,9 @@ def _spectra(args: argparse.Namespace) -> int:
 def _solve(args: argparse.Namespace) -> int:
     space = _space(args)
     model = space.build_model(allow_random=True)
+    if args.mse_bound is not None and not (0 <= args.mse_bound < math.inf):
+        raise RankSearchError(f"--mse-bound {args.mse_bound} must be a finite number >= 0 (an MSE per weight element).")
+    check_writable(args.out, folder=False, what="--out")
     target = None if args.mse_bound is not None else _target(args, space)
     cfg = solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=space.rank_multiple,
                 min_rank=space.min_rank, cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space))
@@ -196,11 +204,32 @@ def _solve(args: argparse.Namespace) -> int:
 
 
 def _layer_report(cfg: RankConfig, skipped: dict[str, str]) -> str:
+    """The seed's per-layer table: rank and parameters before and after, by layer name."""
     lines = [f"{cfg.model}: ratio {cfg.achieved_ratio:.4f} (target {cfg.target_ratio}), "
              f"{cfg.compressed_params:,} of {cfg.original_params:,} parameters",
-             "Param reduction: " + ", ".join(f"{n}:{r}" for n, r in cfg.ranks.items())]
-    lines += [f"  skipped {n}: {why}" for n, why in skipped.items()]
+             "Param reduction:", "| layer | type | matrix | rank | params before | params after |", "|---|---|---|---|---|---|"]
+    for n, lr in cfg.layers.items():
+        lines.append(f"| {n} | {lr.type} | {lr.matrix[0]}x{lr.matrix[1]} | {lr.rank} | {lr.params_before:,} | {lr.params_after:,} |")
+    lines += [f"| {n} | - | - | dense | - | - ({why}) |" for n, why in skipped.items()]
     return "\n".join(lines)
+
+
+def _where(out: Path, cfg: RankConfig, storage: str | None) -> str:
+    """Where each result file is and what to do next."""
+    trial, method = cfg.search.get("trial"), cfg.search.get("trial_method")
+    study = cfg.search.get("study_name")
+    store = storage or str(out / "study.journal")
+    return "\n".join([
+        f"Results in {out}/:",
+        f"  rank_config.json            the best allocation (trial {trial}, {method}), its settings and metrics",
+        f"  factorized.safetensors      its retrained weights: ranksearch.load_factorized(model, "
+        f"ranksearch.RankConfig.load('{out}/rank_config.json'), '{out}/factorized.safetensors')",
+        "  factorized_nnr.safetensors  the same weights with each pair as NNR <layer>.weight_G / weight_H",
+        "  rank_config_seed_rule.json  the CE1 rule (one MSE bound) at the same ratio, for comparison",
+        "  summary.md                  the table above",
+        f"Next: more trials with --resume; more workers with: ranksearch worker --storage {store} --study-name {study}",
+        "(ranksearch apply --config rank_config.json rebuilds the model with untrained, SVD-initialized factors.)",
+    ])
 
 
 def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSettings:
@@ -215,9 +244,9 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
 
 def _check_run(args: argparse.Namespace) -> None:
     if args.trials is not None and args.trials < 1:
-        raise ValueError(f"--trials {args.trials} must be >= 1.")
+        raise RankSearchError(f"--trials {args.trials} must be >= 1.")
     if args.timeout is not None and not (0 < args.timeout < math.inf):
-        raise ValueError(f"--timeout {args.timeout} must be a finite number of seconds > 0.")
+        raise RankSearchError(f"--timeout {args.timeout} must be a finite number of seconds > 0.")
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -229,16 +258,24 @@ def _search(args: argparse.Namespace) -> int:
     else:
         targets = [space.working_point(w.strip()) for w in args.wp.split(",")]
     if len(set(targets)) != len(targets):
-        raise ValueError(f"working points {targets} repeat a ratio; give each once.")
+        raise RankSearchError(f"working points {targets} repeat a ratio; give each once.")
+    check_writable(args.out, folder=True, what="--out")  # "" would be the current folder
     out = Path(args.out)
     several = len(targets) > 1
     outs = [out / f"ratio-{t:g}" if several else out for t in targets]
     for o in outs:
         if (o / "rank_config.json").exists() and not args.resume:
-            raise ValueError(f"{str(o)!r} already holds a finished search; pass --resume or choose another --out.")
+            raise RankSearchError(f"{str(o)!r} already holds a finished search; pass --resume or choose another --out.")
     _check_run(args)
     if args.workers < 1:
-        raise ValueError(f"--workers {args.workers} must be >= 1.")
+        raise RankSearchError(f"--workers {args.workers} must be >= 1.")
+    for o, t in zip(outs, targets):  # every path is checked before any training (nothing is created here)
+        check_writable(o, folder=True, what="--out")
+        check_storage(args.storage, o)
+        _check_same_study(o, args.study_name and (f"{args.study_name}@{t:g}" if several else args.study_name) or f"{space.name}@{t:g}")
+    if args.artifacts:
+        check_writable(args.artifacts, folder=True, what="--artifacts")
+    check_writable(cache_root(), folder=True, what="Cache folder (RANKSEARCH_CACHE)")
     settings = [_settings(args, space, t) for t in targets]  # every point's settings are valid before any work
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
     task = space.build_task()
@@ -261,6 +298,7 @@ def _search(args: argparse.Namespace) -> int:
         rows.append(result.summary)
         print(summary_table(result.summary), end="")
         print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
+        print(_where(o, result.config, args.storage))
     if several:
         text = f"# ranksearch: {space.name}, {len(targets)} working points\n\n" + working_points_table(rows)
         atomic_write_text(out / "summary.md", text)
@@ -268,10 +306,20 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_same_study(out: Path, name: str) -> None:
+    """Results in ``out`` are written only by a run of the study that wrote them."""
+    path = out / "rank_config.json"
+    if path.exists():
+        previous = RankConfig.load(path).search.get("study_name")
+        if previous is not None and previous != name:
+            raise RankSearchError(f"{str(out)!r} holds the results of study {previous!r}, not {name!r}; choose another --out "
+                                  "(or the same --ratio / --study-name to resume that study).")
+
+
 def _study_space(settings: SearchSettings, source: dict[str, Any], weights: str | None, data: str | None) -> Space:
     """The space a study was made on, with local weights and data (the flags, else what the study names)."""
     if settings.space is None:
-        raise ValueError("The study was made from Python without a space; join it from Python with ranksearch.run_worker().")
+        raise RankSearchError("The study was made from Python without a space; join it from Python with ranksearch.run_worker().")
     space = load_space(settings.space).with_weights(weights or source.get("weights"))
     data = data or settings.data
     return replace(space, task_kwargs={**space.task_kwargs, "data_dir": data}) if data else space
@@ -281,7 +329,7 @@ def _worker(args: argparse.Namespace) -> int:
     _check_run(args)
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} must be >= 1.")
+            raise RankSearchError(f"--threads {args.threads} must be >= 1.")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -292,7 +340,7 @@ def _worker(args: argparse.Namespace) -> int:
     space = _study_space(settings, attrs.get("source") or {}, args.weights, args.data)  # type: ignore[arg-type]
     cap = args.trials if args.trials is not None else attrs.get("n_trials")
     if cap is None and args.timeout is None:
-        raise ValueError(f"Study {args.study_name!r} records no trial cap; give --trials or --timeout.")
+        raise RankSearchError(f"Study {args.study_name!r} records no trial cap; give --trials or --timeout.")
     task = space.build_task()
     model = space.build_model(task)
     ran = run_worker(model, store, args.study_name, task=task, n_trials=cap, timeout=args.timeout,
@@ -303,6 +351,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_writable(args.out, folder=True, what="--out")
     store = open_storage(args.storage, existing=True)
     study, _ = create_or_join(store, args.study_name, None, resume=True, sampler=None, pruner=None)  # type: ignore[arg-type]
     attrs = StudyAttrs(study)
@@ -314,13 +363,13 @@ def _export(args: argparse.Namespace) -> int:
     curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=settings.exclude)  # type: ignore[union-attr]
     artifacts = args.artifacts or attrs.get("artifacts")
     if artifacts is None:
-        raise ValueError(f"Study {args.study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
+        raise RankSearchError(f"Study {args.study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
     from ranksearch._storage import artifact_store
 
     result = export_study(study, model, curves, args.out, artifacts=artifact_store(artifacts), source=source)
     print(summary_table(result.summary), end="")
     print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
-    print(f"written to {args.out}: rank_config.json, factorized.safetensors, factorized_nnr.safetensors, summary.md")
+    print(_where(Path(args.out), result.config, args.storage))
     return 0
 
 
@@ -328,9 +377,10 @@ def _apply(args: argparse.Namespace) -> int:
     space = _space(args)
     cfg = RankConfig.load(args.config)
     if cfg.source.get("space") not in (None, space.name):
-        raise ValueError(f"Config {args.config!r} was made for space {cfg.source['space']!r}, not {space.name!r}.")
+        raise RankSearchError(f"Config {args.config!r} was made for space {cfg.source['space']!r}, not {space.name!r}.")
+    check_writable(args.out, folder=False, what="--out")
     model = space.build_model(allow_random=True)
-    factorized = apply(model, cfg)
+    factorized = apply(model, cfg, allow_growth=args.allow_growth)
     save_state_dict(factorized.state_dict(), args.out, {"format": "ranksearch.factorized", "ranks": json.dumps(cfg.ranks)})
     print(f"{args.out}: {count_params(factorized):,} parameters (ratio {cfg.achieved_ratio:.4f})")
     return 0
@@ -352,10 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if args.command in ("search", "worker") else None
     try:
         code = _COMMANDS[args.command](args)
-    except (ValueError, TypeError) as e:
-        print(f"ranksearch {args.command}: error: {e}", file=sys.stderr)
+    except (RankSearchError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"ranksearch {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except (TrialsFailing, WorkersFailed) as e:
+        if args.debug:
+            raise
         print(f"ranksearch {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -368,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     _log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
     return code
+
+
+def _one_line(e: BaseException) -> str:
+    """The error as one line; a file-system error names its path and the fix."""
+    if isinstance(e, OSError) and not isinstance(e, RankSearchError):
+        where = f" {e.filename!r}" if e.filename else ""
+        return f"cannot use{where}: {e.strerror or e} (check the path and its permissions; --debug shows the traceback)"
+    return " ".join(str(e).split())
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ranksearch._io import atomic_write_text
+from ranksearch.errors import ConfigError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LayerRank", "RankConfig"]
 
@@ -33,6 +34,20 @@ class LayerRank:
     mse: float
     params_before: int
     params_after: int
+
+    def __post_init__(self) -> None:
+        def ints(v: object, n: int | None = None) -> bool:
+            return (isinstance(v, list) and (n is None or len(v) == n) and v != []
+                    and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+
+        if not isinstance(self.type, str) or not ints(self.weight_shape) or not ints(self.matrix, 2):
+            raise ConfigError(f"layer entry needs a type string, weight_shape and matrix [m, n] of positive ints; got "
+                              f"{self.type!r}, {self.weight_shape!r}, {self.matrix!r}.")
+        if not ints([self.rank, self.params_before, self.params_after]):
+            raise ConfigError(f"layer rank and parameter counts must be positive ints; got {self.rank!r}, "
+                              f"{self.params_before!r}, {self.params_after!r}.")
+        if isinstance(self.mse, bool) or not isinstance(self.mse, (int, float)):
+            raise ConfigError(f"layer mse must be a number; got {self.mse!r}.")
 
 
 @dataclass(frozen=True)
@@ -67,29 +82,41 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         if self.format != FORMAT or self.format_version != FORMAT_VERSION:
-            raise ValueError(
+            raise ConfigError(
                 f"Rank config format {self.format!r} v{self.format_version} is not supported; "
                 f"expected {FORMAT!r} v{FORMAT_VERSION}."
             )
+        for name, kind in (("model", str), ("ranks", dict), ("layers", dict), ("source", dict), ("metric", dict), ("search", dict)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"field {name!r} must be a {'JSON object' if kind is dict else 'string'}, "
+                                  f"got {type(getattr(self, name)).__name__}.")
+        for name in ("target_ratio", "achieved_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"field {name!r} must be a number, got {v!r}.")
+        if not isinstance(self.compressed_params, int) or isinstance(self.compressed_params, bool):
+            raise ConfigError(f"compressed_params {self.compressed_params!r} must be an int.")
         if not (0 < self.target_ratio <= 1):
-            raise ValueError(f"target_ratio {self.target_ratio!r} must be in (0, 1].")
+            raise ConfigError(f"target_ratio {self.target_ratio!r} must be in (0, 1].")
         if not (isinstance(self.original_params, int) and self.original_params > 0):
-            raise ValueError(f"original_params {self.original_params!r} must be a positive int.")
+            raise ConfigError(f"original_params {self.original_params!r} must be a positive int.")
         if not math.isclose(self.achieved_ratio, self.compressed_params / self.original_params, rel_tol=1e-9):
-            raise ValueError(
+            raise ConfigError(
                 f"achieved_ratio {self.achieved_ratio} != compressed_params / original_params "
                 f"({self.compressed_params} / {self.original_params})."
             )
         bad = {k: r for k, r in self.ranks.items() if not (isinstance(r, int) and r >= 1)}
         if bad:
-            raise ValueError(f"Ranks must be positive ints, got {bad}.")
+            raise ConfigError(f"Ranks must be positive ints, got {bad}.")
         if set(self.layers) != set(self.ranks):
-            raise ValueError(f"layers and ranks name different modules: {sorted(set(self.layers) ^ set(self.ranks))}.")
+            raise ConfigError(f"layers and ranks name different modules: {sorted(set(self.layers) ^ set(self.ranks))}.")
+        if bad := [k for k, v in self.layers.items() if not isinstance(v, (LayerRank, dict))]:
+            raise ConfigError(f"layers[{bad[0]!r}] must be a JSON object (type, weight_shape, matrix, rank, ...).")
         layers = {k: v if isinstance(v, LayerRank) else LayerRank(**v) for k, v in self.layers.items()}
         object.__setattr__(self, "layers", layers)
         mismatch = [k for k, v in layers.items() if v.rank != self.ranks[k]]
         if mismatch:
-            raise ValueError(f"layers[...].rank disagrees with ranks for {mismatch}.")
+            raise ConfigError(f"layers[...].rank disagrees with ranks for {mismatch}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, format keys first."""
@@ -104,16 +131,16 @@ class RankConfig:
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> RankConfig:
         """Build from a dict, with errors that name ``origin`` and the faulty field."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{origin} is not a ranksearch rank config (its 'format' is not {FORMAT!r}).")
+            raise ConfigError(f"{origin} is not a ranksearch rank config (its 'format' is not {FORMAT!r}).")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         missing = sorted(f.name for f in fields(cls) if f.name not in data and f.name in _REQUIRED)
         if unknown or missing:
-            raise ValueError(f"{origin}: unknown fields {unknown} / missing fields {missing}.")
+            raise ConfigError(f"{origin}: unknown fields {unknown} / missing fields {missing}.")
         try:
             return cls(**data)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{origin}: {e}") from None
+            raise ConfigError(f"{origin}: {e}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RankConfig:
@@ -121,9 +148,9 @@ class RankConfig:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
-            raise ValueError(f"Rank config {str(path)!r} does not exist; pass the path of a rank_config.json.") from None
+            raise ConfigError(f"Rank config {str(path)!r} does not exist; pass the path of a rank_config.json.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"Rank config {str(path)!r} is not valid JSON ({e}); re-export it.") from None
+            raise ConfigError(f"Rank config {str(path)!r} is not valid JSON ({e}); re-export it.") from None
         return cls.from_dict(data, origin=f"Rank config {str(path)!r}")
 
 

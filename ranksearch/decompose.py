@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ranksearch.errors import RankSearchError
+
 logger = logging.getLogger(__name__)
 
 ABS_TOL = 1e-3
@@ -57,15 +59,15 @@ def _wide_float64(matrix: torch.Tensor) -> tuple[torch.Tensor, bool]:
         ValueError: If ``matrix`` is not 2-D, is empty or holds non-finite values.
     """
     if matrix.ndim != 2:
-        raise ValueError(
+        raise RankSearchError(
             f"matrix must be 2-D, got shape {tuple(matrix.shape)}; reshape it first "
             "(e.g. a conv weight to (out, in * kh * kw))."
         )
     if matrix.numel() == 0:
-        raise ValueError(f"matrix of shape {tuple(matrix.shape)} is empty; pass a non-empty matrix.")
+        raise RankSearchError(f"matrix of shape {tuple(matrix.shape)} is empty; pass a non-empty matrix.")
     a = matrix.detach().to(torch.float64)
     if not bool(torch.isfinite(a.sum())):  # one pass, no mask; NaN/Inf always propagate to the sum
-        raise ValueError("matrix holds NaN or Inf values; clean the weights before decomposing.")
+        raise RankSearchError("matrix holds NaN or Inf values; clean the weights before decomposing.")
     tall = a.shape[0] > a.shape[1]
     return (a.T if tall else a), tall
 
@@ -144,7 +146,7 @@ class Factors:
         """
         k = self.s.shape[0]
         if not 1 <= rank <= k:
-            raise ValueError(f"rank={rank} is out of range; use 1 <= rank <= {k} (factorize's max_rank).")
+            raise RankSearchError(f"rank={rank} is out of range; use 1 <= rank <= {k} (factorize's max_rank).")
         root = self.s[:rank].sqrt()
         return self.u[:, :rank] * root, root[:, None] * self.vh[:rank]
 
@@ -166,7 +168,7 @@ def factorize(matrix: torch.Tensor, max_rank: int | None = None) -> Factors:
     p = a.shape[0]
     k = p if max_rank is None else max_rank
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= p:
-        raise ValueError(
+        raise RankSearchError(
             f"max_rank={max_rank!r} is out of range for a {tuple(matrix.shape)} matrix; "
             f"use an int in [1, {p}] or None for full rank."
         )

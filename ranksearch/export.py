@@ -38,6 +38,7 @@ from ranksearch._storage import StudyAttrs
 from ranksearch.allocation import config_for
 from ranksearch.baselines import Sensitivity
 from ranksearch.config import RankConfig
+from ranksearch.errors import StudyError
 from ranksearch.layers import LowRank
 from ranksearch.solver import Curve, Solution
 from ranksearch.surgery import count_params, factorize
@@ -113,14 +114,14 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     settings = attrs.settings()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete or settings is None:
-        raise ValueError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
+        raise StudyError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
                          "raise --timeout or --trials, or export later.")
     best = max(complete, key=lambda t: (t.value, -t.number))
     weights = _weights_of(study, best) if artifacts is not None else None
     if weights is None and rebuild is None:
         with_weights = [t for t in complete if _weights_of(study, t) is not None] if artifacts is not None else []
         if not with_weights:
-            raise ValueError(f"No trial of study {study.study_name!r} has uploaded its weights (no artifact store, "
+            raise StudyError(f"No trial of study {study.study_name!r} has uploaded its weights (no artifact store, "
                              "or a wrong --artifacts folder); give the folder the workers wrote to.")
         chosen = max(with_weights, key=lambda t: (t.value, -t.number))
         _log.warning("the best trial %d has no weights; exporting trial %d (%.4f against %.4f)", best.number, chosen.number,
@@ -159,7 +160,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
 
     cfg = config_of(best)
     if count_params(best_model) != cfg.compressed_params:
-        raise ValueError(f"Trial {best.number}'s weights have {count_params(best_model)} parameters, its ranks {cfg.compressed_params}.")
+        raise StudyError(f"Trial {best.number}'s weights have {count_params(best_model)} parameters, its ranks {cfg.compressed_params}.")
     summary = {"target_ratio": settings.target_ratio, "achieved_ratio": best.user_attrs["ratio"], "trials": counts,
                "wall_time_s": wall, "seed_rule_ratio": seed_trial.user_attrs["ratio"] if seed_trial else None,
                "best_method": best.user_attrs.get("method"), **metric}

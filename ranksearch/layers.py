@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ranksearch.errors import RankSearchError
+
 __all__ = [
     "DENSE_TYPES",
     "LowRank",
@@ -209,11 +211,11 @@ def build_low_rank(dense: nn.Module, g: torch.Tensor, h: torch.Tensor) -> LowRan
     """
     reason = ineligible_reason(dense)
     if reason is not None:
-        raise ValueError(f"Cannot factorize {type(dense).__name__}: {reason}.")
+        raise RankSearchError(f"Cannot factorize {type(dense).__name__}: {reason}.")
     m, n = matrix_shape(dense)
     r = int(h.shape[0])
     if g.shape != (m, r) or h.shape != (r, n) or r < 1:
-        raise ValueError(
+        raise RankSearchError(
             f"Factors of shapes {tuple(g.shape)} and {tuple(h.shape)} do not fit a {m}x{n} weight; "
             f"expected ({m}, r) and (r, {n}) with r >= 1."
         )

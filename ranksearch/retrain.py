@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ranksearch.errors import RankSearchError
 from ranksearch.task import Task
 
 __all__ = ["RetrainSettings", "best_device", "evaluate", "fit"]
@@ -55,13 +56,13 @@ class RetrainSettings:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs ({self.epochs}) must be >= 0 and batch_size ({self.batch_size}) >= 1.")
+            raise RankSearchError(f"epochs ({self.epochs}) must be >= 0 and batch_size ({self.batch_size}) >= 1.")
         if not (self.lr_start > 0 and self.lr_end > 0):
-            raise ValueError(f"Learning rates must be > 0, got {self.lr_start} -> {self.lr_end}.")
+            raise RankSearchError(f"Learning rates must be > 0, got {self.lr_start} -> {self.lr_end}.")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer {self.optimizer!r} is not supported; use 'sgd' or 'adam'.")
+            raise RankSearchError(f"optimizer {self.optimizer!r} is not supported; use 'sgd' or 'adam'.")
         if not 0.0 <= self.distill <= 1.0:
-            raise ValueError(f"distill weight {self.distill} must be in [0, 1].")
+            raise RankSearchError(f"distill weight {self.distill} must be in [0, 1].")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -177,6 +178,6 @@ def evaluate(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 
             mse = ((out.clamp(0, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)
             total += (-10 * torch.log10(mse)).sum()
         else:
-            raise ValueError(f"metric {metric!r} is not supported; use accuracy, top5 or psnr.")
+            raise RankSearchError(f"metric {metric!r} is not supported; use accuracy, top5 or psnr.")
         count += len(x)
     return float(total) / max(1, count)

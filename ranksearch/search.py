@@ -34,6 +34,7 @@ from torch import nn
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, open_storage,
                                  storage_url, wait_until_ready)
 from ranksearch.baselines import Sensitivity
+from ranksearch.errors import StudyError
 from ranksearch.export import SearchResult, collect
 from ranksearch.retrain import RetrainSettings
 from ranksearch.settings import CUSTOM, GRANULARITIES, PRUNERS, SAMPLERS, SearchSettings
@@ -57,17 +58,17 @@ def resolve_settings(model: nn.Module, settings: SearchSettings | float, *, task
     s = settings if isinstance(settings, SearchSettings) else SearchSettings(target_ratio=settings)
     digest = state_digest(model.state_dict())
     if s.weights_digest and s.weights_digest != digest:
-        raise ValueError(f"settings.weights_digest {s.weights_digest[:13]} is not this model's ({digest[:13]}); "
+        raise StudyError(f"settings.weights_digest {s.weights_digest[:13]} is not this model's ({digest[:13]}); "
                          "leave it empty (search fills it in) or pass the model the settings were made for.")
     changes: dict[str, Any] = {"weights_digest": digest, "model": s.model or type(model).__name__}
     if s.factors == "auto":
         changes["factors"] = "data-aware" if (calibration is not None or task is not None) else "plain"
     elif s.factors == "data-aware" and calibration is None and task is None:
-        raise ValueError("factors='data-aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
+        raise StudyError("factors='data-aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
     if task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if task is None and s.retrain is not None:
-        raise ValueError("settings.retrain is the built-in retrain's recipe (used with task=); with your own "
+        raise StudyError("settings.retrain is the built-in retrain's recipe (used with task=); with your own "
                          "retrain callable leave it None.")
     if sampler is not None:
         changes["sampler"] = CUSTOM + type(sampler).__name__
@@ -137,16 +138,16 @@ def search(
     """
     settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner)
     if n_trials is not None and n_trials < 1:
-        raise ValueError(f"n_trials {n_trials} must be >= 1 (or None with a timeout).")
+        raise StudyError(f"n_trials {n_trials} must be >= 1 (or None with a timeout).")
     if n_trials is None and timeout is None:
-        raise ValueError("Give n_trials, timeout or both, or the search never ends.")
+        raise StudyError("Give n_trials, timeout or both, or the search never ends.")
     if timeout is not None and not (0 < timeout < float("inf")):
-        raise ValueError(f"timeout {timeout!r} must be a finite number of seconds > 0.")
+        raise StudyError(f"timeout {timeout!r} must be a finite number of seconds > 0.")
     if workers < 1:
-        raise ValueError(f"workers {workers} must be >= 1.")
+        raise StudyError(f"workers {workers} must be >= 1.")
     if workers > 1 and (settings.space is None or isinstance(storage, BaseStorage) or (storage is None and out_dir is None)
                         or sampler is not None or pruner is not None):
-        raise ValueError("workers > 1 needs a space (settings.space), a storage URL or journal file (or out_dir) and "
+        raise StudyError("workers > 1 needs a space (settings.space), a storage URL or journal file (or out_dir) and "
                          "named sampler/pruner; from Python, start run_worker() in your own processes instead.")
     views = views_for(model, settings, task, calibration, cache_dir)
     total = count_params(model)
@@ -154,7 +155,7 @@ def search(
     warm = [dict(w) for w in warm_start]
     for w in warm:  # before any study is written
         if unknown := sorted(set(w) - set(views.curves)):
-            raise ValueError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
+            raise StudyError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
                              "give per-layer log10 weights of this model (a trial's user_attrs['log10w']).")
     calls = callables_for(model, settings, task, evaluate, retrain)
     store = open_storage(storage, out_dir, heartbeat=heartbeat, grace=grace)

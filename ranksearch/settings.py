@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ranksearch.errors import ConfigError
 from ranksearch.retrain import RetrainSettings
 
 __all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PRUNERS", "SAMPLERS", "SearchSettings"]
@@ -77,36 +78,36 @@ class SearchSettings:
     def __post_init__(self) -> None:
         r = self.target_ratio
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r < 1):
-            raise ValueError(f"target_ratio {r!r} must be a number in (0, 1), e.g. 0.25 keeps a quarter of the parameters.")
+            raise ConfigError(f"target_ratio {r!r} must be a number in (0, 1), e.g. 0.25 keeps a quarter of the parameters.")
         object.__setattr__(self, "target_ratio", float(r))
         for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
             value = getattr(self, name)
             if value not in allowed and not (isinstance(value, str) and value.startswith(CUSTOM)):
-                raise ValueError(f"{name} {value!r} is not supported; use one of {list(allowed)}.")
+                raise ConfigError(f"{name} {value!r} is not supported; use one of {list(allowed)}.")
         for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
         if isinstance(self.spread, bool) or not isinstance(self.spread, (int, float)) or not (0 < self.spread < math.inf):
-            raise ValueError(f"spread {self.spread!r} must be a finite number > 0 (log10 range of the searched weights).")
+            raise ConfigError(f"spread {self.spread!r} must be a finite number > 0 (log10 range of the searched weights).")
         object.__setattr__(self, "spread", float(self.spread))
         for name in ("rank_multiple", "min_rank"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} {v!r} must be an int >= 1.")
+                raise ConfigError(f"{name} {v!r} must be an int >= 1.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed {self.seed!r} must be an int >= 0.")
+            raise ConfigError(f"seed {self.seed!r} must be an int >= 0.")
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
-            raise ValueError(f"exclude {self.exclude!r} must be a list of layer names or regular expressions.")
+            raise ConfigError(f"exclude {self.exclude!r} must be a list of layer names or regular expressions.")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not isinstance(self.baselines, bool):
-            raise ValueError(f"baselines {self.baselines!r} must be true or false.")
+            raise ConfigError(f"baselines {self.baselines!r} must be true or false.")
         if isinstance(self.retrain, dict):
             object.__setattr__(self, "retrain", RetrainSettings(**self.retrain))
         elif self.retrain is not None and not isinstance(self.retrain, RetrainSettings):
-            raise ValueError(f"retrain {self.retrain!r} must be a RetrainSettings (or None for your own retrain callable).")
+            raise ConfigError(f"retrain {self.retrain!r} must be a RetrainSettings (or None for your own retrain callable).")
         for name in ("model", "weights_digest"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} {getattr(self, name)!r} must be a string.")
+                raise ConfigError(f"{name} {getattr(self, name)!r} must be a string.")
 
     @property
     def data_aware(self) -> bool:
@@ -130,20 +131,20 @@ class SearchSettings:
     def from_dict(cls, data: Any, origin: str = "search settings") -> SearchSettings:
         """Build from :meth:`to_dict`'s output; errors name ``origin`` and the faulty field."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
+            raise ConfigError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{origin} have format_version {data.get('format_version')!r}; this ranksearch reads "
+            raise ConfigError(f"{origin} have format_version {data.get('format_version')!r}; this ranksearch reads "
                              f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(body) - known):
-            raise ValueError(f"{origin}: unknown fields {unknown}.")
+            raise ConfigError(f"{origin}: unknown fields {unknown}.")
         if "target_ratio" not in body:
-            raise ValueError(f"{origin}: missing field 'target_ratio'.")
+            raise ConfigError(f"{origin}: missing field 'target_ratio'.")
         try:
             return cls(**body)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{origin}: {e}") from None
+            raise ConfigError(f"{origin}: {e}") from None
 
     def differences(self, other: SearchSettings) -> list[tuple[str, Any, Any]]:
         """``(field, self's value, other's value)`` for every field that differs."""

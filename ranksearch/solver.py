@@ -37,6 +37,8 @@ from functools import cached_property
 
 import numpy as np
 
+from ranksearch.errors import RankSearchError
+
 __all__ = ["Curve", "Solution", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
 
 
@@ -56,9 +58,9 @@ class Curve:
         m, n = self.shape
         s = np.asarray(self.singular_values, dtype=np.float64)
         if s.ndim != 1 or len(s) != min(m, n):
-            raise ValueError(f"A {m}x{n} weight has {min(m, n)} singular values, got shape {s.shape}.")
+            raise RankSearchError(f"A {m}x{n} weight has {min(m, n)} singular values, got shape {s.shape}.")
         if np.any(s < 0) or np.any(np.diff(s) > 1e-12 * max(float(s[0]), 1e-300)):
-            raise ValueError("Singular values must be non-negative and sorted in descending order.")
+            raise RankSearchError("Singular values must be non-negative and sorted in descending order.")
         object.__setattr__(self, "shape", (int(m), int(n)))
         object.__setattr__(self, "singular_values", s)
 
@@ -124,7 +126,7 @@ class _Options:
 
 def _options(curves: Mapping[str, Curve], multiple: int, min_rank: int) -> _Options:
     if multiple < 1 or min_rank < 1:
-        raise ValueError(f"rank_multiple ({multiple}) and min_rank ({min_rank}) must be >= 1.")
+        raise RankSearchError(f"rank_multiple ({multiple}) and min_rank ({min_rank}) must be >= 1.")
     names = list(curves)
     per_layer = [curves[n].ranks(multiple, min_rank) for n in names]
     width = max((len(r) for r in per_layer), default=0) + 1
@@ -156,7 +158,7 @@ def _solution(opts: _Options, idx: np.ndarray, bound: float, fixed: int, total: 
 def _check_totals(curves: Mapping[str, Curve], total_params: int) -> int:
     fixed = total_params - sum(c.dense_params for c in curves.values())
     if fixed < 0:
-        raise ValueError(
+        raise RankSearchError(
             f"total_params={total_params} is smaller than the eligible layers' weights "
             f"({total_params - fixed}); pass the whole model's parameter count."
         )
@@ -184,12 +186,12 @@ def ranks_for_bound(
     if isinstance(bound, Mapping):
         unknown = sorted(set(bound) - set(curves))
         if unknown:
-            raise ValueError(f"MSE bounds name layers that are not eligible: {unknown}.")
+            raise RankSearchError(f"MSE bounds name layers that are not eligible: {unknown}.")
         per_layer = np.array([bound.get(n, -1.0) for n in opts.names], dtype=np.float64)
     else:
         per_layer = np.full(len(opts.names), float(bound))
     if np.any(np.isnan(per_layer)):
-        raise ValueError(f"MSE bound must be a number, got {bound!r}.")
+        raise RankSearchError(f"MSE bound must be a number, got {bound!r}.")
     idx = (opts.error > per_layer[:, None]).sum(axis=1)
     idx = np.minimum(idx, opts.ranks.shape[1] - 1)
     scalar = float(bound) if not isinstance(bound, Mapping) else float("nan")
@@ -226,14 +228,14 @@ def solve_ratio(
             message names the smallest reachable ratio).
     """
     if not (isinstance(target_ratio, (int, float)) and 0.0 < target_ratio <= 1.0):
-        raise ValueError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
+        raise RankSearchError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
     fixed = _check_totals(curves, total_params)
     opts = _options(curves, rank_multiple, min_rank)
     w = np.ones(len(opts.names))
     if weights is not None:
         w = np.array([float(weights.get(n, 1.0)) for n in opts.names])
         if not np.all(np.isfinite(w) & (w > 0)):
-            raise ValueError(f"Layer weights must be finite and > 0, got {dict(weights)}.")
+            raise RankSearchError(f"Layer weights must be finite and > 0, got {dict(weights)}.")
     budget = math.floor(target_ratio * total_params)  # the largest whole count whose ratio is within target
     while (budget + 1) / total_params <= target_ratio:
         budget += 1
@@ -241,7 +243,7 @@ def solve_ratio(
         budget -= 1
     smallest = fixed + int(opts.cost[:, 0].sum())
     if smallest > budget:
-        raise ValueError(
+        raise RankSearchError(
             f"target ratio {target_ratio} is unreachable: with the smallest rank in every eligible layer "
             f"the model keeps {smallest / total_params:.4f} of its parameters; ask for a ratio >= "
             f"{math.ceil(smallest / total_params * 1e4) / 1e4} or make more layers eligible."

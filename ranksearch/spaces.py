@@ -23,6 +23,7 @@ import torch
 import yaml
 from torch import nn
 
+from ranksearch.errors import ConfigError, RankSearchError, SpaceError
 from ranksearch.retrain import RetrainSettings, fit
 from ranksearch.task import Task
 from ranksearch.weights import load_state_dict, save_state_dict
@@ -62,11 +63,34 @@ def resolve(ref: str) -> Callable[..., Any]:
     """Import ``module:function``."""
     module, _, attr = ref.partition(":")
     if not module or not attr:
-        raise ValueError(f"Factory {ref!r} must be written 'module:function'.")
+        raise SpaceError(f"Factory {ref!r} must be written 'module:function'.")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"Factory {ref!r} cannot be imported ({e}); check the module path.") from None
+        raise SpaceError(f"Factory {ref!r} cannot be imported ({e}); check the module path.") from None
+
+
+def _call(ref: str, kwargs: dict[str, Any], what: str) -> Any:
+    """Call a space's factory; an exception in the user's code becomes one line naming the factory
+    (the original stays chained for ``--debug``)."""
+    fn = resolve(ref)
+    try:
+        return fn(**kwargs)
+    except RankSearchError:
+        raise
+    except Exception as e:
+        raise SpaceError(f"The {what} factory {ref!r} raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]} "
+                         "(check the factory and its kwargs; --debug shows the traceback).") from e
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str, space: str) -> None:
+    """Load dense weights, refusing a file made for another model in one line."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e)[:200])
+        raise ConfigError(f"Weights file {path!r} does not fit the model of space {space!r} ({detail[:200]}); "
+                          "pass the weights of this space's model.") from None
 
 
 @dataclass(frozen=True)
@@ -98,16 +122,16 @@ class Space:
         """Ratio of ``WP1``..``WP4`` (1-based, as in Table 1 of the CE1 contribution)."""
         names = {f"WP{i + 1}": r for i, r in enumerate(self.working_points)}
         if wp.upper() not in names:
-            raise ValueError(f"Working point {wp!r} is not defined for space {self.name!r}; use one of {sorted(names)}.")
+            raise SpaceError(f"Working point {wp!r} is not defined for space {self.name!r}; use one of {sorted(names)}.")
         return names[wp.upper()]
 
     def build_task(self) -> Task:
         """The space's data, loss and metric."""
         if self.task_factory is None:
-            raise ValueError(f"Space {self.name!r} has no task (data); it can be solved but not searched or retrained.")
-        t = resolve(self.task_factory)(**self.task_kwargs)
+            raise SpaceError(f"Space {self.name!r} has no task (data); it can be solved but not searched or retrained.")
+        t = _call(self.task_factory, self.task_kwargs, "task")
         if not isinstance(t, Task):
-            raise TypeError(f"Task factory {self.task_factory!r} returned {type(t).__name__}, not ranksearch.Task.")
+            raise SpaceError(f"Task factory {self.task_factory!r} returned {type(t).__name__}, not ranksearch.Task.")
         return t
 
     def build_model(self, task: Task | None = None, *, allow_random: bool = False) -> nn.Module:
@@ -119,11 +143,11 @@ class Space:
         """
         with torch.random.fork_rng():  # the same initialization every time, global RNG untouched
             torch.manual_seed(0)
-            model = resolve(self.model_factory)(**self.model_kwargs)
+            model = _call(self.model_factory, self.model_kwargs, "model")
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Model factory {self.model_factory!r} returned {type(model).__name__}, not nn.Module.")
+            raise SpaceError(f"Model factory {self.model_factory!r} returned {type(model).__name__}, not nn.Module.")
         if self.weights is not None:
-            model.load_state_dict(load_state_dict(self.weights))
+            _load_into(model, load_state_dict(self.weights), self.weights, self.name)
             return model.eval()
         if self.pretrain is not None and self.task_factory is not None:
             path = self.pretrained_path()
@@ -134,7 +158,7 @@ class Space:
             model.load_state_dict(load_state_dict(path))
             return model.eval()
         if not allow_random:
-            raise ValueError(f"Space {self.name!r} has no weights; pass --weights PATH to a local state dict.")
+            raise SpaceError(f"Space {self.name!r} has no weights; pass --weights PATH to a local state dict.")
         _log.warning("space %s: no weights given, using a random initialization", self.name)
         return model.eval()
 
@@ -147,11 +171,11 @@ class Space:
 def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
     if key not in data:
         if default is ...:
-            raise ValueError(f"{where}: missing field {key!r}.")
+            raise SpaceError(f"{where}: missing field {key!r}.")
         return default
     value = data[key]
     if not isinstance(value, kind):
-        raise ValueError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}.")
+        raise SpaceError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}.")
     return value
 
 
@@ -162,24 +186,24 @@ def _recipe(data: dict[str, Any], key: str, where: str) -> RetrainSettings | Non
     try:
         return RetrainSettings(**raw)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: field {key!r}: {e}") from None
+        raise SpaceError(f"{where}: field {key!r}: {e}") from None
 
 
 def parse_space(data: Any, path: Path) -> Space:
     """Validate a space file's content; every error names the file and the field."""
     where = f"space file {str(path)!r}"
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping at top level, got {type(data).__name__}.")
+        raise SpaceError(f"{where}: expected a mapping at top level, got {type(data).__name__}.")
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
-        raise ValueError(f"{where}: unknown fields {unknown}; allowed: {sorted(_FIELDS)}.")
+        raise SpaceError(f"{where}: unknown fields {unknown}; allowed: {sorted(_FIELDS)}.")
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{where}: field 'format' must be {FORMAT!r} with format_version {FORMAT_VERSION}.")
+        raise SpaceError(f"{where}: field 'format' must be {FORMAT!r} with format_version {FORMAT_VERSION}.")
     model = _get(data, "model", dict, where)
     task = _get(data, "task", (dict, type(None)), where, None) or {}
     wps = _get(data, "working_points", list, where)
     if not wps or not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in wps):
-        raise ValueError(f"{where}: field 'working_points' must list ratios in (0, 1], got {wps!r}.")
+        raise SpaceError(f"{where}: field 'working_points' must list ratios in (0, 1], got {wps!r}.")
     layers = _get(data, "layers", (dict, type(None)), where, None) or {}
     exclude = _get(layers, "exclude", (dict, list, type(None)), f"{where} 'layers'", None) or {}
     exclude = {str(k): "excluded" for k in exclude} if isinstance(exclude, list) else {str(k): str(v) for k, v in exclude.items()}
@@ -209,9 +233,9 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
     ref = str(name_or_path)
     path = Path(ref) if ref.endswith((".yaml", ".yml")) or os.sep in ref else list_spaces().get(ref)
     if path is None or not path.is_file():
-        raise ValueError(f"Unknown space {ref!r}; known spaces: {sorted(list_spaces())} (or pass a .yaml path).")
+        raise SpaceError(f"Unknown space {ref!r}; known spaces: {sorted(list_spaces())} (or pass a .yaml path).")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"space file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SpaceError(f"space file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_space(data, path)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ranksearch.decompose import Factors, factorize as decompose_matrix
+from ranksearch.errors import RankSearchError
 from ranksearch.layers import DENSE_TYPES, build_low_rank, compute_device, ineligible_reason, weight_matrix
 
 __all__ = ["Layers", "count_params", "factorize", "find_layers", "layer_factors", "layer_groups"]
@@ -38,7 +39,7 @@ def _compile(patterns: Iterable[str]) -> list[re.Pattern[str]]:
         try:
             compiled.append(re.compile(p))
         except re.error as e:
-            raise ValueError(f"Exclude pattern {p!r} is not a valid regular expression: {e}.") from None
+            raise RankSearchError(f"Exclude pattern {p!r} is not a valid regular expression: {e}.") from None
     return compiled
 
 
@@ -115,13 +116,13 @@ def factorize(
         try:
             dense = result.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"The model has no module named {name!r}; check the rank config's layer names.") from None
+            raise RankSearchError(f"The model has no module named {name!r}; check the rank config's layer names.") from None
         reason = ineligible_reason(dense)
         if reason is not None:
-            raise ValueError(f"Layer {name!r} cannot be factorized: {reason}.")
+            raise RankSearchError(f"Layer {name!r} cannot be factorized: {reason}.")
         matrix = weight_matrix(dense)
         if not (isinstance(rank, int) and 1 <= rank <= min(matrix.shape)):
-            raise ValueError(f"Rank {rank!r} for layer {name!r} must be an int in 1..{min(matrix.shape)}.")
+            raise RankSearchError(f"Rank {rank!r} for layer {name!r} must be an int in 1..{min(matrix.shape)}.")
         f = factors[name] if factors is not None and name in factors else decompose_matrix(matrix, rank)
         g, h = f.pair(rank)
         pair = build_low_rank(dense, g.to(matrix.device, matrix.dtype), h.to(matrix.device, matrix.dtype))

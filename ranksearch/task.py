@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from ranksearch.errors import RankSearchError
+
 LOSSES = ("cross_entropy", "mse")
 METRICS = ("accuracy", "top5", "psnr")
 
@@ -40,9 +42,9 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"Task loss {self.loss!r} is not supported; use one of {LOSSES}.")
+            raise RankSearchError(f"Task loss {self.loss!r} is not supported; use one of {LOSSES}.")
         if self.metric not in METRICS:
-            raise ValueError(f"Task metric {self.metric!r} is not supported; use one of {METRICS}.")
+            raise RankSearchError(f"Task metric {self.metric!r} is not supported; use one of {METRICS}.")
         for split in ("train", "val", "test"):
             if len(getattr(self, split)) == 0:  # type: ignore[arg-type]
-                raise ValueError(f"Task split {split!r} is empty; give it at least one sample.")
+                raise RankSearchError(f"Task split {split!r} is empty; give it at least one sample.")

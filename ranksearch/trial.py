@@ -10,6 +10,7 @@ raises is failed with ``error`` and ``traceback``; one interrupted by Ctrl-C is 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -30,6 +31,7 @@ from torch import nn
 from ranksearch._storage import worker_id
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.decompose import Factors
+from ranksearch.errors import RankSearchError
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
 from ranksearch.settings import SearchSettings
 from ranksearch.solver import Curve, Solution, solve_ratio
@@ -95,6 +97,7 @@ class Objective:
                        else {n: n for n in views.curves})
         self.total = count_params(model)
         self.current: int | None = None  #: number of the trial running now (for Ctrl-C)
+        self.gate: Any = None  #: :class:`~ranksearch.worker.InterruptGate`: signals interrupt only inside a trial
 
     def search_space(self) -> list[str]:
         """Names of the searched parameters (one per layer or group)."""
@@ -135,12 +138,18 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
-        trial.set_user_attr("worker", worker_id())
+        with self.gate.open() if self.gate is not None else contextlib.nullcontext():
+            trial.set_user_attr("worker", worker_id())
+            return self._guarded(trial)
+
+    def _guarded(self, trial: optuna.Trial) -> float:
         try:
             return self._run(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt) as e:
-            if isinstance(e, KeyboardInterrupt):
-                trial.set_user_attr("interrupted", True)
+        except optuna.TrialPruned as e:
+            _log.info("trial %d [%s] pruned: %s", trial.number, trial.user_attrs.get("method"), e)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
             raise
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
@@ -183,7 +192,7 @@ class Objective:
         # a retrain that returns a number has scored the model on the validation split already
         value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(self.evaluate(model))
         if not math.isfinite(value):
-            raise ValueError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
+            raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         if self.test is not None:
             trial.set_user_attr("test", float(self.test(model)))
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -246,7 +255,7 @@ def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapp
         return Views(curves, plain, curves, plain, "plain")
     if calibration is None:
         if task is None:
-            raise ValueError("data_aware=True needs calibration batches (calibration=) or a task.")
+            raise RankSearchError("data_aware=True needs calibration batches (calibration=) or a task.")
         calibration = calibration_batches(task.train)
     moments = input_moments(model, modules, calibration, device=next(model.parameters()).device)
     pairs = {n: whitened(m, moments[n], max(1, curves[n].max_rank)) for n, m in modules.items()}

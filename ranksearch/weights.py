@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 import xxhash
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ranksearch._io import atomic_path
+from ranksearch.errors import ConfigError
 
 __all__ = ["load_state_dict", "save_state_dict", "state_digest"]
 
@@ -23,17 +23,18 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"Weights file {str(p)!r} does not exist; pass a local .safetensors or .pt path.")
+        raise ConfigError(f"Weights file {str(p)!r} does not exist; pass a local .safetensors or .pt path.")
     try:
         if p.suffix == ".safetensors":
             return load_file(str(p))
         sd = torch.load(p, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
-        raise ValueError(f"Weights file {str(p)!r} is corrupt or unreadable ({str(e).splitlines()[0][:120]}).") from None
+    except Exception as e:  # safetensors, pickle, zip and I/O errors of a corrupt or foreign file
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise ConfigError(f"Weights file {str(p)!r} is corrupt or unreadable ({first}); pass a .safetensors or .pt state dict.") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"Weights file {str(p)!r} does not hold a state dict of tensors.")
+        raise ConfigError(f"Weights file {str(p)!r} does not hold a state dict of tensors.")
     return sd
 
 

@@ -15,12 +15,15 @@ running by dead workers, waiting out the grace period for their heartbeats.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,7 @@ from torch import nn
 from ranksearch._storage import GRACE_S, StudyAttrs, fail_dead_trials, retry_trial, settle, wait_until_ready, worker_id
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
                                   uniform_ranks)
+from ranksearch.errors import StudyError
 from ranksearch.retrain import RetrainSettings
 from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
@@ -40,7 +44,7 @@ from ranksearch.task import Task
 from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables
 from ranksearch.weights import state_digest
 
-__all__ = ["FINISHED", "Callables", "TrialsFailing", "WorkersFailed", "check_model", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
+__all__ = ["FINISHED", "Callables", "InterruptGate", "TrialsFailing", "WorkersFailed", "check_model", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
            "sampler_seed", "set_up", "views_for", "objective_for"]
 
 _log = logging.getLogger(__name__)
@@ -79,13 +83,13 @@ def sampler_seed(seed: int, worker_index: int | None) -> int:
 
 def make_sampler(settings: SearchSettings, worker_index: int | None) -> optuna.samplers.BaseSampler:
     if settings.sampler not in _SAMPLERS:
-        raise ValueError(f"Study uses the custom sampler {settings.sampler!r}; join it from Python with the same sampler object.")
+        raise StudyError(f"Study uses the custom sampler {settings.sampler!r}; join it from Python with the same sampler object.")
     return _SAMPLERS[settings.sampler](sampler_seed(settings.seed, worker_index))
 
 
 def make_pruner(settings: SearchSettings) -> optuna.pruners.BasePruner:
     if settings.pruner not in _PRUNERS:
-        raise ValueError(f"Study uses the custom pruner {settings.pruner!r}; join it from Python with the same pruner object.")
+        raise StudyError(f"Study uses the custom pruner {settings.pruner!r}; join it from Python with the same pruner object.")
     return _PRUNERS[settings.pruner]()
 
 
@@ -103,7 +107,7 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
                   retrain: Retrain | None) -> Callables:
     """The built-in ones of a ``task`` (retrain recipe from the settings) or the user's own."""
     if (task is None) == (evaluate is None):
-        raise ValueError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
+        raise StudyError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if task is not None:
         ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed)
         return Callables(ev, re, te, task.metric)
@@ -115,7 +119,7 @@ def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, cal
     """Curves and factors of the study's layers (data-aware ones from the calibration inputs)."""
     curves = spectra(model, cache_dir=cache_dir, exclude=settings.exclude)
     if not curves:
-        raise ValueError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
+        raise StudyError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
     layers = find_layers(model).eligible
     return build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task)
 
@@ -199,8 +203,65 @@ def check_model(study: optuna.Study, settings: SearchSettings, model: nn.Module)
     """Refuse a dense model whose weights are not the ones the study was made with."""
     digest = state_digest(model.state_dict())
     if settings.weights_digest and digest != settings.weights_digest:
-        raise ValueError(f"The dense weights here (digest {digest[:13]}) are not the ones study {study.study_name!r} was "
+        raise StudyError(f"The dense weights here (digest {digest[:13]}) are not the ones study {study.study_name!r} was "
                          f"made with ({settings.weights_digest[:13]}); pass --weights with the same file.")
+
+
+class InterruptGate:
+    """Ctrl-C (SIGINT) and SIGTERM stop a worker only inside a trial's objective.
+
+    Outside it (while Optuna creates, samples or finishes a trial) the signal is held back and raised
+    at the next objective's start, where the trial is failed and its allocation enqueued again; so an
+    interrupt can never leave a trial RUNNING without a worker, or pop an enqueued allocation and
+    drop it. Only the main thread can handle signals; elsewhere the gate does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.active = False
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptGate:
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            for sig in self.SIGNALS:
+                self._saved[sig] = signal.signal(sig, self._hold)
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if self.active:
+            for sig, handler in self._saved.items():
+                signal.signal(sig, handler)
+            self.active = False
+        if self.pending and kind is None:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self.pending = True
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        """Inside: a signal (or one held back) raises KeyboardInterrupt."""
+        if not self.active:
+            yield
+            return
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._raise)
+        try:
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+            yield
+        finally:
+            for sig in self.SIGNALS:
+                signal.signal(sig, self._hold)
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | None, timeout: float | None,
@@ -217,31 +278,41 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
     with warnings.catch_warnings():  # the ratio constraint always holds (the solver hits it); CMA-ES says it ignores it
         warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged by ranksearch, in one line
-        while True:
-            fail_dead_trials(study)
-            if n_trials is not None and len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            objective.current = None
-            try:
-                study.optimize(objective, n_trials=1, catch=(Exception,))
-            except KeyboardInterrupt:
-                _requeue(study, objective.current)
-                raise
-            ran += 1
-            last = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, objective.current)) \
-                if objective.current is not None else None
-            if last is not None and last.state == TrialState.FAIL:
-                failures += 1
-                _log.warning("trial %d [%s] failed: %s", last.number, last.user_attrs.get("method"), last.user_attrs.get("error"))
-                if failures >= max_failures:
-                    raise TrialsFailing(f"{failures} trials in a row failed, the last (trial {last.number}) with "
-                                        f"{last.user_attrs.get('error')}; its 'traceback' user attr has the details.")
-            else:
-                failures = 0
+        try:
+            with InterruptGate() as gate:
+                objective.gate = gate
+                while True:
+                    fail_dead_trials(study)
+                    if n_trials is not None and len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                        break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    objective.current = None
+                    study.optimize(objective, n_trials=1, catch=(Exception,))
+                    ran += 1
+                    last = _trial(study, objective.current)
+                    if last is not None and last.state == TrialState.FAIL:
+                        failures += 1
+                        _log.warning("trial %d [%s] failed: %s", last.number, last.user_attrs.get("method"), last.user_attrs.get("error"))
+                        if failures >= max_failures:
+                            raise TrialsFailing(f"{failures} trials in a row failed, the last (trial {last.number}) with "
+                                                f"{last.user_attrs.get('error')}; its 'traceback' user attr has the details.")
+                    else:
+                        failures = 0
+        except KeyboardInterrupt:
+            _requeue(study, objective.current)
+            raise
+        finally:
+            objective.gate = None
     settle(study, grace)
     return ran
+
+
+def _trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial | None:
+    if number is None:
+        return None
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
 
 
 def _requeue(study: optuna.Study, number: int | None) -> None:

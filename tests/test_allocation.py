@@ -98,7 +98,9 @@ def test_apply_at_full_rank_keeps_outputs() -> None:
     }
     config = RankConfig(model="m", target_ratio=1.0, achieved_ratio=compressed / total, original_params=total,
                         compressed_params=compressed, ranks=ranks, layers=layers)
-    small = apply(model, config).eval()
+    with pytest.raises(ValueError, match="allow_growth"):  # full rank grows both layers: refused unless asked
+        apply(model, config)
+    small = apply(model, config, allow_growth=True).eval()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         ref, got = model(x), small(x)

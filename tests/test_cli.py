@@ -67,7 +67,7 @@ def test_search_writes_every_output(tmp_path, capsys):
     assert count_params(model) == data["compressed_params"]
     with pytest.raises(SystemExit):  # argparse: bad ratio
         main(["search", "--space", "tiny-digits", "--ratio", "1.5", "--trials", "1", "--out", str(out)])
-    _one_line_error(capsys, "1.5", "(0, 1]")
+    _one_line_error(capsys, "1.5", "(0, 1)")
     assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "1", "--out", str(out)]) == 2
     _one_line_error(capsys, "--resume")
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ranksearch.errors import SpaceError
 from ranksearch.task import Task
 
 __all__ = ["GDN", "HELD_OUT_PHOTOS", "TRAIN_PHOTOS", "build_model", "load_photos", "task"]
@@ -55,7 +56,7 @@ class GDN(nn.Module):
     def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1) -> None:
         super().__init__()
         if channels < 1:
-            raise ValueError(f"GDN channels must be >= 1, got {channels}.")
+            raise SpaceError(f"GDN channels must be >= 1, got {channels}.")
         self.inverse = inverse
         self.beta_bound = (beta_min + self.pedestal) ** 0.5
         self.beta = nn.Parameter(torch.full((channels,), 1.0 + self.pedestal).sqrt())
@@ -100,7 +101,7 @@ def build_model(channels: int = 28, latent: int = 21, quantize: bool = True) -> 
         Module mapping (B, 3, H, W) to (B, 3, H, W) (H, W multiples of 8); the output is not clamped.
     """
     if channels < 1 or latent < 1:
-        raise ValueError(f"channels ({channels}) and latent ({latent}) must be >= 1.")
+        raise SpaceError(f"channels ({channels}) and latent ({latent}) must be >= 1.")
     n, m = channels, latent
 
     def down(cin: int, cout: int) -> nn.Conv2d:
@@ -137,7 +138,7 @@ def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
             out.append(loaders[name]())
         else:
             known = sorted([*loaders, "china", "flower"])
-            raise ValueError(f"Unknown photo {name!r}; use one of {known}.")
+            raise SpaceError(f"Unknown photo {name!r}; use one of {known}.")
     return [np.ascontiguousarray(p[..., :3], dtype=np.uint8) for p in out]
 
 
@@ -176,7 +177,7 @@ def _tiles(photos: list[np.ndarray], n: int | None, crop: int, rng: np.random.Ge
     if n is None:
         return np.stack([photos[i][r:r + crop, c:c + crop] for i, r, c in grid])
     if n > len(grid):
-        raise ValueError(f"{n} held-out crops of {crop}px requested but the held-out photos only hold "
+        raise SpaceError(f"{n} held-out crops of {crop}px requested but the held-out photos only hold "
                          f"{len(grid)} non-overlapping tiles; lower n_val/n_test or the crop size.")
     pick = np.sort(rng.choice(len(grid), size=n, replace=False))
     return np.stack([photos[i][r:r + crop, c:c + crop] for i, r, c in (grid[k] for k in pick)])
@@ -201,9 +202,9 @@ def task(seed: int = 0, crop: int = 64, n_train: int = 2000, n_val: int | None =
             non-positive sizes, or more held-out crops than the held-out photos hold.
     """
     if crop < 8 or crop % 8 or crop > 300:
-        raise ValueError(f"crop={crop} must be a multiple of 8 between 8 and 300 (the smallest photo is 300 px).")
+        raise SpaceError(f"crop={crop} must be a multiple of 8 between 8 and 300 (the smallest photo is 300 px).")
     if min(n_train, n_val or 1, n_test or 1) < 1:
-        raise ValueError(f"n_train, n_val, n_test = {(n_train, n_val, n_test)} must all be at least 1.")
+        raise SpaceError(f"n_train, n_val, n_test = {(n_train, n_val, n_test)} must all be at least 1.")
     rng = np.random.default_rng(seed)
     train = _Crops(_random_crops(load_photos(TRAIN_PHOTOS), n_train, crop, rng))
     held_out = load_photos(HELD_OUT_PHOTOS)

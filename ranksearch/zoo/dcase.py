@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ranksearch.errors import SpaceError
 from ranksearch.task import Task
 
 __all__ = ["SCENES", "build_model", "log_mel", "mel_filterbank", "synthesize", "task"]
@@ -89,7 +90,7 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: i
 def log_mel(wave: np.ndarray, fbank: np.ndarray | None = None) -> np.ndarray:
     """Log-mel spectrogram of (B, N) waveforms: Hann-windowed STFT power, mel filters, log -> (B, 40, T)."""
     if wave.ndim != 2 or wave.shape[1] < N_FFT:
-        raise ValueError(f"log_mel needs (batch, samples >= {N_FFT}) waveforms, got shape {wave.shape}.")
+        raise SpaceError(f"log_mel needs (batch, samples >= {N_FFT}) waveforms, got shape {wave.shape}.")
     fbank = mel_filterbank() if fbank is None else fbank
     frames = np.lib.stride_tricks.sliding_window_view(wave.astype(np.float32), N_FFT, axis=1)[:, ::HOP]
     power = np.abs(np.fft.rfft(frames * np.hanning(N_FFT).astype(np.float32), axis=-1)) ** 2
@@ -200,7 +201,7 @@ def _read_meta(root: Path) -> list[list[str]]:
     """Rows ``[filename, scene_label, *extra]`` of ``meta.txt`` (tab-separated) or ``meta.csv``."""
     meta = next((p for p in (root / "meta.txt", root / "meta.csv") if p.is_file()), None)
     if meta is None:
-        raise ValueError(f"No meta.txt or meta.csv in data_dir {str(root)!r}; add one with "
+        raise SpaceError(f"No meta.txt or meta.csv in data_dir {str(root)!r}; add one with "
                          "'filename<TAB>scene_label' lines, as in the DCASE 2017 development set.")
     text = meta.read_text().splitlines()
     delim = "," if meta.suffix == ".csv" and "\t" not in (text[0] if text else "") else "\t"
@@ -209,7 +210,7 @@ def _read_meta(root: Path) -> list[list[str]]:
         rows = rows[1:]
     bad = next((i for i, r in enumerate(rows) if len(r) < 2 or not r[0].strip() or not r[1].strip()), None)
     if not rows or bad is not None:
-        raise ValueError(f"Malformed {str(meta)!r}: row {bad} is {rows[bad] if rows else 'missing'}; "
+        raise SpaceError(f"Malformed {str(meta)!r}: row {bad} is {rows[bad] if rows else 'missing'}; "
                          "every line must be 'filename<TAB>scene_label'.")
     return [[c.strip() for c in r] for r in rows]
 
@@ -223,7 +224,7 @@ def _read_wave(root: Path, name: str) -> np.ndarray:
 
     path = next((p for p in (root / name, root / "audio" / Path(name).name) if p.is_file()), None)
     if path is None:
-        raise ValueError(f"Audio file {name!r} listed in the meta of {str(root)!r} is missing; "
+        raise SpaceError(f"Audio file {name!r} listed in the meta of {str(root)!r} is missing; "
                          "put it under data_dir/audio/ or fix the meta file.")
     rate, data = wavfile.read(path)
     wave = data.astype(np.float64)
@@ -242,7 +243,7 @@ def _folder_splits(root: Path, seed: int, sizes: tuple[int, int, int]) -> tuple[
     segments and each split is subsampled to at most its size.
     """
     if not root.is_dir():
-        raise ValueError(f"data_dir {str(root)!r} is not a directory; pass a DCASE-style folder or None.")
+        raise SpaceError(f"data_dir {str(root)!r} is not a directory; pass a DCASE-style folder or None.")
     rows = _read_meta(root)
     classes = sorted({r[1] for r in rows})
     groups: dict[tuple[str, str], list[str]] = {}
@@ -266,7 +267,7 @@ def _folder_splits(root: Path, seed: int, sizes: tuple[int, int, int]) -> tuple[
             segs += cut
             labs += [c] * len(cut)
         if not segs:
-            raise ValueError(f"data_dir {str(root)!r} leaves a split without 1 s segments; it needs more "
+            raise SpaceError(f"data_dir {str(root)!r} leaves a split without 1 s segments; it needs more "
                              "(or longer) recordings per scene.")
         keep = np.sort(rng.permutation(len(segs))[:size])
         out.append((np.stack(segs)[keep], np.asarray(labs)[keep]))
@@ -292,7 +293,7 @@ def task(seed: int = 0, n_train: int = 1500, n_val: int = 300, n_test: int = 600
     """
     sizes = (n_train, n_val, n_test)
     if min(sizes) < 1:
-        raise ValueError(f"n_train, n_val, n_test = {sizes} must all be at least 1.")
+        raise SpaceError(f"n_train, n_val, n_test = {sizes} must all be at least 1.")
     if data_dir is None:
         x, y = _synthetic_features(sum(sizes), np.random.default_rng(seed))
         cut = np.cumsum(sizes)[:-1]

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from ranksearch.errors import SpaceError
 from ranksearch.task import Task
 
 __all__ = ["build_model", "task"]
@@ -25,7 +26,7 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def build_model(arch: str, num_classes: int = 1000) -> nn.Module:
     """A torchvision architecture by name (``vgg16``, ``resnet50``, ``mobilenet_v2``), random init."""
     if arch not in ("vgg16", "resnet50", "mobilenet_v2"):
-        raise ValueError(f"Architecture {arch!r} is not one of vgg16, resnet50, mobilenet_v2.")
+        raise SpaceError(f"Architecture {arch!r} is not one of vgg16, resnet50, mobilenet_v2.")
     return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 
 
@@ -45,11 +46,11 @@ def task(data_dir: str | None = None, image_size: int = 224, n_train: int | None
         seed: Seeds the subset and the val split.
     """
     if data_dir is None:
-        raise ValueError("This space needs a local ImageNet-style folder: pass --data DIR (DIR/train, DIR/val).")
+        raise SpaceError("This space needs a local ImageNet-style folder: pass --data DIR (DIR/train, DIR/val).")
     root = Path(data_dir)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise ValueError(f"{str(root / split)!r} is missing: --data must hold train/<class>/ and val/<class>/ folders.")
+            raise SpaceError(f"{str(root / split)!r} is missing: --data must hold train/<class>/ and val/<class>/ folders.")
     norm = transforms.Normalize(_MEAN, _STD)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), norm])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ranksearch.errors import SpaceError
 from ranksearch.task import Task
 
 __all__ = ["build_model", "task"]
@@ -43,7 +44,7 @@ def task(seed: int = 0, n_val: int = 500, n_test: int = 1000) -> Task:
 
     x, y = mnist_data()
     if not 0 < n_val + n_test < len(x):
-        raise ValueError(f"n_val + n_test = {n_val + n_test} must leave training digits out of {len(x)}.")
+        raise SpaceError(f"n_val + n_test = {n_val + n_test} must leave training digits out of {len(x)}.")
     order = np.random.default_rng(seed).permutation(len(x))
     images = torch.tensor(x[order] / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
     images = (images - 0.1307) / 0.3081

@@ -1,0 +1,99 @@
+"""Resume is exact: however a search stops (Ctrl-C before the first trial, inside a trial, between two
+trials), the resumed study finishes the same trials as an uninterrupted run: same methods, same ranks,
+same count, nothing left RUNNING. (SIGKILL mid-trial: test_search.py and test_worker.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ranksearch import SearchSettings, load_space, search
+from ranksearch.retrain import RetrainSettings, evaluate as metric
+from ranksearch.trial import task_callables
+
+SETTINGS = SearchSettings(0.2, factors="plain", pruner="none", seed=0)
+TRIALS = 7
+
+
+class Interrupting(optuna.samplers.TPESampler):
+    """TPE (as the search uses it) that sends this process SIGINT when trial ``at`` is created."""
+
+    def __init__(self, at: int | None = None) -> None:
+        super().__init__(seed=0, multivariate=True, n_startup_trials=5, constant_liar=True)
+        self.at = at
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        if trial.number == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    space = load_space("tiny-digits")
+    task = space.build_task()
+    model = space.build_model(task)
+    _, retrain, _ = task_callables(task, RetrainSettings(epochs=1, batch_size=32), model, 0)
+
+    def evaluate(m):
+        return metric(m, task.val, "accuracy")
+
+    full = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, n_trials=TRIALS, sampler=Interrupting())
+    return model, evaluate, retrain, _finished(full.study)
+
+
+def _finished(study: optuna.Study) -> list[tuple[str, str]]:
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done)
+
+
+def _interrupting(fn, at: int, with_report: bool = False):
+    calls = [0]
+
+    def tick() -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def evaluate(m):
+        tick()
+        return fn(m)
+
+    def retrain(m, report):
+        tick()
+        return fn(m, report)
+
+    return retrain if with_report else evaluate
+
+
+@pytest.mark.parametrize("moment", ["setup", "trial", "between"])
+def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
+    model, evaluate, retrain, expected = setup
+    kw = dict(n_trials=TRIALS, out_dir=tmp_path)
+    ev, re, sampler = evaluate, retrain, Interrupting()
+    if moment == "setup":  # inside the sensitivity measurement: no trial has run
+        ev = _interrupting(evaluate, 4)
+    elif moment == "trial":  # inside the third trial's retrain
+        re = _interrupting(retrain, 3, with_report=True)
+    else:  # while Optuna creates trial 4, outside any objective
+        sampler = Interrupting(at=4)
+    with pytest.raises(KeyboardInterrupt):
+        search(model, SETTINGS, evaluate=ev, retrain=re, sampler=sampler, **kw)
+    study = optuna.load_study(study_name="Sequential@0.2", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    if moment == "setup":
+        assert not study.get_trials(states=(TrialState.COMPLETE,))
+    else:  # the interrupted trial failed, its allocation waits to run again
+        failed = study.get_trials(states=(TrialState.FAIL,))
+        assert len(failed) == 1 and (moment == "trial" or failed[0].number == 4)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert [t.system_attrs.get("failed_trial") for t in waiting].count(failed[0].number) == 1
+    resumed = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, sampler=Interrupting(), resume=True, **kw)
+    assert not resumed.study.get_trials(states=(TrialState.RUNNING,))
+    assert _finished(resumed.study) == expected
