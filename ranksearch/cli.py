@@ -9,6 +9,7 @@ that resumes. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -18,6 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ranksearch._io import atomic_write_text, check_writable
 from ranksearch._storage import GRACE_S, HEARTBEAT_S, StudyAttrs, check_storage, create_or_join, open_storage
@@ -257,7 +260,7 @@ def _search(args: argparse.Namespace) -> int:
         targets = list(space.working_points)
     else:
         targets = [space.working_point(w.strip()) for w in args.wp.split(",")]
-    if len(set(targets)) != len(targets):
+    if len({f"{t:g}" for t in targets}) != len(targets):  # 0.1 and 0.100000001 would share a study and a folder
         raise RankSearchError(f"working points {targets} repeat a ratio; give each once.")
     check_writable(args.out, folder=True, what="--out")  # "" would be the current folder
     out = Path(args.out)
@@ -279,7 +282,7 @@ def _search(args: argparse.Namespace) -> int:
     settings = [_settings(args, space, t) for t in targets]  # every point's settings are valid before any work
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
     task = space.build_task()
-    model = space.build_model(task)
+    model = space.build_model(task, progress=args.progress)
     for target in targets:  # every working point must be reachable before any of them writes a file
         solve(model, target, exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
               cache_dir=cache_root() / "spectra")
@@ -291,7 +294,7 @@ def _search(args: argparse.Namespace) -> int:
                         study_name=args.study_name and (f"{args.study_name}@{s.target_ratio:g}" if several else args.study_name),
                         resume=args.resume, out_dir=o, artifacts=args.artifacts and (Path(args.artifacts) / o.name if several else args.artifacts),
                         cache_dir=cache_root() / "spectra", source=_source(space), sensitivity=sensitivity, warm_start=warm,
-                        workers=args.workers, gpus=gpus, heartbeat=args.heartbeat, grace=args.grace)
+                        workers=args.workers, gpus=gpus, heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)
         best = result.study.best_trial.user_attrs.get("log10w")  # none when the seed rule won: enqueued anyway
         sensitivity, warm = result.sensitivity, [best] if best is not None else []
@@ -342,10 +345,10 @@ def _worker(args: argparse.Namespace) -> int:
     if cap is None and args.timeout is None:
         raise RankSearchError(f"Study {args.study_name!r} records no trial cap; give --trials or --timeout.")
     task = space.build_task()
-    model = space.build_model(task)
+    model = space.build_model(task, progress=args.progress)
     ran = run_worker(model, store, args.study_name, task=task, n_trials=cap, timeout=args.timeout,
                      artifacts=args.artifacts, cache_dir=cache_root() / "spectra", worker_index=args.worker_index,
-                     heartbeat=args.heartbeat, grace=args.grace)
+                     heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
     _log.info("worker done: %d trials run here", ran)
     return 0
 
@@ -399,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     root.handlers[:] = [handler]
     root.setLevel(level)
     start = time.perf_counter()
+    args.progress = not args.quiet and sys.stderr.isatty()  # bars on a terminal; log lines go above them
     previous = signal.signal(signal.SIGTERM, _interrupt) if args.command in ("search", "worker") else None
     try:
-        code = _COMMANDS[args.command](args)
+        with logging_redirect_tqdm(loggers=[root]) if args.progress else contextlib.nullcontext():
+            code = _COMMANDS[args.command](args)
     except (RankSearchError, OSError) as e:
         if args.debug:
             raise

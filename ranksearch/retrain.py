@@ -151,7 +151,7 @@ def fit(
             sched.step()
             running += loss.detach()
         value = evaluate(model, task.val, task.metric, device=device) if validate else None
-        _log.info(
+        _log.debug(
             "epoch %d/%d loss %.4f lr %.2e%s", epoch, settings.epochs, float(running) / max(1, steps_per_epoch),
             opt.param_groups[0]["lr"], "" if value is None else f" val {task.metric} {value:.4f}",
         )

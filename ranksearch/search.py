@@ -102,6 +102,7 @@ def search(
     gpus: Sequence[str] = (),
     heartbeat: int = HEARTBEAT_S,
     grace: int = GRACE_S,
+    progress: bool = False,
 ) -> SearchResult:
     """Search the rank allocation of ``model`` that scores best after a short retrain.
 
@@ -135,6 +136,8 @@ def search(
             rebuilds the model and task from it, as ``ranksearch worker`` does).
         gpus: CUDA device ids the workers are placed on, round-robin (several may share one).
         heartbeat, grace: Heartbeat interval and grace period (seconds) of a database storage.
+        progress: Show progress bars (sensitivity, trials with counter and ETA) on stderr. Log lines
+            go to the ``ranksearch`` logger either way (one per trial, with its method).
     """
     settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner)
     if n_trials is not None and n_trials < 1:
@@ -175,7 +178,7 @@ def search(
     table: list[Sensitivity | None] = [sensitivity]
 
     def setup() -> None:
-        table[0] = set_up(study, model, views, settings, calls, sensitivity=sensitivity, warm_start=warm)
+        table[0] = set_up(study, model, views, settings, calls, sensitivity=sensitivity, warm_start=warm, progress=progress)
 
     if created:
         setup()
@@ -187,7 +190,7 @@ def search(
         _spawn(url, name, settings, n_trials, timeout, where, workers, gpus, heartbeat, grace, source)  # type: ignore[arg-type]
     else:
         objective = objective_for(study, model, views, settings, calls, arts, n_trials)
-        run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace)
+        run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
 
     def rebuild(t: FrozenTrial) -> nn.Module:  # the weights were not uploaded: retrain again, same seed
         _, factors = views.of(t.user_attrs.get("factors", views.kind))

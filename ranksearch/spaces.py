@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 
 from ranksearch.errors import ConfigError, RankSearchError, SpaceError
+from ranksearch.progress import bar
 from ranksearch.retrain import RetrainSettings, fit
 from ranksearch.task import Task
 from ranksearch.weights import load_state_dict, save_state_dict
@@ -134,12 +135,13 @@ class Space:
             raise SpaceError(f"Task factory {self.task_factory!r} returned {type(t).__name__}, not ranksearch.Task.")
         return t
 
-    def build_model(self, task: Task | None = None, *, allow_random: bool = False) -> nn.Module:
+    def build_model(self, task: Task | None = None, *, allow_random: bool = False, progress: bool = False) -> nn.Module:
         """The dense model with its weights: a local file, or the cached/pretrained ones.
 
         Args:
             task: Used to pretrain when the space has a recipe and no weights are cached.
             allow_random: With no weights and no recipe, return the random initialization (logged).
+            progress: Show a progress bar while the dense model is trained here.
         """
         with torch.random.fork_rng():  # the same initialization every time, global RNG untouched
             torch.manual_seed(0)
@@ -153,7 +155,9 @@ class Space:
             path = self.pretrained_path()
             if not path.exists():
                 _log.info("training dense %s once (%d epochs); cached at %s", self.name, self.pretrain.epochs, path)
-                fit(model, task or self.build_task(), self.pretrain, seed=0, device=torch.device("cpu"))
+                with bar(self.pretrain.epochs, f"training dense {self.name}", progress, unit="epoch") as shown:
+                    fit(model, task or self.build_task(), self.pretrain, seed=0, device=torch.device("cpu"),
+                        on_epoch=lambda epoch, value: shown.update(1))
                 save_state_dict(model.cpu().state_dict(), path)
             model.load_state_dict(load_state_dict(path))
             return model.eval()

@@ -36,6 +36,7 @@ from ranksearch._storage import GRACE_S, StudyAttrs, fail_dead_trials, retry_tri
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
                                   uniform_ranks)
 from ranksearch.errors import StudyError
+from ranksearch.progress import bar
 from ranksearch.retrain import RetrainSettings
 from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
@@ -133,7 +134,8 @@ def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings:
 
 
 def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables, *,
-           sensitivity: Sensitivity | None = None, warm_start: Iterable[Mapping[str, float]] = ()) -> Sensitivity | None:
+           sensitivity: Sensitivity | None = None, warm_start: Iterable[Mapping[str, float]] = (),
+           progress: bool = False) -> Sensitivity | None:
     """Set a created study up, once: the dense model's metric, the sensitivity table (measured here
     unless given; rows already stored by an interrupted setup are kept), the prior's centre, and the
     enqueued allocations (the seed rule first, then uniform, the AIMET-style greedy and the
@@ -159,13 +161,16 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
             table = {n: [(int(r), float(v)) for r, v in rows] for n, rows in stored.items()}
         else:
             partial = dict(attrs.get("sensitivity_partial") or {})
+            shown = bar(len(views.curves), "sensitivity", progress, initial=len(partial), unit="layer")
 
             def keep(name: str, rows: list[tuple[int, float]]) -> None:
                 partial[name] = rows
                 attrs.set("sensitivity_partial", partial)
                 beat()
+                shown.update(1)
 
-            table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep)
+            with shown:
+                table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep)
     if table is not None and attrs.get("sensitivity") is None:
         attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
     starts = _starting_points(model, views, settings.target_ratio, table if settings.baselines or settings.prior == "sensitivity" else None)
@@ -265,7 +270,7 @@ class InterruptGate:
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | None, timeout: float | None,
-               grace: float = GRACE_S, max_failures: int = 3) -> int:
+               grace: float = GRACE_S, max_failures: int = 3, progress: bool = False) -> int:
     """Run trials of ``study`` in this process until it holds ``n_trials`` finished ones or
     ``timeout`` seconds have passed; returns how many this process ran.
 
@@ -278,12 +283,15 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
     with warnings.catch_warnings():  # the ratio constraint always holds (the solver hits it); CMA-ES says it ignores it
         warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged by ranksearch, in one line
+        shown = bar(n_trials, "trials", progress, initial=len(study.get_trials(deepcopy=False, states=FINISHED)), unit="trial")
         try:
-            with InterruptGate() as gate:
+            with InterruptGate() as gate, shown:
                 objective.gate = gate
                 while True:
                     fail_dead_trials(study)
-                    if n_trials is not None and len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+                    shown.update(finished - shown.n)
+                    if n_trials is not None and finished >= n_trials:
                         break
                     if deadline is not None and time.monotonic() >= deadline:
                         break
@@ -291,6 +299,10 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
                     study.optimize(objective, n_trials=1, catch=(Exception,))
                     ran += 1
                     last = _trial(study, objective.current)
+                    if last is not None:
+                        best = max((t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), default=None)
+                        shown.set_postfix_str(f"last {last.user_attrs.get('method')} {last.state.name.lower()}"
+                                              + (f", best {best:.4f}" if best is not None else ""))
                     if last is not None and last.state == TrialState.FAIL:
                         failures += 1
                         _log.warning("trial %d [%s] failed: %s", last.number, last.user_attrs.get("method"), last.user_attrs.get("error"))
@@ -335,7 +347,8 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
                evaluate: Evaluate | None = None, retrain: Retrain | None = None, calibration: Iterable[Any] | None = None,
                n_trials: int | None = None, timeout: float | None = None, artifacts: Any = None, cache_dir: Any = None,
                worker_index: int | None = None, sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = 5, grace: int = GRACE_S) -> int:
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = 5, grace: int = GRACE_S,
+               progress: bool = False) -> int:
     """Join the study ``study_name`` in ``storage`` (URL, journal file or Optuna storage) and run its trials until
     it holds ``n_trials`` finished ones (None: until ``timeout``); returns how many ran here.
 
@@ -357,9 +370,9 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     check_model(study, settings, model)
     calls = callables_for(model, settings, task, evaluate, retrain)
     views = views_for(model, settings, task, calibration, cache_dir)
-    wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls))
+    wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
     where = artifacts if artifacts is not None else attrs.get("artifacts")
     store = artifact_store(where) if isinstance(where, (str, bytes)) or hasattr(where, "__fspath__") else where
     objective = objective_for(study, model, views, settings, calls, store, n_trials)
     _log.info("worker %s (index %s) joined study %s", worker_id(), worker_index, study_name)
-    return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace)
+    return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 
 from ranksearch import RankConfig, count_params, load_factorized, load_space, solve
+from ranksearch._storage import open_storage
 from ranksearch.cli import main
 from ranksearch.weights import load_state_dict
 
@@ -112,9 +114,13 @@ def test_unknown_space_and_bad_weights(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_space_search_at_quarter(tmp_path):
-    """The README's main job: mnist5k-cnn at 0.25 with 4 trials (trains the dense model once, minutes)."""
+    """The README's main job: mnist5k-cnn at 0.25 with 8 trials (trains the dense model once, minutes):
+    the four enqueued allocations, then sampled ones."""
     out = tmp_path / "mnist"
-    assert main(["search", "--space", "mnist5k-cnn", "--ratio", "0.25", "--trials", "4", "--out", str(out)]) == 0
+    assert main(["search", "--space", "mnist5k-cnn", "--ratio", "0.25", "--trials", "8", "--out", str(out)]) == 0
+    study = optuna.load_study(study_name="mnist5k-cnn@0.25", storage=open_storage(str(out / "study.journal")))
+    assert [t.user_attrs["method"] for t in study.trials[:4]] == ["seed_rule", "uniform", "sensitivity", "sensitivity_sum"]
+    assert any(t.user_attrs["method"] == "searched" for t in study.trials)
     data = json.loads((out / "rank_config.json").read_text())
     assert CONFIG_KEYS <= set(data)
     assert 0.245 <= data["achieved_ratio"] <= 0.25

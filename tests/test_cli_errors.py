@@ -62,6 +62,7 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("ratio-text", [*BASE, "--ratio", "abc", "--out", f"{R}/o"], ["'abc'"]),
     ("ratio-unreachable", [*BASE, "--ratio", "0.001", "--out", f"{R}/o"], ["unreachable", "0.001"]),
     ("ratio-twice", [*BASE, "--ratio", "0.3,0.3", "--out", f"{R}/o"], ["repeat"]),
+    ("ratio-nearly-twice", [*BASE, "--ratio", "0.1,0.100000001", "--out", f"{R}/o"], ["repeat"]),
     ("wp-unknown", [*BASE, "--wp", "WP9", "--out", f"{R}/o"], ["WP9", "WP1"]),
     ("trials-zero", [*BASE[:-4], "--trials", "0", "--ratio", "0.2", "--out", f"{R}/o"], ["--trials 0"]),
     ("timeout-nan", [*BASE, "--ratio", "0.2", "--timeout", "nan", "--out", f"{R}/o"], ["--timeout nan"]),

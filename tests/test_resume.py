@@ -97,3 +97,36 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
     resumed = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, sampler=Interrupting(), resume=True, **kw)
     assert not resumed.study.get_trials(states=(TrialState.RUNNING,))
     assert _finished(resumed.study) == expected
+
+
+def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ranksearch.cli", "search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "20",
+           "--epochs", "20", "--out", str(out), "-q"]
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    journal, deadline = out / "study.journal", time.time() + 240
+    try:
+        while True:  # wait until a trial is inside its retrain
+            assert proc.poll() is None and time.time() < deadline
+            if journal.exists():
+                try:
+                    trials = optuna.load_study(study_name="tiny-digits@0.2", storage=optuna.storages.JournalStorage(
+                        optuna.storages.journal.JournalFileBackend(str(journal)))).trials
+                except KeyError:
+                    trials = []
+                if any(t.state == TrialState.RUNNING and "ratio" in t.user_attrs for t in trials):
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0] and "Traceback" not in err, err
+    assert not (out / "rank_config.json").exists()

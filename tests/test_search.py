@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -70,7 +71,10 @@ def test_sequential_search_is_deterministic(dense_and_task):
     assert a == b
 
 
-def test_user_callables_get_reports_and_pruning(dense_and_task):
+def test_user_callables_get_reports_and_pruning(dense_and_task, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ranksearch")
     model, task = dense_and_task
     from ranksearch.retrain import evaluate as metric
 
@@ -90,6 +94,8 @@ def test_user_callables_get_reports_and_pruning(dense_and_task):
     assert res.summary["name"] == "evaluate"
     pruned = res.study.get_trials(states=(TrialState.PRUNED,))
     assert pruned and all(len(t.intermediate_values) < 3 for t in pruned)  # stopped before its last report
+    logged = [r.getMessage() for r in caplog.records]
+    assert all(any(m.startswith(f"trial {t.number} [searched] pruned") for m in logged) for t in pruned)
 
 
 def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
@@ -151,28 +157,52 @@ def _finished(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_killed_search_resumes_without_losing_trials(tmp_path):
+    """SIGKILL inside a trial, then --resume: the finished trials stay as they were, and the study ends
+    with the trials of an uninterrupted run (same methods, same ranks, same count)."""
     out = tmp_path / "run"
-    args = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "6", "--out", str(out), "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *args], env=os.environ.copy())
+    args = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "7", "--epochs", "6", "--pruner", "none", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *args, "--out", str(out)], env=os.environ.copy())
     journal, name = out / "study.journal", "tiny-digits@0.2"
-    deadline = time.time() + 240
+    deadline, killed = time.time() + 240, None
     try:
-        while len(_finished(journal, name)) < 2:
+        while killed is None:
             assert proc.poll() is None, "the search ended before it could be killed"
             assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.2)
+            trials = _all(journal, name)
+            running = [t for t in trials if t.state == TrialState.RUNNING and "ratio" in t.user_attrs]
+            if len([t for t in trials if t.state == TrialState.COMPLETE]) >= 2 and running:
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0].number
+            time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait()
     before = {t.number: (t.value, t.params, t.state) for t in _finished(journal, name)}
     assert not (out / "rank_config.json").exists()
 
-    assert main([*args, "--resume"]) == 0
+    assert main([*args, "--out", str(out), "--resume"]) == 0
     study = optuna.load_study(study_name=name, storage=open_storage(str(journal), None))
     after = {t.number: (t.value, t.params, t.state) for t in study.trials}
     assert all(after[n] == v for n, v in before.items())
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+    assert study.trials[killed].state == TrialState.FAIL and not study.get_trials(states=(TrialState.RUNNING,))
     assert (out / "rank_config.json").exists()
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "whole" / "study.journal"), None))
+
+    def runs(st):
+        done = st.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done)
+
+    assert runs(study) == runs(whole) and len(runs(whole)) == 7
+
+
+def _all(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    if not journal.exists():
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(str(journal), None)).trials
+    except KeyError:
+        return []
 
 
 @pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none"), ("cmaes", "median")])
@@ -263,3 +293,17 @@ def test_warm_start_for_another_model_is_refused_before_any_study(dense_and_task
     with pytest.raises(ValueError, match="warm_start names layers"):
         search(model, _s(0.3), task=task, n_trials=1, out_dir=tmp_path, warm_start=[{"features.99": 1.0}])
     assert not (tmp_path / "study.journal").exists()
+
+
+def test_progress_bar_and_one_log_line_per_trial(dense_and_task, capsys, caplog):
+    """progress=True shows a trial counter; every trial, complete or pruned, is logged once with its method."""
+    import logging
+
+    model, task = dense_and_task
+    caplog.set_level(logging.INFO, logger="ranksearch")
+    res = search(model, _s(0.3, baselines=False), task=task, n_trials=4, progress=True)
+    err = capsys.readouterr().err
+    assert "trials: 100%" in err and "4/4" in err
+    for t in res.study.trials:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number}")]
+        assert len(lines) == 1 and f"[{t.user_attrs['method']}]" in lines[0], lines
