@@ -341,12 +341,9 @@ def _worker(args: argparse.Namespace) -> int:
     attrs = StudyAttrs(study)
     settings = attrs.settings()
     space = _study_space(settings, attrs.get("source") or {}, args.weights, args.data)  # type: ignore[arg-type]
-    cap = args.trials if args.trials is not None else attrs.get("n_trials")
-    if cap is None and args.timeout is None:
-        raise RankSearchError(f"Study {args.study_name!r} records no trial cap; give --trials or --timeout.")
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
-    ran = run_worker(model, store, args.study_name, task=task, n_trials=cap, timeout=args.timeout,
+    ran = run_worker(model, store, args.study_name, task=task, n_trials=args.trials, timeout=args.timeout,
                      artifacts=args.artifacts, cache_dir=cache_root() / "spectra", worker_index=args.worker_index,
                      heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
     _log.info("worker done: %d trials run here", ran)

@@ -350,7 +350,8 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
                pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = 5, grace: int = GRACE_S,
                progress: bool = False) -> int:
     """Join the study ``study_name`` in ``storage`` (URL, journal file or Optuna storage) and run its trials until
-    it holds ``n_trials`` finished ones (None: until ``timeout``); returns how many ran here.
+    it holds ``n_trials`` finished ones (default: the cap its creator gave) or ``timeout`` seconds pass;
+    returns how many ran here.
 
     Everything that defines the study comes from it (its :class:`SearchSettings`); ``model`` must be
     the dense model it was made with (checked by digest), with ``task`` or ``evaluate``/``retrain`` as
@@ -365,6 +366,9 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     attrs = StudyAttrs(study)
     settings = attrs.settings()
     assert settings is not None
+    n_trials = n_trials if n_trials is not None else attrs.get("n_trials")  # default: the creator's cap
+    if n_trials is None and timeout is None:
+        raise StudyError(f"Study {study_name!r} records no trial cap; give n_trials (--trials) or timeout (--timeout).")
     study.sampler = sampler or make_sampler(settings, worker_index)
     study.pruner = pruner or make_pruner(settings)
     check_model(study, settings, model)
