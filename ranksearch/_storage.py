@@ -196,9 +196,14 @@ def _redact(url: str) -> str:
     return url
 
 
-def artifact_store(path: str | os.PathLike[str]) -> FileSystemArtifactStore:
-    """A file-system artifact store (any shared path for several machines)."""
+def artifact_store(path: str | os.PathLike[str] | Any, *, existing: bool = False) -> Any:
+    """A file-system artifact store (any shared path for several machines); an artifact store object
+    is returned as it is. ``existing``: the folder must exist (exporting what workers wrote)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return path
     p = Path(path)
+    if existing and not p.is_dir():
+        raise StorageError(f"Artifact folder {str(p)!r} does not exist; pass --artifacts with the folder the workers wrote to.")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -214,6 +219,11 @@ class StudyAttrs:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.study._storage.get_study_user_attrs(self.study._study_id).get(ATTR + key, default)
+
+    def prefixed(self, prefix: str) -> dict[str, Any]:
+        """Every attr whose key starts with ``prefix``, by the rest of the key."""
+        attrs = self.study._storage.get_study_user_attrs(self.study._study_id)
+        return {k[len(ATTR + prefix):]: v for k, v in attrs.items() if k.startswith(ATTR + prefix)}
 
     def set(self, key: str, value: Any) -> None:
         self.study.set_user_attr(ATTR + key, value)
@@ -278,11 +288,11 @@ def claim_setup(study: optuna.Study) -> bool:
     generation = int(setup.get("generation", 0)) + 1
     lock = f"{study.study_name}:setup-lock:{generation}"
     try:
-        lock_id = study._storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], lock)
+        study._storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], lock)
     except DuplicatedStudyError:
         return False
     attrs.set("setup", {"state": "running", "owner": worker_id(), "at": time.time(), "generation": generation})
-    study._storage.delete_study(lock_id)
+    # the lock study stays: deleted, it could be created again by a process that read the old generation
     _log.info("study %s: the process that set it up is gone; this one takes the setup over", study.study_name)
     return True
 
@@ -335,13 +345,14 @@ def fail_dead_trials(study: optuna.Study, min_age_s: float = 30.0) -> list[int]:
     return failed
 
 
-def settle(study: optuna.Study, grace: float) -> None:
-    """At the end of a worker: fail trials left RUNNING by dead workers, waiting up to ``grace``
-    seconds for their heartbeats to go stale; trials of live workers are left to them."""
+def settle(study: optuna.Study, grace: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """When a worker is done: fail trials left RUNNING by dead workers (their allocations are queued
+    again), waiting up to ``grace`` seconds for their heartbeats to go stale; trials of live workers
+    are left to them."""
     deadline = time.monotonic() + (grace if isinstance(study._storage, RDBStorage) else 0)
     while True:
         fail_dead_trials(study)
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) or time.monotonic() >= deadline:
             return
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 

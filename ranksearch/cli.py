@@ -23,7 +23,8 @@ from typing import Any, NoReturn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ranksearch._io import atomic_write_text, check_writable
-from ranksearch._storage import GRACE_S, HEARTBEAT_S, StudyAttrs, check_storage, create_or_join, open_storage
+from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, check_storage, create_or_join,
+                                 open_storage)
 from ranksearch.allocation import apply, solve
 from ranksearch.config import RankConfig
 from ranksearch.errors import RankSearchError
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     parser = _Parser(prog="ranksearch", description="Low-rank factorization with searched ranks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,7 +128,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", required=True, help="the study to join")
     p.add_argument("--weights", help="local dense weights (default: the file the study names, or the space's cache)")
     p.add_argument("--data", help="local data folder (default: the study's)")
-    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, help="torch threads of this worker (default: all cores)")
     _run_args(p, storage=False)
 
@@ -296,7 +297,7 @@ def _search(args: argparse.Namespace) -> int:
                         cache_dir=cache_root() / "spectra", source=_source(space), sensitivity=sensitivity, warm_start=warm,
                         workers=args.workers, gpus=gpus, heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
         write_results(o, result.config, result.model, result.seed_rule, result.summary)
-        best = result.study.best_trial.user_attrs.get("log10w")  # none when the seed rule won: enqueued anyway
+        best = result.study.trials[result.config.search["trial"]].user_attrs.get("log10w")  # none for the seed rule: enqueued anyway
         sensitivity, warm = result.sensitivity, [best] if best is not None else []
         rows.append(result.summary)
         print(summary_table(result.summary), end="")
@@ -344,7 +345,7 @@ def _worker(args: argparse.Namespace) -> int:
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
     ran = run_worker(model, store, args.study_name, task=task, n_trials=args.trials, timeout=args.timeout,
-                     artifacts=args.artifacts, cache_dir=cache_root() / "spectra", worker_index=args.worker_index,
+                     artifacts=args.artifacts, cache_dir=cache_root() / "spectra",
                      heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
     _log.info("worker done: %d trials run here", ran)
     return 0
@@ -364,9 +365,7 @@ def _export(args: argparse.Namespace) -> int:
     artifacts = args.artifacts or attrs.get("artifacts")
     if artifacts is None:
         raise RankSearchError(f"Study {args.study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
-    from ranksearch._storage import artifact_store
-
-    result = export_study(study, model, curves, args.out, artifacts=artifact_store(artifacts), source=source)
+    result = export_study(study, model, curves, args.out, artifacts=artifact_store(artifacts, existing=True), source=source)
     print(summary_table(result.summary), end="")
     print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
     print(_where(Path(args.out), result.config, args.storage))
@@ -399,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     root.handlers[:] = [handler]
     root.setLevel(level)
     start = time.perf_counter()
-    args.progress = not args.quiet and sys.stderr.isatty()  # bars on a terminal; log lines go above them
+    args.progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()  # bars on a terminal; log lines go above them
     previous = signal.signal(signal.SIGTERM, _interrupt) if args.command in ("search", "worker") else None
     try:
         with logging_redirect_tqdm(loggers=[root]) if args.progress else contextlib.nullcontext():

@@ -23,13 +23,13 @@ import logging
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -38,6 +38,7 @@ from ranksearch._storage import StudyAttrs
 from ranksearch.allocation import config_for
 from ranksearch.baselines import Sensitivity
 from ranksearch.config import RankConfig
+from ranksearch.decompose import Factors
 from ranksearch.errors import StudyError
 from ranksearch.layers import LowRank
 from ranksearch.solver import Curve, Solution
@@ -98,7 +99,8 @@ def _solution(t: FrozenTrial, curves: Mapping[str, Curve], total: int) -> Soluti
 
 
 def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], *, artifacts: Any = None,
-            rebuild: Callable[[FrozenTrial], nn.Module] | None = None, source: dict[str, Any] | None = None) -> SearchResult:
+            rebuild: Callable[[FrozenTrial], nn.Module] | None = None, source: dict[str, Any] | None = None,
+            factors: Mapping[str, Factors] | None = None) -> SearchResult:
     """The best trial of ``study`` so far as a :class:`SearchResult`.
 
     Args:
@@ -109,6 +111,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
         rebuild: Makes the retrained model of a trial whose weights were not uploaded (the search
             retrains it again); without it the best trial that has weights is taken, with a warning.
         source: Where the dense model came from, recorded in the configs.
+        factors: Decompositions already computed (the search's), to shape the factorized model
+            without another SVD per layer; its weights are then the trial's.
     """
     attrs = StudyAttrs(study)
     settings = attrs.settings()
@@ -116,7 +120,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     if not complete or settings is None:
         raise StudyError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
                          "raise --timeout or --trials, or export later.")
-    best = max(complete, key=lambda t: (t.value, -t.number))
+    best = max(complete, key=lambda t: (t.value, -t.number))  # of equal values the earliest (Optuna's tie-break differs)
     weights = _weights_of(study, best) if artifacts is not None else None
     if weights is None and rebuild is None:
         with_weights = [t for t in complete if _weights_of(study, t) is not None] if artifacts is not None else []
@@ -128,10 +132,14 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
                      chosen.value, best.value)
         best, weights = chosen, _weights_of(study, chosen)
     if weights is not None:
-        best_model = factorize(model, best.user_attrs["ranks"])
+        best_model = factorize(model, best.user_attrs["ranks"], factors)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "weights.safetensors"
-            download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=weights)
+            try:
+                download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=weights)
+            except ArtifactNotFound:
+                raise StudyError(f"Trial {best.number}'s weights (artifact {weights}) are not in the artifact folder given; "
+                                 "pass --artifacts with the folder the workers wrote to.") from None
             best_model.load_state_dict(load_state_dict(path))
         best_model.eval()
     else:
@@ -139,9 +147,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     seed_trial = _first(study, "seed_rule")
     metric: dict[str, Any] = {"name": attrs.get("metric") or "metric", "dense": attrs.get("dense") or {},
                               "seed_rule": _figures(seed_trial), "searched": _figures(best)}
-    for method in BASELINES:
-        first = next((t for t in study.trials if t.user_attrs.get("method") == method), None)
-        if first is not None and first.state == TrialState.COMPLETE:
+    for method in BASELINES:  # a pruned baseline has no final figures; a killed one counts by its retry
+        if (first := _first(study, method)) is not None:
             metric[method] = _figures(first)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     created = attrs.get("created_at")

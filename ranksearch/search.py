@@ -164,16 +164,17 @@ def search(
     store = open_storage(storage, out_dir, heartbeat=heartbeat, grace=grace)
     name = study_name or f"{settings.model}@{settings.target_ratio:g}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, created = create_or_join(store, name, settings, resume=resume, sampler=sampler or make_sampler(settings, 0),
+    study, created = create_or_join(store, name, settings, resume=resume, sampler=sampler or make_sampler(settings),
                                     pruner=pruner or make_pruner(settings), source=source)
     attrs = StudyAttrs(study)
-    where = artifacts if artifacts is not None else (Path(out_dir) / "artifacts" if out_dir is not None else None)
+    where = artifacts
     if created:
+        where = where if where is not None else (Path(out_dir) / "artifacts" if out_dir is not None else None)
         attrs.set("created_at", time.time())
         attrs.set("n_trials", n_trials)  # the default cap of workers that join
         if where is not None:
             attrs.set("artifacts", str(Path(where).resolve()))
-    elif where is None and attrs.get("artifacts"):
+    elif where is None:  # a joining process uploads where the study's other workers do
         where = attrs.get("artifacts")
     table: list[Sensitivity | None] = [sensitivity]
 
@@ -187,7 +188,7 @@ def search(
     arts = artifact_store(where) if where is not None else None
     if workers > 1:
         url = storage_url(storage if isinstance(storage, str) else None, out_dir)
-        _spawn(url, name, settings, n_trials, timeout, where, workers, gpus, heartbeat, grace, source)  # type: ignore[arg-type]
+        _spawn(url, name, n_trials, timeout, where, workers, gpus, heartbeat, grace, source)  # type: ignore[arg-type]
     else:
         objective = objective_for(study, model, views, settings, calls, arts, n_trials)
         run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
@@ -199,7 +200,7 @@ def search(
             objective_for(study, model, views, settings, calls, None, None).retrain_again(best)
         return best.eval()
 
-    result = collect(study, model, views.plain_curves, artifacts=arts, rebuild=rebuild, source=source)
+    result = collect(study, model, views.plain_curves, artifacts=arts, rebuild=rebuild, source=source, factors=views.plain_factors)
     if result.sensitivity is None:
         result.sensitivity = table[0]
     return result
@@ -208,18 +209,19 @@ def search(
 def worker_commands(url: str, name: str, n_trials: int | None, timeout: float | None, artifacts: Any, workers: int,
                     gpus: Sequence[str], heartbeat: int, grace: int, source: dict[str, Any] | None
                     ) -> list[tuple[list[str], dict[str, str]]]:
-    """Command line and environment of each of ``workers`` worker processes: worker k gets index k (its
-    sampler seed), an equal share of the cores, and GPU ``gpus[(k - 1) % len(gpus)]``."""
+    """Command line and environment of each of ``workers`` worker processes: worker k gets an equal
+    share of the cores and GPU ``gpus[(k - 1) % len(gpus)]``."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     out = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "ranksearch.cli", "worker", "--storage", url, "--study-name", name,
-               "--worker-index", str(i + 1), "--threads", str(threads), "--heartbeat", str(heartbeat), "--grace", str(grace)]
+               "--threads", str(threads), "--heartbeat", str(heartbeat), "--grace", str(grace)]
         cmd += ["--trials", str(n_trials)] if n_trials is not None else []
         cmd += ["--timeout", str(timeout)] if timeout is not None else []
         cmd += ["--artifacts", str(artifacts)] if artifacts is not None else []
         if source and source.get("weights"):
             cmd += ["--weights", str(source["weights"])]
+        cmd += ["--no-progress"]  # K bars on one terminal would overwrite each other; log lines stay
         if not logging.getLogger("ranksearch").isEnabledFor(logging.INFO):
             cmd += ["-q"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -229,7 +231,7 @@ def worker_commands(url: str, name: str, n_trials: int | None, timeout: float | 
     return out
 
 
-def _spawn(url: str, name: str, settings: SearchSettings, n_trials: int | None, timeout: float | None, artifacts: Any,
+def _spawn(url: str, name: str, n_trials: int | None, timeout: float | None, artifacts: Any,
            workers: int, gpus: Sequence[str], heartbeat: int, grace: int, source: dict[str, Any] | None) -> None:
     """Run ``workers`` ``ranksearch worker`` processes on the study and wait for them (Ctrl-C and
     SIGTERM are passed on; each worker then re-enqueues its interrupted trial)."""

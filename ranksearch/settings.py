@@ -54,7 +54,7 @@ class SearchSettings:
         exclude: Layer names or regular expressions kept dense.
         baselines: Enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule.
         retrain: The built-in retrain's recipe (None: the user's own ``retrain`` callable).
-        seed: Seeds the study's sampler (worker k gets its own seed derived from it) and every retrain.
+        seed: Seeds the sampler (the k-th sampled trial draws from a seed derived from it and k, whichever worker runs it) and every retrain.
     """
 
     target_ratio: float

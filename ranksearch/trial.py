@@ -174,10 +174,10 @@ class Objective:
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if t.user_attrs.get("ranks") == ranks and t.user_attrs.get("factors") == kind), None)
         if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
+            trial.set_user_attr("same_as", twin.number)
             for key in ("before_retrain", "test"):
                 if key in twin.user_attrs:
                     trial.set_user_attr(key, twin.user_attrs[key])
-            trial.set_user_attr("same_as", twin.number)
             _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number,
                       trial.user_attrs["method"], twin.number, twin.value)
             return float(twin.value)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 A study is set up once (the dense metric, the sensitivity table, the prior's centre, the enqueued
 allocations: :func:`set_up`) by the process that created it; every worker then runs
 :func:`run_trials`, which takes trials from the shared storage until the study holds ``n_trials``
-finished ones (complete or pruned; with K workers at most K-1 more finish, those already running).
+finished ones (complete or pruned; with K workers at most K-1 more finish, those already running,
+and the reruns of trials whose workers died, which the cap never counted).
 :func:`run_worker` is what ``ranksearch worker`` calls: join a study knowing only where it is.
 
 Faults: a trial that raises is failed with its error and traceback in its user attrs and the worker
@@ -32,7 +33,8 @@ import xxhash
 from optuna.trial import TrialState
 from torch import nn
 
-from ranksearch._storage import GRACE_S, StudyAttrs, fail_dead_trials, retry_trial, settle, wait_until_ready, worker_id
+from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, fail_dead_trials,
+                                 open_storage, retry_trial, settle, wait_until_ready, worker_id)
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
                                   uniform_ranks)
 from ranksearch.errors import StudyError
@@ -45,8 +47,8 @@ from ranksearch.task import Task
 from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables
 from ranksearch.weights import state_digest
 
-__all__ = ["FINISHED", "Callables", "InterruptGate", "TrialsFailing", "WorkersFailed", "check_model", "run_worker", "callables_for", "make_pruner", "make_sampler", "run_trials",
-           "sampler_seed", "set_up", "views_for", "objective_for"]
+__all__ = ["FINISHED", "Callables", "InterruptGate", "TrialSeeded", "TrialsFailing", "WorkersFailed", "callables_for", "check_model",
+           "make_pruner", "make_sampler", "objective_for", "run_trials", "run_worker", "set_up", "trial_seed", "views_for"]
 
 _log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  #: the states the trial cap counts
@@ -73,19 +75,58 @@ _PRUNERS = {
 }
 
 
-def sampler_seed(seed: int, worker_index: int | None) -> int:
-    """Worker 0 uses the study's seed (a one-process search is deterministic); worker k another seed
-    derived from it; a worker without an index one derived from its ``host:pid``."""
-    if worker_index == 0:
-        return seed
-    key = f"{seed}:{worker_index if worker_index is not None else worker_id()}"
-    return xxhash.xxh32_intdigest(key.encode()) % (2**31)
+def trial_seed(seed: int, ordinal: int) -> int:
+    """The seed of the ``ordinal``-th sampled proposal of a study seeded with ``seed``."""
+    return xxhash.xxh32_intdigest(f"{seed}:{ordinal}".encode()) % (2**31)
 
 
-def make_sampler(settings: SearchSettings, worker_index: int | None) -> optuna.samplers.BaseSampler:
+def _sampled_before(study: optuna.Study, number: int) -> int:
+    """How many trials numbered below ``number`` were sampled (not enqueued: no ``fixed_params``; not
+    the rerun of a failed trial: no ``failed_trial``). Set when each trial is created, so the count is
+    the same in every process and for every later reader."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # the whole study, even under Hyperband
+    return sum(1 for t in trials if t.number < number and not {"fixed_params", "failed_trial"} & t.system_attrs.keys())
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """One of :data:`~ranksearch.settings.SAMPLERS`, drawing the k-th sampled proposal of the study
+    from a seed that depends only on the study's seed and k (it is rebuilt, so seeded, before each
+    trial); enqueued allocations and reruns of killed trials do not count.
+
+    So a one-process search is deterministic, a study resumed after Ctrl-C or a kill proposes what an
+    uninterrupted one would have, and two workers never draw the same random point, whatever process
+    runs which trial. The samplers keep no other state between trials (CMA-ES keeps its optimizer in
+    the trials' system attrs).
+    """
+
+    def __init__(self, name: str, seed: int) -> None:
+        self._name, self._seed = name, seed
+        self._inner = _SAMPLERS[name](seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._inner = _SAMPLERS[self._name](trial_seed(self._seed, _sampled_before(study, trial.number)))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     if settings.sampler not in _SAMPLERS:
         raise StudyError(f"Study uses the custom sampler {settings.sampler!r}; join it from Python with the same sampler object.")
-    return _SAMPLERS[settings.sampler](sampler_seed(settings.seed, worker_index))
+    return TrialSeeded(settings.sampler, settings.seed)
 
 
 def make_pruner(settings: SearchSettings) -> optuna.pruners.BasePruner:
@@ -160,12 +201,11 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
         if stored is not None:
             table = {n: [(int(r), float(v)) for r, v in rows] for n, rows in stored.items()}
         else:
-            partial = dict(attrs.get("sensitivity_partial") or {})
+            partial = attrs.prefixed("sensitivity_row:")  # one attr per layer: rows an interrupted setup measured
             shown = bar(len(views.curves), "sensitivity", progress, initial=len(partial), unit="layer")
 
             def keep(name: str, rows: list[tuple[int, float]]) -> None:
-                partial[name] = rows
-                attrs.set("sensitivity_partial", partial)
+                attrs.set(f"sensitivity_row:{name}", [[r, v] for r, v in rows])
                 beat()
                 shown.update(1)
 
@@ -173,7 +213,7 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
                 table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep)
     if table is not None and attrs.get("sensitivity") is None:
         attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
-    starts = _starting_points(model, views, settings.target_ratio, table if settings.baselines or settings.prior == "sensitivity" else None)
+    starts = _starting_points(model, views, settings.target_ratio, table)
     centre = starts.get("sensitivity_sum", {}) if settings.prior == "sensitivity" else {}
     attrs.set("centre", centre)
     objective = Objective(model, views, settings, centre, evaluate=calls.evaluate, retrain=None, test=None)
@@ -284,15 +324,17 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
         warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged by ranksearch, in one line
         shown = bar(n_trials, "trials", progress, initial=len(study.get_trials(deepcopy=False, states=FINISHED)), unit="trial")
-        try:
-            with InterruptGate() as gate, shown:
-                objective.gate = gate
+        with InterruptGate() as gate, shown:
+            objective.gate = gate
+            try:
                 while True:
                     fail_dead_trials(study)
                     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
                     shown.update(finished - shown.n)
                     if n_trials is not None and finished >= n_trials:
-                        break
+                        settle(study, grace, sleep=lambda s: _nap(gate, s))  # dead workers' trials: failed, queued again
+                        if not _retries_waiting(study):
+                            break  # else run them: a killed trial's allocation always finishes (it never counted)
                     if deadline is not None and time.monotonic() >= deadline:
                         break
                     objective.current = None
@@ -311,13 +353,23 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
                                                 f"{last.user_attrs.get('error')}; its 'traceback' user attr has the details.")
                     else:
                         failures = 0
-        except KeyboardInterrupt:
-            _requeue(study, objective.current)
-            raise
-        finally:
-            objective.gate = None
+            except KeyboardInterrupt:  # a second signal meanwhile is held by the gate, not lost in the requeue
+                _requeue(study, objective.current)
+                raise
+            finally:
+                objective.gate = None
     settle(study, grace)
     return ran
+
+
+def _nap(gate: InterruptGate, seconds: float) -> None:
+    """Sleep where Ctrl-C may interrupt (no trial is running)."""
+    with gate.open():
+        time.sleep(seconds)
+
+
+def _retries_waiting(study: optuna.Study) -> bool:
+    return any(t.system_attrs.get("failed_trial") is not None for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial | None:
@@ -330,15 +382,13 @@ def _trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial 
 def _requeue(study: optuna.Study, number: int | None) -> None:
     """Fail the trial Ctrl-C interrupted (Optuna does when it was inside the objective) and enqueue
     its allocation again, so that a resumed study runs it."""
-    if number is None:
+    trial = _trial(study, number)
+    if trial is None:
         return
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    trial = storage.get_trial(trial_id)
     if trial.state == TrialState.RUNNING:  # interrupted outside the objective (Optuna fails it inside)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        trial = storage.get_trial(trial_id)
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial = study._storage.get_trial(trial._trial_id)
     if trial.state == TrialState.FAIL:
         retry_trial(study, trial)
 
@@ -346,8 +396,8 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
 def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | None = None,
                evaluate: Evaluate | None = None, retrain: Retrain | None = None, calibration: Iterable[Any] | None = None,
                n_trials: int | None = None, timeout: float | None = None, artifacts: Any = None, cache_dir: Any = None,
-               worker_index: int | None = None, sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = 5, grace: int = GRACE_S,
+               sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
                progress: bool = False) -> int:
     """Join the study ``study_name`` in ``storage`` (URL, journal file or Optuna storage) and run its trials until
     it holds ``n_trials`` finished ones (default: the cap its creator gave) or ``timeout`` seconds pass;
@@ -358,8 +408,6 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     when it was made. ``artifacts`` (default: the folder the study records) receives the weights of
     trials that beat the best so far.
     """
-    from ranksearch._storage import artifact_store, create_or_join, open_storage
-
     probe = optuna.samplers.RandomSampler()
     storage = open_storage(storage, heartbeat=heartbeat, grace=grace)
     study, _ = create_or_join(storage, study_name, None, resume=True, sampler=probe, pruner=optuna.pruners.NopPruner())
@@ -369,14 +417,13 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     n_trials = n_trials if n_trials is not None else attrs.get("n_trials")  # default: the creator's cap
     if n_trials is None and timeout is None:
         raise StudyError(f"Study {study_name!r} records no trial cap; give n_trials (--trials) or timeout (--timeout).")
-    study.sampler = sampler or make_sampler(settings, worker_index)
+    study.sampler = sampler or make_sampler(settings)
     study.pruner = pruner or make_pruner(settings)
     check_model(study, settings, model)
     calls = callables_for(model, settings, task, evaluate, retrain)
     views = views_for(model, settings, task, calibration, cache_dir)
     wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
     where = artifacts if artifacts is not None else attrs.get("artifacts")
-    store = artifact_store(where) if isinstance(where, (str, bytes)) or hasattr(where, "__fspath__") else where
-    objective = objective_for(study, model, views, settings, calls, store, n_trials)
-    _log.info("worker %s (index %s) joined study %s", worker_id(), worker_index, study_name)
+    objective = objective_for(study, model, views, settings, calls, artifact_store(where) if where is not None else None, n_trials)
+    _log.info("worker %s joined study %s", worker_id(), study_name)
     return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)

@@ -110,6 +110,10 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("worker-unknown-study", ["worker", "--storage", f"{R}/done/study.journal", "--study-name", "x"], ["'x' is not in this storage"]),
     ("export-unknown-study", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "x", "--out", f"{R}/o"],
      ["'x' is not in this storage"]),
+    ("export-artifacts-missing", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out",
+                                  f"{R}/o", "--artifacts", f"{R}/nope"], ["--artifacts", "does not exist"]),
+    ("export-artifacts-wrong", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out",
+                                f"{R}/o", "--artifacts", f"{R}/folder"], ["not in the artifact folder", "--artifacts"]),
     ("export-out-is-file", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out", f"{R}/a_file"],
      ["is a file"]),
 ]

@@ -3,7 +3,6 @@ ranksearch's own error (hypothesis: arbitrary JSON, and valid files with one fie
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

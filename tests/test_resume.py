@@ -40,11 +40,14 @@ def setup():
     model = space.build_model(task)
     _, retrain, _ = task_callables(task, RetrainSettings(epochs=1, batch_size=32), model, 0)
 
+    calls = [0]
+
     def evaluate(m):
+        calls[0] += 1
         return metric(m, task.val, "accuracy")
 
     full = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, n_trials=TRIALS, sampler=Interrupting())
-    return model, evaluate, retrain, _finished(full.study)
+    return model, evaluate, retrain, _finished(full.study), calls
 
 
 def _finished(study: optuna.Study) -> list[tuple[str, str]]:
@@ -73,11 +76,12 @@ def _interrupting(fn, at: int, with_report: bool = False):
 
 @pytest.mark.parametrize("moment", ["setup", "trial", "between"])
 def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
-    model, evaluate, retrain, expected = setup
+    model, evaluate, retrain, expected, calls = setup
+    full_calls = calls[0]
     kw = dict(n_trials=TRIALS, out_dir=tmp_path)
     ev, re, sampler = evaluate, retrain, Interrupting()
-    if moment == "setup":  # inside the sensitivity measurement: no trial has run
-        ev = _interrupting(evaluate, 4)
+    if moment == "setup":  # inside the sensitivity measurement, second layer: no trial has run
+        ev = _interrupting(evaluate, 5)  # 1: dense, 2-3: layer 0's two probes (ranks 1, 2), 4-: layer 2's
     elif moment == "trial":  # inside the third trial's retrain
         re = _interrupting(retrain, 3, with_report=True)
     else:  # while Optuna creates trial 4, outside any objective
@@ -89,14 +93,18 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     if moment == "setup":
         assert not study.get_trials(states=(TrialState.COMPLETE,))
+        assert [k for k in study.user_attrs if k.startswith("ranksearch:sensitivity_row:")] == ["ranksearch:sensitivity_row:0"]
     else:  # the interrupted trial failed, its allocation waits to run again
         failed = study.get_trials(states=(TrialState.FAIL,))
         assert len(failed) == 1 and (moment == "trial" or failed[0].number == 4)
         waiting = study.get_trials(states=(TrialState.WAITING,))
         assert [t.system_attrs.get("failed_trial") for t in waiting].count(failed[0].number) == 1
+    before = calls[0]
     resumed = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, sampler=Interrupting(), resume=True, **kw)
     assert not resumed.study.get_trials(states=(TrialState.RUNNING,))
     assert _finished(resumed.study) == expected
+    if moment == "setup":  # neither the dense metric nor the first layer's row is measured again
+        assert calls[0] - before == full_calls - 1 - 2
 
 
 def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):

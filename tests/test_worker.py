@@ -26,7 +26,7 @@ from ranksearch import RankConfig, SearchSettings, count_params, load_factorized
 from ranksearch._storage import open_storage
 from ranksearch.cli import main
 from ranksearch.retrain import RetrainSettings
-from ranksearch.worker import TrialsFailing, sampler_seed
+from ranksearch.worker import TrialsFailing, trial_seed
 
 POSTGRES = os.environ.get("RANKSEARCH_TEST_POSTGRES")
 STORAGES = ["journal", pytest.param("postgres", marks=pytest.mark.skipif(not POSTGRES, reason="RANKSEARCH_TEST_POSTGRES is not set"))]
@@ -69,7 +69,8 @@ def test_two_workers_one_killed_mid_trial(kind, tmp_path):
             if len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) >= 3:
                 for t in trials:
                     owner = str(t.user_attrs.get("worker", "")).rpartition(":")[2]
-                    if t.state == TrialState.RUNNING and owner in pids and "ratio" in t.user_attrs:
+                    retraining = "before_retrain" in t.user_attrs and "same_as" not in t.user_attrs  # not a twin: seconds left
+                    if t.state == TrialState.RUNNING and owner in pids and retraining:
                         victim, killed_trial = pids[owner], t.number
                         victim.send_signal(signal.SIGKILL)
                         break
@@ -99,7 +100,7 @@ def test_two_workers_one_killed_mid_trial(kind, tmp_path):
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
     sampled = [t for t in finished if t.user_attrs["method"] == "searched" and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None]
     proposals = [json.dumps(t.params, sort_keys=True) for t in sampled]
-    assert len(set(proposals)) == len(proposals)  # no proposal twice (each worker has its own seed)
+    assert len(set(proposals)) == len(proposals)  # no proposal twice (each sampled trial draws from its own seed)
 
     third = tmp_path / "third"
     third.mkdir()
@@ -108,7 +109,9 @@ def test_two_workers_one_killed_mid_trial(kind, tmp_path):
         os.chdir(third)
         assert main(["export", "--storage", url, "--study-name", name, "--out", "exported"]) == 0
         cfg = RankConfig.load("exported/rank_config.json")
-        assert cfg.search["best_trial"] == study.best_trial.number
+        best = study.trials[cfg.search["best_trial"]]  # the earliest of the trials with the best value
+        assert best.value == study.best_value and cfg.metric["searched"]["val"] == study.best_value
+        assert not [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value == best.value and t.number < best.number]
         assert cfg.search["settings"] == study.user_attrs["ranksearch:settings"]
         dense = load_space("tiny-digits").build_model()
         small = load_factorized(dense, cfg, "exported/factorized.safetensors")
@@ -192,11 +195,12 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path):
             raise RuntimeError("CUDA out of memory (simulated)")
 
     res = search(model, SearchSettings(0.2, factors="plain", baselines=False), evaluate=lambda m: metric(m, task.val, "accuracy"),
-                 retrain=retrain, n_trials=3, out_dir=tmp_path)
+                 retrain=retrain, n_trials=6, out_dir=tmp_path)
+    assert len(calls) >= 3  # the failing retrain was not the last one: the study went on after it
     failed = res.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["error"] == "RuntimeError: CUDA out of memory (simulated)"
     assert "raise RuntimeError" in failed[0].user_attrs["traceback"]
-    assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
 
     def broken(m: torch.nn.Module) -> None:
         raise ValueError("bad batch")
@@ -250,9 +254,21 @@ def test_worker_commands_share_cores_and_place_gpus_round_robin(monkeypatch):
     cmds = worker_commands("s.journal", "n@0.1", 48, None, "/shared/a", 8, ["0", "1", "2"], 5, 20, {"weights": "/w.pt"})
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["0", "1", "2", "0", "1", "2", "0", "1"]
     assert all(env["OMP_NUM_THREADS"] == "2" for _, env in cmds)
-    for k, (cmd, _) in enumerate(cmds, start=1):
+    for cmd, _ in cmds:
         flags = dict(zip(cmd[4::2], cmd[5::2]))
-        assert flags["--worker-index"] == str(k) and flags["--threads"] == "2" and flags["--trials"] == "48"
+        assert flags["--threads"] == "2" and flags["--trials"] == "48"
         assert flags["--weights"] == "/w.pt" and flags["--artifacts"] == "/shared/a" and flags["--storage"] == "s.journal"
-    seeds = {sampler_seed(0, k) for k in range(9)}
-    assert len(seeds) == 9  # every worker samples with its own seed
+    assert len({trial_seed(0, n) for n in range(1000)}) == 1000  # every sampled trial draws from its own seed
+    assert trial_seed(0, 7) == trial_seed(0, 7) != trial_seed(1, 7)  # whichever process runs it
+
+
+def test_a_search_that_joins_uploads_where_the_study_does(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    base = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--epochs", "1", "--storage", str(first / "study.journal"), "-q"]
+    assert main([*base, "--trials", "1", "--out", str(first)]) == 0
+    uploaded = set((first / "artifacts").iterdir())
+    assert main([*base, "--trials", "6", "--out", str(second), "--resume"]) == 0
+    study = _load(str(first / "study.journal"), "tiny-digits@0.2")
+    ids = {t.user_attrs["weights"] for t in study.trials if "weights" in t.user_attrs}
+    assert {p.name for p in (first / "artifacts").iterdir()} == ids and len(ids) >= len(uploaded)
+    assert not (second / "artifacts").exists()
