@@ -1,100 +1,210 @@
-"""Quality at equal retrain budget: uniform, the CE1 MSE rule, AIMET-style greedy sensitivity, search.
+"""Do the sampled trials earn their keep? The best enqueued allocation vs the search's pick, at 12 and 48 trials.
 
-For each space and working point and seed, one study runs: the seed rule, uniform and sensitivity
-allocations are its first trials, then the search proposes more (same retrain recipe for every trial).
-Every final model thus gets the same short retrain; the search picks its best on the validation split
-and the table reports the *test* split, median over seeds. Appends a section to benchmarks/RESULTS.md.
+For each space, working point and seed, two studies run side by side (one process each, one thread
+each, ``--jobs`` at a time), with the space's short retrain for every trial:
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/quality.py --spaces mnist5k-cnn --seeds 0,1,2 --trials 8
+* ``today``: the search as it was before issue 12 (log10 weights on the MSE bound around the seed
+  rule, multivariate TPE, median pruner, no screening), 12 trials: its wall time is the budget;
+* ``new``: the settings named by ``--new`` (default: ranksearch's defaults), 48 trials. A sequential
+  study is deterministic, so its first 12 trials are exactly a 12-trial study of the same settings:
+  the 12-trial figures are read from that prefix (its wall time: until the 12th trial finished).
+
+Both start with the same enqueued allocations (seed rule, uniform, AIMET-style greedy, sensitivity
+sum), which are never pruned. Reported per (space, working point), medians over the seeds: the test
+metric of the best enqueued allocation (best on validation among them: what the search returns when
+no sampled trial wins), of the best sampled trial, of the search's pick and which kind it was, the
+difference pick - best enqueued in standard errors of the test split, trials retrained fully, and
+wall time. Appends a section to benchmarks/RESULTS.md.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/quality.py --spaces mnist5k-cnn,image-compression --seeds 0,1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
+import math
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ranksearch import SearchSettings, load_space, search
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-METHODS = ("uniform", "seed_rule", "sensitivity", "sensitivity_sum", "searched")
+TODAY = dict(proposals="weights", sampler="tpe", pruner="median", screen=0.0)  #: the search before issue 12
+AGGRESSIVE = 2  #: working points per space: the most aggressive ones
 
 
-def run_space(name: str, seeds: list[int], trials: int, options: dict, wps: list[float] | None) -> list[dict]:
+def _settings(space: Any, wp: float, seed: int, options: dict[str, Any]) -> Any:
+    from ranksearch import SearchSettings
+
+    return SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=seed, exclude=tuple(space.exclude),
+                          rank_multiple=space.rank_multiple, min_rank=space.min_rank, **options)
+
+
+def _load(name: str) -> tuple[Any, Any, Any]:
+    from ranksearch import load_space
+
     space = load_space(name)
     task = space.build_task()
-    model = space.build_model(task)
-    rows = []
-    sens = None  # the sensitivity table depends on neither the seed nor the working point: measured once
-    for wp in wps or space.working_points:
-        per_seed = []
-        for seed in seeds:
-            t0 = time.perf_counter()
-            settings = SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=seed, exclude=tuple(space.exclude),
-                                      rank_multiple=space.rank_multiple, min_rank=space.min_rank, **options)
-            res = search(model, settings, task=task, n_trials=trials, sensitivity=sens)
-            sens = res.sensitivity
-            s = res.summary
-            per_seed.append({m: s.get(m, {}).get("test") for m in METHODS} | {"wall": time.perf_counter() - t0, "dense": s["dense"]["test"],
-                            "settings": {k: res.config.search["settings"][k] for k in ("sampler", "pruner", "prior", "granularity", "factors")}})
-            print(name, wp, seed, {m: per_seed[-1][m] for m in METHODS}, flush=True)
-        med = {m: statistics.median([r[m] for r in per_seed if r[m] is not None] or [float("nan")]) for m in METHODS}
-        rows.append({"space": name, "wp": wp, "metric": task.metric, "dense": per_seed[0]["dense"], **med,
-                     "wall": statistics.median(r["wall"] for r in per_seed), "runs": per_seed})
-    return rows
+    return space, task, space.build_model(task)
+
+
+def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any], trials: int, sensitivity: Any) -> dict[str, Any]:
+    """One study in its own process (one thread); returns its trials' figures."""
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    from ranksearch import search
+
+    space, task, model = _load(name)
+    t0 = time.time()
+    res = search(model, _settings(space, wp, seed, options), task=task, n_trials=trials, sensitivity=sensitivity)
+    created = t0
+    rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
+             "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - created if t.datetime_complete else None,
+             "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
+            for t in res.study.trials]
+    return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": time.time() - t0, "trials": rows,
+            "settings": res.config.search["settings"]}
+
+
+def _figures(run: dict[str, Any], first: int | None = None) -> dict[str, Any]:
+    """Best enqueued / best sampled / pick among the first ``first`` finished trials of a study."""
+    finished = sorted((t for t in run["trials"] if t["state"] in ("COMPLETE", "PRUNED")), key=lambda t: t["number"])
+    if first is not None:
+        finished = finished[:first]
+    done = [t for t in finished if t["state"] == "COMPLETE"]
+
+    def best(ts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return max(ts, key=lambda t: (t["val"], -t["number"]), default=None)
+
+    enq = best([t for t in done if t["method"] != "searched"])
+    smp = best([t for t in done if t["method"] == "searched"])
+    pick = best(done)
+    wall = max(t["end"] for t in finished) if first is not None else run["wall"]
+    return {"enqueued": enq["test"] if enq else math.nan, "sampled": smp["test"] if smp else math.nan,
+            "pick": pick["test"], "picked": "sampled" if pick["method"] == "searched" else pick["method"],
+            "trials": len(finished), "full": sum(t["full"] for t in finished), "wall": wall}
+
+
+def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
+    """Standard error of the metric on the test split: binomial for accuracies (at ``p``), else the
+    spread of the dense model's per-sample values over sqrt(n)."""
+    n = len(task.test)
+    if metric in ("accuracy", "top5"):
+        return math.sqrt(max(p * (1 - p), 1e-12) / n)
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for i in range(n):
+            x, y = task.test[i]
+            mse = float(((model(x[None]).clamp(0, 1)[0] - y) ** 2).mean().clamp_min(1e-10))
+            values.append(-10 * math.log10(mse))
+    return statistics.stdev(values) / math.sqrt(n)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--spaces", default="mnist5k-cnn")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spaces", default="mnist5k-cnn,dcase-audio,image-compression")
+    ap.add_argument("--wps", help="comma list of ratios (default: each space's two most aggressive working points)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--wps", help="comma list of ratios (default: the space's working points)")
-    ap.add_argument("--factors", choices=("plain", "data-aware"), help="factors of the searched trials (default: search's)")
-    ap.add_argument("--prior", choices=("none", "sensitivity"), help="default: search's")
-    ap.add_argument("--sampler", help="default: search's")
+    ap.add_argument("--trials", type=int, default=48, help="trials of the new search (its first 12 give the 12-trial figures)")
+    ap.add_argument("--new", default="{}", help="JSON of SearchSettings fields for the new search (default: ranksearch's defaults)")
+    ap.add_argument("--label", default="defaults", help="name of the new search's settings in the table")
+    ap.add_argument("--no-today", action="store_true", help="skip the 12-trial study of the search before issue 12")
+    ap.add_argument("--jobs", type=int, default=2, help="studies run at once, one thread each")
+    ap.add_argument("--raw", help="also write every trial's figures to this JSON file")
+    ap.add_argument("--from-raw", help="only make the table, from a --raw file of an earlier run")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    wps = [float(w) for w in args.wps.split(",")] if args.wps else None
-    options = {k: v for k, v in (("prior", args.prior), ("sampler", args.sampler)) if v is not None}
-    if args.factors is not None:
-        options["factors"] = args.factors
-    rows = [r for name in args.spaces.split(",") for r in run_space(name, seeds, args.trials, options, wps)]
-    cmd = " ".join(["python benchmarks/quality.py", f"--spaces {args.spaces}", f"--seeds {args.seeds}", f"--trials {args.trials}"]
-                   + ([f"--wps {args.wps}"] if args.wps else []) + [f"--{k} {getattr(args, k)}" for k in ("factors", "prior", "sampler")
-                                                                     if getattr(args, k) is not None])
-    used = rows[0]["runs"][0]["settings"] if rows else {}
+    new = json.loads(args.new)
+    load_before = os.getloadavg()[0]
+    jobs, meta = [], {}
+    t0 = time.time()
+    for name in args.spaces.split(","):
+        space, task, model = _load(name)
+        meta[name] = (space, task, model)
+        if args.from_raw:
+            continue
+        wps = [float(w) for w in args.wps.split(",")] if args.wps else sorted(space.working_points)[:AGGRESSIVE]
+        from ranksearch import search  # the sensitivity table depends on the dense model and the factors only: once per space
+
+        probe = search(model, _settings(space, wps[0], 0, {**TODAY, "baselines": True}), task=task, n_trials=1)
+        for wp in wps:
+            for seed in seeds:
+                jobs.append((name, wp, seed, "new", new, args.trials, probe.sensitivity))
+                if not args.no_today:
+                    jobs.append((name, wp, seed, "today", TODAY, 12, probe.sensitivity))
+    if args.from_raw:
+        runs = json.loads(Path(args.from_raw).read_text())
+    else:
+        jobs.sort(key=lambda j: -j[5])  # the longest studies first
+        runs = []
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for run in pool.map(_job, *zip(*jobs)):
+                runs.append(run)
+                print(f"[{len(runs)}/{len(jobs)} at {time.time() - t0:.0f} s] {run['space']} {run['wp']} seed {run['seed']} "
+                      f"{run['variant']}: {run['wall']:.0f} s", flush=True)
+                if args.raw:  # so far, in case the run is stopped
+                    Path(args.raw).write_text(json.dumps(runs, indent=1))
+    load_after = os.getloadavg()[0]
+    for r in runs:
+        print(r["space"], r["wp"], r["seed"], r["variant"], _figures(r, 12 if r["variant"] == "new" else None),
+              _figures(r) if r["variant"] == "new" else "", flush=True)
+    if args.raw:
+        Path(args.raw).write_text(json.dumps(runs, indent=1))
+
+    def med(xs: list[float]) -> float:
+        xs = [x for x in xs if not math.isnan(x)]
+        return statistics.median(xs) if xs else math.nan
+
+    cmd = (f"python benchmarks/quality.py --spaces {args.spaces} --seeds {args.seeds} --trials {args.trials}"
+           + (f" --wps {args.wps}" if args.wps else "") + (f" --new '{args.new}' --label {args.label}" if new else "")
+           + (" --no-today" if args.no_today else ""))
+    used = next((r["settings"] for r in runs if r["variant"] == "new"), {})
+    shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "prior", "factors")}
     lines = [
-        f"## Quality at equal retrain budget ({datetime.date.today()})",
+        f"## Quality: best enqueued allocation vs the search's pick, 12 and {args.trials} trials ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
-        f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}.  ",
-        f"Each cell: test metric after the space's short retrain (`retrain:` in its YAML), median over seeds {args.seeds}. "
-        f"One study per working point and seed: trials 0-3 are the seed rule (plain SVD, one MSE bound), uniform, "
-        f"sensitivity (AIMET-style greedy), then ranksearch's sensitivity-sum allocation (a '-' in its column: pruned after its first epoch); ranksearch's search = best of "
-        f"{args.trials} trials on the validation split (search settings: {used}). Per-seed values (seeds {args.seeds}) in brackets.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} studies at once with 1 thread each, torch "
+        f"{torch.__version__}; load average (1 min) before {load_before:.2f}, after {load_after:.2f}; "
+        f"{time.time() - t0:.0f} s in all.  ",
+        f"New search ({args.label}): {shown}. Today: {TODAY} (12 trials). Cells: test metric, median over seeds {args.seeds} "
+        "(per seed in brackets). *enqueued*: the enqueued allocation best on validation; *sampled*: the sampled trial best on "
+        "validation; *pick*: the search's result (best on validation of all); *picked*: its kind per seed; *d/SE*: "
+        "(median pick - median enqueued) / the test split's standard error; *full*: trials retrained fully (median); "
+        "*wall*: median seconds per study (12 trials of the new search: until its 12th trial finished).",
         "",
-        "| space | WP | metric | dense | uniform | seed rule (MSE) | AIMET-style greedy | sensitivity sum (no search) | ranksearch search | search - seed rule | search - best baseline | median wall s / study |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| space | WP | metric | test SE | trials | search | enqueued | sampled | pick | picked | d/SE | full | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (args.spaces.split(",").index(k[0]), -k[1]))
+    for name, wp in keys:
+        space, task, model = meta[name]
+        for label, variant, first in (("today", "today", None), (args.label, "new", 12), (args.label, "new", None)):
+            per = [_figures(r, first) for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, variant)]
+            if not per:
+                continue
+            m = {k: med([f[k] for f in per]) for k in ("enqueued", "sampled", "pick", "full", "wall")}
+            se = _test_se(task, model, task.metric, m["enqueued"])
 
-    def cell(r: dict, m: str) -> str:
-        per = "/".join("-" if x[m] is None else f"{x[m]:.4g}" for x in r["runs"])
-        return f"{r[m]:.4f} ({per})"
+            def cell(key: str) -> str:
+                return f"{m[key]:.4f} ({'/'.join(f'{f[key]:.4f}' for f in per)})"
 
-    for r in rows:
-        best_base = max(r[m] for m in ("uniform", "seed_rule", "sensitivity"))
-        lines.append(f"| {r['space']} | {r['wp']} | {r['metric']} | {r['dense']:.4f} | " + " | ".join(cell(r, m) for m in METHODS)
-                     + f" | {r['searched'] - r['seed_rule']:+.4f} | {r['searched'] - best_base:+.4f} | {r['wall']:.0f} |")
+            lines.append(f"| {name} | {wp} | {task.metric} | {se:.4f} | {per[0]['trials']} | {label} | {cell('enqueued')} | "
+                         f"{cell('sampled')} | {cell('pick')} | {'/'.join(f['picked'] for f in per)} | "
+                         f"{(m['pick'] - m['enqueued']) / se:+.2f} | {m['full']:.0f} | {m['wall']:.0f} |")
     publish(lines, args.out)
 
 

@@ -31,7 +31,7 @@ from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
 from ranksearch.search import search
-from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PRUNERS, SAMPLERS, SearchSettings
+from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SearchSettings
 from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="searched trials truncate on calibration activations (data-aware, default) or the weights alone")
     p.add_argument("--prior", choices=PRIORS, default=PRIORS[0], help="centre of the searched weights")
     p.add_argument("--no-baselines", action="store_true", help="enqueue only the seed rule (no uniform / sensitivity)")
+    p.add_argument("--proposals", choices=PROPOSALS, default=PROPOSALS[0],
+                   help="sampled trials step each layer's rank from the best trial so far (incumbent, default) or set "
+                        "log10 weights on the MSE bound around the prior's centre (weights)")
+    p.add_argument("--step", type=float, default=0.2, help="std of the local sampler's log2 rank steps (default 0.2)")
+    p.add_argument("--screen", type=float, default=0.25,
+                   help="fraction of the first retrain epoch after which the gate screens a sampled trial (default 0.25; 0: at epoch 1)")
+    p.add_argument("--keep", type=float, default=0.2, help="fraction of screened trials the gate lets go on (default 0.2; then the top half at each epoch)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
@@ -242,6 +249,7 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
     return SearchSettings(
         target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
         granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
+        proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep,
         rank_multiple=space.rank_multiple, min_rank=space.min_rank, exclude=tuple(space.exclude),
         baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
 

@@ -99,6 +99,7 @@ def fit(
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
     validate: bool = False,
+    screen: float = 0.0,
 ) -> nn.Module:
     """Train ``model`` in place on ``task.train`` and return it (on ``device``, in eval mode).
 
@@ -111,6 +112,8 @@ def fit(
         device: Where to train (default: :func:`best_device`).
         on_epoch: Called after each epoch with the validation metric when ``validate``.
         validate: Evaluate ``task.val`` after each epoch (for pruning).
+        screen: With ``validate``, also evaluate after this fraction of the first epoch and call
+            ``on_epoch(0, value)`` (the gate pruner's cheap first look; 0: not).
     """
     device = device or best_device()
     torch.manual_seed(seed)
@@ -131,12 +134,19 @@ def fit(
         opt = torch.optim.Adam(params, lr=settings.lr_start, weight_decay=settings.weight_decay)
     decay = math.log(settings.lr_end / settings.lr_start) / max(1, total - 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: math.exp(decay * min(step, total - 1)))
+    screen_at = math.ceil(screen * steps_per_epoch) if validate and screen > 0 and settings.epochs > 0 else None
     for epoch in range(1, settings.epochs + 1):
         model.train()
         running = torch.zeros((), device=device)
         for step, (x, y) in enumerate(loader):
             if step >= steps_per_epoch:
                 break
+            if epoch == 1 and step == screen_at and step < steps_per_epoch:
+                value = evaluate(model, task.val, task.metric, device=device)
+                _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, value)
+                model.train()
+                if on_epoch is not None:
+                    on_epoch(0, value)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 out = model(x)

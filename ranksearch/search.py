@@ -1,10 +1,14 @@
 """The Optuna rank search: trials share the budget between layers, the solver makes it exact.
 
-Each trial proposes a weight per layer on the MSE bound (``log10`` in ``[-spread, spread]``); the solver
-turns the proposal into ranks that hit the target ratio of the whole model, so no trial is wasted on an
-infeasible allocation. The trial factorizes the model (slicing decompositions computed once), retrains
-it briefly, reports the validation metric after each epoch (a pruner may stop it) and returns the final
-validation metric. The CE1 rule (all weights 1: one global MSE bound) is enqueued as the first trial.
+The CE1 rule (one global MSE bound) is enqueued as the first trial, then the baselines (uniform,
+AIMET-style greedy, sensitivity sum). Each sampled trial steps every layer's rank by a factor ``2**u``
+from the best trial so far (:mod:`ranksearch.proposals`; or, with ``proposals="weights"``, sets a
+``log10`` weight per layer on the MSE bound); the solver turns the proposal into ranks that hit the
+target ratio of the whole model, so no trial is wasted on an infeasible allocation. The trial
+factorizes the model (slicing decompositions computed once), retrains it briefly, reports the
+validation metric after a quarter of the first epoch (the ``gate`` pruner lets only the study's best
+screens retrain fully: :mod:`ranksearch.gate`) and after each epoch, and returns the final validation
+metric.
 
 :func:`search` creates the study (or joins it: several processes and machines may share one study,
 see :mod:`ranksearch.worker`), sets it up once, runs trials in this process or in ``workers``

@@ -21,12 +21,17 @@ from typing import Any
 from ranksearch.errors import ConfigError
 from ranksearch.retrain import RetrainSettings
 
-__all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PRUNERS", "SAMPLERS", "SearchSettings"]
+__all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PROPOSALS", "PRUNERS", "SAMPLERS", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 1
-SAMPLERS = ("tpe", "gp", "random", "cmaes")  #: sampler names, the default first
-PRUNERS = ("median", "hyperband", "none")  #: pruner names, the default first
+FORMAT_VERSION = 2
+#: fields added in version 2, with the values that reproduce a version-1 study
+_V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2}
+SAMPLERS = ("local", "tpe", "gp", "random", "cmaes")  #: sampler names, the default first
+PRUNERS = ("gate", "median", "hyperband", "none")  #: pruner names, the default first
+#: what a sampled trial's parameters are: per-layer log2 rank steps from the incumbent (the best trial so
+#: far), or per-layer log10 weights on the MSE bound around the prior's centre (version 1's only kind)
+PROPOSALS = ("incumbent", "weights")
 GRANULARITIES = ("layer", "group")  #: one searched weight per layer, or per group of similar layers
 PRIORS = ("none", "sensitivity")  #: centre of the searched weights: the seed rule, or the sensitivity-sum allocation
 FACTORS = ("auto", "data-aware", "plain")  #: auto: data-aware when calibration inputs exist
@@ -43,6 +48,15 @@ class SearchSettings:
         weights_digest: XXH3-128 digest of the dense model's state dict (filled in by ``search``).
         space: Space name or ``.yaml`` path a worker rebuilds the model and task from (None: Python only).
         data: The space's local data folder (``--data``), if any.
+        proposals: One of :data:`PROPOSALS`. ``incumbent``: a sampled trial moves each layer's rank by
+            ``2**step`` from the best trial so far (CMA-ES: from the best enqueued allocation, its mean
+            moves by itself), then all ranks are scaled together onto the budget.
+        step: Standard deviation (``log2`` units) of the local sampler's steps and CMA-ES's initial step,
+            in the ``incumbent`` space (searched steps range over ``[-1, 1]``: half to twice the rank).
+        screen: Fraction of the first retrain epoch after which the built-in retrain reports the validation
+            metric as step 0 (0: no screening report); the ``gate`` pruner screens sampled trials there.
+        keep: Fraction of the screened trials the ``gate`` pruner lets go on (the best ones; after
+            that, the top half at each epoch but the last).
         sampler: One of :data:`SAMPLERS` (or ``custom:<class>`` for an Optuna object given in Python).
         pruner: One of :data:`PRUNERS` (or ``custom:<class>``).
         granularity: One of :data:`GRANULARITIES`.
@@ -62,6 +76,10 @@ class SearchSettings:
     weights_digest: str = ""
     space: str | None = None
     data: str | None = None
+    proposals: str = PROPOSALS[0]
+    step: float = 0.2
+    screen: float = 0.25
+    keep: float = 0.2
     sampler: str = SAMPLERS[0]
     pruner: str = PRUNERS[0]
     granularity: str = GRANULARITIES[0]
@@ -84,12 +102,20 @@ class SearchSettings:
             value = getattr(self, name)
             if value not in allowed and not (isinstance(value, str) and value.startswith(CUSTOM)):
                 raise ConfigError(f"{name} {value!r} is not supported; use one of {list(allowed)}.")
-        for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS)):
+        for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS), ("proposals", PROPOSALS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
         if isinstance(self.spread, bool) or not isinstance(self.spread, (int, float)) or not (0 < self.spread < math.inf):
             raise ConfigError(f"spread {self.spread!r} must be a finite number > 0 (log10 range of the searched weights).")
         object.__setattr__(self, "spread", float(self.spread))
+        for name, low, high, hint in (("step", 0.0, 1.0, "log2 units: 0.2 moves a rank by about 15%"),
+                                      ("screen", 0.0, 1.0, "a fraction of the first epoch; 0 turns screening off"),
+                                      ("keep", 0.0, 1.0, "the fraction of screened trials that go on")):
+            v = getattr(self, name)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (low <= v <= high if name == "screen" else low < v <= high)
+            if not ok:
+                raise ConfigError(f"{name} {v!r} must be a number in {'[' if name == 'screen' else '('}{low:g}, {high:g}] ({hint}).")
+            object.__setattr__(self, name, float(v))
         for name in ("rank_multiple", "min_rank"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -132,10 +158,15 @@ class SearchSettings:
         """Build from :meth:`to_dict`'s output; errors name ``origin`` and the faulty field."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"{origin} have format_version {data.get('format_version')!r}; this ranksearch reads "
+        version = data.get("format_version")
+        if version not in (1, FORMAT_VERSION):
+            raise ConfigError(f"{origin} have format_version {version!r}; this ranksearch reads 1 and "
                              f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+        if version == 1:  # a version-1 study searched log-weights and had no screening: keep it so
+            if unknown := sorted(set(_V1) & set(body)):
+                raise ConfigError(f"{origin}: format_version 1 has no fields {unknown}.")
+            body = {**body, **_V1}
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(body) - known):
             raise ConfigError(f"{origin}: unknown fields {unknown}.")

@@ -18,6 +18,10 @@ is within the layer's bound:
   with wide layers), exchanges (some steps back in one layer, then refill) are tried to spend it. Without fill, every rank
   is monotone in the bound; with it, no further step fits.
 
+* proportions of ranks (``project_ranks``): per-layer ``log2`` rank targets (an incumbent allocation
+  plus a proposed step) shifted by one common amount until the allocation fills the budget; the
+  search's default proposals, in which a step means the same relative change in every layer.
+
 A layer whose bound would need a rank at which the pair is no smaller than the dense weight stays dense
 (its rank is reported as ``None``).
 
@@ -39,7 +43,7 @@ import numpy as np
 
 from ranksearch.errors import RankSearchError
 
-__all__ = ["Curve", "Solution", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
+__all__ = ["Curve", "Solution", "log2_ranks", "project_ranks", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
 
 
 @dataclass(frozen=True)
@@ -236,11 +240,7 @@ def solve_ratio(
         w = np.array([float(weights.get(n, 1.0)) for n in opts.names])
         if not np.all(np.isfinite(w) & (w > 0)):
             raise RankSearchError(f"Layer weights must be finite and > 0, got {dict(weights)}.")
-    budget = math.floor(target_ratio * total_params)  # the largest whole count whose ratio is within target
-    while (budget + 1) / total_params <= target_ratio:
-        budget += 1
-    while budget / total_params > target_ratio:
-        budget -= 1
+    budget = _budget(target_ratio, total_params)
     smallest = fixed + int(opts.cost[:, 0].sum())
     if smallest > budget:
         raise RankSearchError(
@@ -311,3 +311,88 @@ def _fill(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float) ->
         j = int(np.argmax(gain))
         idx[j] += 1
         left -= step[j]
+
+
+def _budget(target_ratio: float, total_params: int) -> int:
+    """The largest whole parameter count whose ratio is within ``target_ratio``."""
+    budget = math.floor(target_ratio * total_params)
+    while (budget + 1) / total_params <= target_ratio:
+        budget += 1
+    while budget / total_params > target_ratio:
+        budget -= 1
+    return budget
+
+
+def log2_ranks(curves: Mapping[str, Curve], ranks: Mapping[str, int | None]) -> dict[str, float]:
+    """``log2`` of each layer's rank (a layer left dense, or absent, counts as full rank ``min(m, n)``)."""
+    return {n: math.log2(ranks[n] if ranks.get(n) is not None else min(c.shape)) for n, c in curves.items()}  # type: ignore[arg-type]
+
+
+def project_ranks(
+    curves: Mapping[str, Curve],
+    targets: Mapping[str, float],
+    target_ratio: float,
+    total_params: int,
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+) -> Solution:
+    """The allocation nearest in proportion to per-layer target ranks that fills the budget.
+
+    ``targets[l]`` is a ``log2`` rank (e.g. an incumbent's ``log2`` ranks plus a proposed step). All
+    targets are shifted by one common ``c`` (each layer keeps ``2**(targets[l] + c)``, rounded down to
+    an allowed rank; dense when that is at least ``min(m, n)``), ``c`` the largest whose allocation fits
+    ``target_ratio``; what is left is then spent one allowed rank step at a time on the layer furthest
+    below its shifted target (in ``log2``), so a step of ``+0.5`` in one layer means the same relative
+    change of its rank, and so of its parameters, whichever layer it is.
+
+    Raises:
+        RankSearchError: for a ratio outside (0, 1], a target that is not finite, or an unreachable target.
+    """
+    if not (isinstance(target_ratio, (int, float)) and 0.0 < target_ratio <= 1.0):
+        raise RankSearchError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
+    fixed = _check_totals(curves, total_params)
+    opts = _options(curves, rank_multiple, min_rank)
+    t = np.array([float(targets.get(n, math.log2(min(curves[n].shape)))) for n in opts.names])
+    if not np.all(np.isfinite(t)):
+        raise RankSearchError(f"log2 rank targets must be finite, got {dict(targets)}.")
+    budget = _budget(target_ratio, total_params) - fixed
+    if int(opts.cost[:, 0].sum()) > budget:
+        reach = (fixed + int(opts.cost[:, 0].sum())) / total_params
+        raise RankSearchError(f"target ratio {target_ratio} is unreachable: with the smallest rank in every eligible layer the "
+                              f"model keeps {reach:.4f} of its parameters; ask for a ratio >= {math.ceil(reach * 1e4) / 1e4}.")
+    full = np.array([min(curves[n].shape) for n in opts.names], dtype=np.float64)
+    value = np.where(opts.ranks < 0, full[:, None], opts.ranks).astype(np.float64)  # rank of each choice (dense: full)
+    with np.errstate(divide="ignore"):
+        logv = np.log2(value)
+    rows = np.arange(len(t))
+    last = opts.ranks.shape[1] - 1
+
+    def pick(shift: float) -> np.ndarray:  # the largest choice at or below each shifted target (else the first)
+        return np.clip((logv <= (t + shift)[:, None] + 1e-12).sum(axis=1) - 1, 0, last)
+
+    def cost(idx: np.ndarray) -> int:
+        return int(opts.cost[rows, idx].sum())
+
+    lo, hi = -64.0 - float(t.max()), 64.0 - float(t.min())  # all at the first choice / all at the last
+    if cost(pick(hi)) <= budget:
+        lo = hi
+    for _ in range(100):  # bisection on the common shift: cost is non-decreasing in it
+        if hi - lo < 1e-9:
+            break
+        mid = (lo + hi) / 2
+        if cost(pick(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    idx = pick(lo)
+    left = budget - cost(idx)
+    while True:  # spend the rest on the layers furthest below their targets
+        nxt = np.minimum(idx + 1, last)
+        step = opts.cost[rows, nxt] - opts.cost[rows, idx]
+        ok = (step > 0) & (step <= left)
+        if not ok.any():
+            break
+        j = int(np.argmax(np.where(ok, t + lo - logv[rows, idx], -np.inf)))
+        idx[j] += 1
+        left -= int(step[j])
+    return _solution(opts, idx, float("nan"), fixed, total_params)

@@ -1,9 +1,13 @@
-"""One search trial: a proposal of per-layer weights -> exact ranks -> factorize -> short retrain -> metric.
+"""One search trial: a proposal -> exact ranks -> factorize -> short retrain -> metric.
+
+A proposal is, per layer (or group), a ``log2`` step of its rank from the incumbent (``incumbent``
+proposals, :mod:`ranksearch.proposals`) or a ``log10`` weight on the MSE bound (``weights``).
 
 :class:`Objective` is what Optuna calls per trial; :class:`Views` holds the curves and decompositions a
 trial allocates on (plain SVD, or activation-whitened when data-aware). Every trial records, in its
-user attrs, what it allocated (``method``, ``log10w``, ``ranks``, ``mse``, ``params``, ``ratio``,
-``factors``), who ran it (``worker``), what it scored (``before_retrain``, the value, ``test``), and,
+user attrs, what it allocated (``method``, ``log10w`` or ``log2r``, ``anchor`` and ``redraws``, ``ranks``,
+``mse``, ``params``, ``ratio``, ``factors``), who ran it (``worker``), what it scored (``before_retrain``,
+the value, ``test``, and the gate's decisions ``gate``, ``gate:<step>``), and,
 when it was the best so far, the artifact id of its retrained weights (``weights``). A trial that
 raises is failed with ``error`` and ``traceback``; one interrupted by Ctrl-C is marked ``interrupted``.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import math
 import tempfile
@@ -22,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
+import xxhash
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from torch import nn
@@ -34,17 +41,22 @@ from ranksearch.decompose import Factors
 from ranksearch.errors import RankSearchError
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
 from ranksearch.settings import SearchSettings
-from ranksearch.solver import Curve, Solution, solve_ratio
+from ranksearch.proposals import STEP_BOUND, anchor_trial
+from ranksearch.solver import Curve, Solution, log2_ranks, project_ranks, solve_ratio
 from ranksearch.surgery import count_params, factorize, layer_factors, layer_groups
 from ranksearch.task import Task
 from ranksearch.weights import save_state_dict
 
-__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "Evaluate", "Objective", "Retrain", "Views", "build_views", "task_callables"]
+__all__ = ["EXACT_ATTR", "PARAM_PREFIX", "RANK_ATTR", "REDRAWS", "STEP_PREFIX", "Evaluate", "Objective", "Retrain", "Views",
+           "build_views", "task_callables"]
 
 _log = logging.getLogger(__name__)
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
 EXACT_ATTR = "log10w"  #: user attr of a trial: the per-layer log-weights it allocates with (exact for enqueued ones)
+STEP_PREFIX = "log2r:"  #: Optuna parameter of one searched step (incumbent proposals): STEP_PREFIX + layer (or group)
+RANK_ATTR = "log2r"  #: user attr of a sampled incumbent-space trial: the per-layer log2 rank targets it projects
 
+REDRAWS = 8  #: new draws of a sampled step whose ranks a trial of the study already has (the k-th: 2.25**k wider, up to +-1.5**k)
 Evaluate = Callable[[nn.Module], float]
 Retrain = Callable[..., Any]
 
@@ -99,12 +111,21 @@ class Objective:
         self.current: int | None = None  #: number of the trial running now (for Ctrl-C)
         self.gate: Any = None  #: :class:`~ranksearch.worker.InterruptGate`: signals interrupt only inside a trial
 
+    @property
+    def incumbent(self) -> bool:
+        """Whether sampled trials step from the incumbent (else: log-weights around the centre)."""
+        return self.settings.proposals == "incumbent"
+
     def search_space(self) -> list[str]:
         """Names of the searched parameters (one per layer or group)."""
-        return [PARAM_PREFIX + g for g in dict.fromkeys(self.groups.values())]
+        prefix = STEP_PREFIX if self.incumbent else PARAM_PREFIX
+        return [prefix + g for g in dict.fromkeys(self.groups.values())]
 
     def params_for(self, logw: Mapping[str, float]) -> dict[str, float]:
-        """The point of the searched space nearest to absolute per-layer log-weights (for enqueueing)."""
+        """The point of the searched space nearest to absolute per-layer log-weights (for enqueueing;
+        in the incumbent space, whose coordinates are relative, the origin)."""
+        if self.incumbent:
+            return {p: 0.0 for p in self.search_space()}
         offsets: dict[str, list[float]] = {}
         for n in self.curves:
             offsets.setdefault(self.groups[n], []).append(float(logw.get(n, 0.0)) - self.centre.get(n, 0.0))
@@ -119,14 +140,24 @@ class Objective:
         w = {n: 10.0 ** (logw or {}).get(n, 0.0) for n in self.curves}
         return solve_ratio(self.curves, self.target, self.total, w, s.rank_multiple, s.min_rank), self.views.kind
 
+    def anchor(self, study: optuna.Study) -> tuple[int | None, dict[str, int | None]]:
+        """The trial number and ranks sampled incumbent-space proposals step from (None: the centre)."""
+        best = anchor_trial(study, enqueued_only=self.settings.sampler == "cmaes")
+        if best is not None:
+            return best.number, dict(best.user_attrs["ranks"])
+        return None, dict(self.solution(None, self.centre)[0].ranks)
+
     def propose(self, trial: optuna.Trial) -> tuple[Solution, str]:
         """Ranks of the trial and the kind of factors they use.
 
         An enqueued allocation (the seed rule, uniform, sensitivity, a warm start, a retried trial)
-        allocates exactly as it was given (its per-layer log-weights ride in the trial's user attrs);
-        its parameters are its nearest point in the searched space, for the sampler to learn from.
-        Every trial records the absolute log-weights it allocated with.
+        allocates exactly as it was given (its per-layer log-weights, or for a retried sampled trial
+        of the incumbent space its log2 rank targets, ride in the trial's user attrs); its
+        parameters are its nearest point in the searched space, for the sampler to learn from.
+        Every trial records what it allocated with, absolutely.
         """
+        if self.incumbent:
+            return self._propose_steps(trial)
         spread = self.settings.spread
         u = {g: trial.suggest_float(PARAM_PREFIX + g, -spread, spread) for g in dict.fromkeys(self.groups.values())}
         method = trial.user_attrs.get("method")
@@ -135,6 +166,37 @@ class Objective:
             logw = {n: self.centre.get(n, 0.0) + u[self.groups[n]] for n in self.curves}
             trial.set_user_attr(EXACT_ATTR, logw)
         return self.solution(method, logw)
+
+    def _propose_steps(self, trial: optuna.Trial) -> tuple[Solution, str]:
+        u = {g: trial.suggest_float(STEP_PREFIX + g, -STEP_BOUND, STEP_BOUND) for g in dict.fromkeys(self.groups.values())}
+        method = trial.user_attrs.get("method")
+        logw = trial.user_attrs.get(EXACT_ATTR)
+        if method == "seed_rule" or logw is not None:
+            return self.solution(method, logw)
+        s = self.settings
+        targets = trial.user_attrs.get(RANK_ATTR)
+        if targets is not None:  # a retried trial: exactly what it allocated before
+            return project_ranks(self.curves, targets, self.target, self.total, s.rank_multiple, s.min_rank), self.views.kind
+        number, ranks = self.anchor(trial.study)
+        base = log2_ranks(self.curves, ranks)
+        seen = [t.user_attrs["ranks"] for t in trial.study.get_trials(deepcopy=False) if "ranks" in t.user_attrs]
+        # a step whose ranks a trial already has is drawn again, wider (seeded by the step: deterministic),
+        # so that few trials are twins, whose value is known without a retrain but which fill the trial cap;
+        # the k-th draw: normal with std step * 1.5**k clipped to [-1, 1], times 1.5**k
+        rng = np.random.default_rng(xxhash.xxh32_intdigest(json.dumps(u, sort_keys=True).encode()))
+        step = dict(u)
+        for redraw in range(REDRAWS + 1):
+            if redraw:
+                sigma = s.step * 1.5**redraw
+                step = {g: float(np.clip(rng.normal(0.0, sigma), -STEP_BOUND, STEP_BOUND)) * 1.5**redraw for g in u}
+            targets = {n: base[n] + step[self.groups[n]] for n in self.curves}
+            sol = project_ranks(self.curves, targets, self.target, self.total, s.rank_multiple, s.min_rank)
+            if {n: r for n, r in sol.ranks.items() if r is not None} not in seen:
+                break
+        trial.set_user_attr("anchor", number)
+        trial.set_user_attr("redraws", redraw)
+        trial.set_user_attr(RANK_ATTR, targets)
+        return sol, self.views.kind
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
@@ -186,7 +248,7 @@ class Objective:
         scored = None
         if self.retrain is not None:
             if _accepts_report(self.retrain):
-                scored = self.retrain(model, report=lambda step, value: _report(trial, step, value))
+                scored = self.retrain(model, report=lambda step, value, last=False: _report(trial, step, value, last))
             else:
                 scored = self.retrain(model)
         # a retrain that returns a number has scored the model on the validation split already
@@ -215,32 +277,39 @@ class Objective:
     def retrain_again(self, model: nn.Module) -> None:
         """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept)."""
         if _accepts_report(self.retrain):  # type: ignore[arg-type]
-            self.retrain(model, report=lambda step, value: None)  # type: ignore[misc]
+            self.retrain(model, report=lambda step, value, last=False: None)  # type: ignore[misc]
         else:
             self.retrain(model)  # type: ignore[misc]
 
 
-def _report(trial: optuna.Trial, step: int, value: float | None) -> None:
+def _report(trial: optuna.Trial, step: int, value: float | None, last: bool = False) -> None:
+    """Report an intermediate value; the pruner may stop the trial, except after its ``last`` step."""
     if value is None:
         return
     trial.report(float(value), step)
-    if trial.should_prune():
+    if not last and trial.should_prune():
         raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
 
 
-def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int) -> tuple[Evaluate, Retrain, Evaluate]:
+def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int,
+                   screen: float = 0.0) -> tuple[Evaluate, Retrain, Evaluate]:
+    """The built-in metric, retrain and test metric of a ``task``; the retrain reports the validation
+    metric after each epoch, and as step 0 after ``screen`` of the first epoch (when > 0)."""
     def evaluate(model: nn.Module) -> float:
         return evaluate_metric(model, task.val, task.metric)
 
-    def retrain(model: nn.Module, report: Callable[[int, float | None], None]) -> float | None:
+    def retrain(model: nn.Module, report: Callable[..., None]) -> float | None:
         last: list[float | None] = [None]
 
         def on_epoch(step: int, value: float | None) -> None:
             last[0] = value
-            report(step, value)
+            if step == settings.epochs:  # the retrain is done: nothing left to save by pruning it
+                report(step, value, last=True)
+            else:
+                report(step, value)
 
-        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True)
-        return last[0]  # the validation metric after the last epoch (None without epochs)
+        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen)
+        return last[0] if settings.epochs > 0 else None  # the validation metric after the last epoch
 
     def test(model: nn.Module) -> float:
         return evaluate_metric(model, task.test, task.metric)

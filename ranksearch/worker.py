@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,9 @@ from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_stor
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
                                   uniform_ranks)
 from ranksearch.errors import StudyError
+from ranksearch.gate import GatePruner
 from ranksearch.progress import bar
+from ranksearch.proposals import LocalSampler
 from ranksearch.retrain import RetrainSettings
 from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
@@ -62,16 +64,22 @@ class WorkersFailed(RuntimeError):
     """A worker process started by ``search(workers=K)`` exited with an error."""
 
 
-_SAMPLERS = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+#: sampler name -> factory(seed, settings)
+_SAMPLERS: dict[str, Callable[[int, SearchSettings], optuna.samplers.BaseSampler]] = {
+    "local": lambda seed, s: LocalSampler(s.step, seed=seed),
+    "tpe": lambda seed, s: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5, constant_liar=True),
+    "gp": lambda seed, s: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+    "random": lambda seed, s: optuna.samplers.RandomSampler(seed=seed),
+    # in the incumbent space CMA-ES starts at the origin (the best enqueued allocation) with a step of a
+    # sixth of the range, 1/3 in log2 (Optuna's default; its x0 and sigma0 arguments are deprecated)
+    "cmaes": lambda seed, s: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
 }
-_PRUNERS = {
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-    "none": lambda: optuna.pruners.NopPruner(),
+#: pruner name -> factory(settings)
+_PRUNERS: dict[str, Callable[[SearchSettings], optuna.pruners.BasePruner]] = {
+    "gate": lambda s: GatePruner(keep=s.keep, later=0.5),
+    "median": lambda s: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    "hyperband": lambda s: optuna.pruners.HyperbandPruner(min_resource=1),
+    "none": lambda s: optuna.pruners.NopPruner(),
 }
 
 
@@ -99,12 +107,12 @@ class TrialSeeded(optuna.samplers.BaseSampler):
     the trials' system attrs).
     """
 
-    def __init__(self, name: str, seed: int) -> None:
-        self._name, self._seed = name, seed
-        self._inner = _SAMPLERS[name](seed)
+    def __init__(self, settings: SearchSettings) -> None:
+        self._settings, self._name, self._seed = settings, settings.sampler, settings.seed
+        self._inner = _SAMPLERS[self._name](self._seed, settings)
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self._inner = _SAMPLERS[self._name](trial_seed(self._seed, _sampled_before(study, trial.number)))
+        self._inner = _SAMPLERS[self._name](trial_seed(self._seed, _sampled_before(study, trial.number)), self._settings)
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -126,13 +134,13 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     if settings.sampler not in _SAMPLERS:
         raise StudyError(f"Study uses the custom sampler {settings.sampler!r}; join it from Python with the same sampler object.")
-    return TrialSeeded(settings.sampler, settings.seed)
+    return TrialSeeded(settings)
 
 
 def make_pruner(settings: SearchSettings) -> optuna.pruners.BasePruner:
     if settings.pruner not in _PRUNERS:
         raise StudyError(f"Study uses the custom pruner {settings.pruner!r}; join it from Python with the same pruner object.")
-    return _PRUNERS[settings.pruner]()
+    return _PRUNERS[settings.pruner](settings)
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
     if (task is None) == (evaluate is None):
         raise StudyError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if task is not None:
-        ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed)
+        ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed, settings.screen)
         return Callables(ev, re, te, task.metric)
     return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
 

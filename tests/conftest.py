@@ -16,6 +16,20 @@ sys.path.insert(0, str(TESTS))  # the test space's factories live in tests/tinys
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def dense_and_task():
+    """The tiny digits model (tests/tinyspace.py) trained briefly, and its task: for search tests."""
+    import tinyspace
+    from ranksearch import RetrainSettings
+    from ranksearch.retrain import fit
+
+    torch.manual_seed(0)
+    task = tinyspace.task()
+    model = tinyspace.build_model()
+    fit(model, task, RetrainSettings(epochs=4, batch_size=32, lr_start=0.05, lr_end=0.001), device=torch.device("cpu"))
+    return model, task
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Caches under a temporary folder; tests/data added to the space search path."""

@@ -267,3 +267,17 @@ def test_task_validation(kwargs, words) -> None:
         Task(**{**base, **kwargs})
     for word in words:
         assert word in str(info.value)
+
+
+def test_screen_reports_step_zero_first_and_does_not_change_the_run() -> None:
+    task = _task()
+    settings = RetrainSettings(epochs=2, batch_size=16, lr_start=0.05, lr_end=0.001)
+    seen: list[tuple[int, float | None]] = []
+    a = fit(_net(), task, settings, seed=3, device=CPU, validate=True, screen=0.25, on_epoch=lambda e, v: seen.append((e, v)))
+    assert [e for e, _ in seen] == [0, 1, 2] and all(isinstance(v, float) for _, v in seen)
+    b = fit(_net(), task, settings, seed=3, device=CPU, validate=True)  # same trajectory without the screen
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    seen.clear()
+    fit(_net(), task, settings, seed=3, device=CPU, screen=0.25, on_epoch=lambda e, v: seen.append((e, v)))
+    assert [e for e, _ in seen] == [1, 2]  # no validation: no screen

@@ -16,23 +16,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import tinyspace
 from ranksearch import RetrainSettings, SearchSettings, count_params, search, solve
 from ranksearch.cli import main
 from ranksearch.search import open_storage
 
 RECIPE = RetrainSettings(epochs=1, batch_size=32, lr_start=0.01, lr_end=0.001)
-
-
-@pytest.fixture(scope="module")
-def dense_and_task():
-    torch.manual_seed(0)
-    task = tinyspace.task()
-    model = tinyspace.build_model()
-    from ranksearch.retrain import fit
-
-    fit(model, task, RetrainSettings(epochs=4, batch_size=32, lr_start=0.05, lr_end=0.001), device=torch.device("cpu"))
-    return model, task
 
 
 def _s(ratio, **kw):
@@ -92,7 +80,7 @@ def test_user_callables_get_reports_and_pruning(dense_and_task, caplog):
             report(step, evaluate(m) - (1.0 if late else 0.0))
 
     res = search(model, SearchSettings(0.3, seed=1, factors="plain", baselines=False), evaluate=evaluate, retrain=retrain,
-                 n_trials=10)
+                 n_trials=12)
     assert len(calls) >= 10 and res.config.achieved_ratio <= 0.3
     assert res.summary["name"] == "evaluate"
     pruned = res.study.get_trials(states=(TrialState.PRUNED,))
@@ -238,7 +226,7 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
     model, task = dense_and_task
     res = search(model, _s(0.2, granularity="group", factors="plain", prior="sensitivity"), task=task, n_trials=5)
     first = res.study.trials[0]
-    assert sorted(first.params) == ["log10w:Conv2d", "log10w:Linear"]
+    assert sorted(first.params) == ["log2r:Conv2d", "log2r:Linear"]
     assert res.config.search["settings"]["granularity"] == "group" and res.config.search["settings"]["prior"] == "sensitivity"
     curves = spectra(model)
     budget = int(0.2 * count_params(model)) - (count_params(model) - sum(c.dense_params for c in curves.values()))
@@ -279,7 +267,8 @@ def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_ta
     curves = spectra(model)
     names = list(curves)
     warm = {n: (-2.5 if i == 2 else 0.0) for i, n in enumerate(names)}  # outside the searched range of +-1
-    res = search(model, _s(0.3, factors="plain", baselines=False, spread=1.0), task=task, n_trials=3, warm_start=[warm])
+    res = search(model, _s(0.3, factors="plain", baselines=False, spread=1.0, proposals="weights"), task=task, n_trials=3,
+                 warm_start=[warm])
     trial = next(t for t in res.study.trials if t.user_attrs["method"] == "warm_start")
 
     def ranks(logw):
@@ -301,7 +290,8 @@ def test_warm_start_for_another_model_is_refused_before_any_study(dense_and_task
 
 
 def test_progress_bar_and_one_log_line_per_trial(dense_and_task, capsys, caplog):
-    """progress=True shows a trial counter; every trial, complete or pruned, is logged once with its method."""
+    """progress=True shows a trial counter; every trial, complete or pruned, is logged once with its method
+    (and the gate's screening decision, if any, once by the gate)."""
     import logging
 
     model, task = dense_and_task
@@ -310,5 +300,7 @@ def test_progress_bar_and_one_log_line_per_trial(dense_and_task, capsys, caplog)
     err = capsys.readouterr().err
     assert "trials: 100%" in err and "4/4" in err
     for t in res.study.trials:
-        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number}")]
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number}") and r.name == "ranksearch.trial"]
         assert len(lines) == 1 and f"[{t.user_attrs['method']}]" in lines[0], lines
+        gate = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number} ") and r.name == "ranksearch.gate"]
+        assert len(gate) == ("gate" in t.user_attrs), gate

@@ -42,10 +42,31 @@ def test_round_trip_through_json():
     ({"exclude": "fc"}, "exclude"),
     ({"baselines": "yes"}, "baselines"),
     ({"retrain": {"epochs": -1}}, "epochs"),
+    ({"proposals": "around"}, "proposals 'around'"),
+    ({"step": 0}, "step 0"),
+    ({"step": 2.0}, "step 2.0"),
+    ({"screen": -0.1}, "screen -0.1"),
+    ({"screen": 1.5}, "screen 1.5"),
+    ({"keep": 0}, "keep 0"),
+    ({"keep": True}, "keep True"),
 ])
 def test_bad_settings_are_refused_by_name(bad, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         SearchSettings(**{"target_ratio": 0.2, **bad})
+
+
+def test_version_1_settings_keep_their_search():
+    """A study stored by version 1 searched log-weights without screening: it still does when read."""
+    v1 = {k: v for k, v in SearchSettings(0.2, sampler="tpe", pruner="median").to_dict().items()
+          if k not in ("proposals", "step", "screen", "keep")}
+    v1["format_version"] = 1
+    s = SearchSettings.from_dict(v1)
+    assert (s.proposals, s.screen, s.sampler, s.pruner) == ("weights", 0.0, "tpe", "median")
+    assert s.to_dict()["format_version"] == FORMAT_VERSION == 2
+    with pytest.raises(ValueError, match=r"format_version 1 has no fields \['screen'\]"):
+        SearchSettings.from_dict({**v1, "screen": 0.5})
+    new = SearchSettings(0.2)
+    assert (new.proposals, new.sampler, new.pruner) == ("incumbent", "local", "gate")
 
 
 def test_from_dict_names_origin_and_field():
@@ -81,7 +102,8 @@ def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
     Python caller builds the very same object from the same choices."""
     out = tmp_path / "run"
     assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "2", "--epochs", "1", "--spread", "2",
-                 "--sampler", "random", "--seed", "3", "--out", str(out), "-q"]) == 0
+                 "--sampler", "random", "--seed", "3", "--proposals", "weights", "--step", "0.3", "--screen", "0.5", "--keep", "0.5",
+                 "--pruner", "median", "--out", str(out), "-q"]) == 0
     study = optuna.load_study(study_name="tiny-digits@0.2", storage=open_storage(str(out / "study.journal")))
     stored = study.user_attrs["ranksearch:settings"]
     config = RankConfig.load(out / "rank_config.json").search["settings"]
@@ -90,6 +112,7 @@ def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
     assert set(stored) == {f.name for f in dataclasses.fields(SearchSettings)} | {"format", "format_version"}
     space = load_space("tiny-digits")
     from_python = SearchSettings(target_ratio=0.2, model="tiny-digits", space="tiny-digits", sampler="random", spread=2.0,
+                                 proposals="weights", step=0.3, screen=0.5, keep=0.5, pruner="median",
                                  factors="data-aware", exclude=tuple(space.exclude), retrain=dataclasses.replace(space.retrain, epochs=1),
                                  seed=3)
     model = space.build_model()

@@ -410,3 +410,73 @@ def test_total_params_smaller_than_eligible_weights(fn: str) -> None:
             reachable_ratio(CURVES, eligible - 1)
     # exactly the eligible weights (no other parameter) is fine
     assert solve_ratio(CURVES, 0.9, eligible).original_params == eligible
+
+
+# ---------------------------------------------------------------------------------------------------
+# project_ranks: proportions of ranks onto the budget
+
+
+@pytest.mark.parametrize("target", [0.35, 0.5, 0.8])
+@pytest.mark.parametrize("multiple, min_rank", [(1, 1), (2, 1), (1, 3)])
+def test_project_ranks_fills_the_budget_and_keeps_the_grid(target: float, multiple: int, min_rank: int) -> None:
+    from ranksearch.solver import project_ranks
+
+    rng = np.random.default_rng(int(target * 100) + multiple + min_rank)
+    targets = {n: float(rng.uniform(0, 4)) for n in CURVES}
+    sol = project_ranks(CURVES, targets, target, TOTAL, multiple, min_rank)
+    assert sol.params == _cost(CURVES, sol.ranks, FIXED) and sol.ratio <= target
+    for n, r in sol.ranks.items():
+        assert r is None or r in _allowed(CURVES[n].shape, multiple, min_rank)
+    # no single allowed rank step (or a step to dense) still fits: the budget is spent
+    budget = math.floor(target * TOTAL)
+    for n, c in CURVES.items():
+        r = sol.ranks[n]
+        if r is None:
+            continue
+        higher = [x for x in _allowed(c.shape, multiple, min_rank) if x > r]
+        nxt = higher[0] * sum(c.shape) if higher else c.dense_params
+        assert sol.params - r * sum(c.shape) + nxt > budget
+
+
+def test_project_ranks_is_the_identity_on_a_full_allocation() -> None:
+    from ranksearch.solver import log2_ranks, project_ranks
+
+    for target in (0.3, 0.5, 0.7):
+        ranks = solve_ratio(CURVES, target, TOTAL).ranks
+        again = project_ranks(CURVES, log2_ranks(CURVES, ranks), target, TOTAL)
+        assert again.ranks == ranks
+
+
+def test_project_ranks_a_step_moves_budget_towards_its_layer() -> None:
+    from ranksearch.solver import log2_ranks, project_ranks
+
+    base = solve_ratio(CURVES, 0.4, TOTAL).ranks
+    logs = log2_ranks(CURVES, base)
+    for layer in ("a", "b", "c"):
+        up = project_ranks(CURVES, {**logs, layer: logs[layer] + 1.0}, 0.4, TOTAL).ranks
+        down = project_ranks(CURVES, {**logs, layer: logs[layer] - 1.0}, 0.4, TOTAL).ranks
+        assert _key(up[layer]) > _key(base[layer]) > _key(down[layer])
+        others = [n for n in ("a", "b", "c") if n != layer]
+        assert all(_key(up[n]) <= _key(base[n]) <= _key(down[n]) for n in others)
+
+
+def test_project_ranks_scales_proportions_together() -> None:
+    """Targets one log2 unit apart keep (about) a factor of two between the ranks, at any budget."""
+    from ranksearch.solver import project_ranks
+
+    curves = {"x": _curve((200, 300), 7), "y": _curve((200, 300), 8)}
+    total = sum(c.dense_params for c in curves.values())
+    for target in (0.1, 0.2, 0.3):
+        r = project_ranks(curves, {"x": 3.0, "y": 4.0}, target, total).ranks
+        assert 1.9 <= r["y"] / r["x"] <= 2.1  # type: ignore[operator]
+
+
+def test_project_ranks_errors() -> None:
+    from ranksearch.solver import project_ranks
+
+    with pytest.raises(ValueError, match="unreachable"):
+        project_ranks(CURVES, {}, 0.01, TOTAL)
+    with pytest.raises(ValueError, match="finite"):
+        project_ranks(CURVES, {"a": float("nan")}, 0.5, TOTAL)
+    with pytest.raises(ValueError, match="target ratio"):
+        project_ranks(CURVES, {}, 1.5, TOTAL)
