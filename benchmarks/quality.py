@@ -66,9 +66,8 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
     space, task, model = _load(name)
     t0 = time.time()
     res = search(model, _settings(space, wp, seed, options), task=task, n_trials=trials, sensitivity=sensitivity)
-    created = t0
     rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
-             "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - created if t.datetime_complete else None,
+             "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
              "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
             for t in res.study.trials]
     return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": time.time() - t0, "trials": rows,
@@ -97,16 +96,14 @@ def _figures(run: dict[str, Any], first: int | None = None) -> dict[str, Any]:
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
     """Standard error of the metric on the test split: binomial for accuracies (at ``p``), else the
     spread of the dense model's per-sample values over sqrt(n)."""
+    from torch.utils.data import Subset
+
+    from ranksearch.retrain import evaluate
+
     n = len(task.test)
     if metric in ("accuracy", "top5"):
         return math.sqrt(max(p * (1 - p), 1e-12) / n)
-    model.eval()
-    values = []
-    with torch.no_grad():
-        for i in range(n):
-            x, y = task.test[i]
-            mse = float(((model(x[None]).clamp(0, 1)[0] - y) ** 2).mean().clamp_min(1e-10))
-            values.append(-10 * math.log10(mse))
+    values = [evaluate(model, Subset(task.test, [i]), metric) for i in range(n)]  # the metric's own code, per sample
     return statistics.stdev(values) / math.sqrt(n)
 
 

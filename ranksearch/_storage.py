@@ -41,7 +41,7 @@ __all__ = ["ATTR", "KEEP_ON_RETRY", "StudyAttrs", "artifact_store", "check_stora
 
 _log = logging.getLogger(__name__)
 ATTR = "ranksearch:"  #: prefix of every study user attribute ranksearch writes
-KEEP_ON_RETRY = ("method", "log10w", "log2r", "anchor")  #: user attrs a retried trial keeps: what it allocates, exactly
+KEEP_ON_RETRY = ("method", "log10w", "log2r", "anchor", "redraws")  #: user attrs a retried trial keeps: what it allocates, exactly
 HEARTBEAT_S, GRACE_S = 5, 20  #: default heartbeat interval and grace period of database storages (seconds)
 
 

@@ -141,7 +141,7 @@ def fit(
         for step, (x, y) in enumerate(loader):
             if step >= steps_per_epoch:
                 break
-            if epoch == 1 and step == screen_at and step < steps_per_epoch:
+            if epoch == 1 and step == screen_at:  # never at steps_per_epoch: that is the epoch's own report
                 value = evaluate(model, task.val, task.metric, device=device)
                 _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, value)
                 model.train()

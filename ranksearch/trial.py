@@ -187,8 +187,8 @@ class Objective:
         step = dict(u)
         for redraw in range(REDRAWS + 1):
             if redraw:
-                sigma = s.step * 1.5**redraw
-                step = {g: float(np.clip(rng.normal(0.0, sigma), -STEP_BOUND, STEP_BOUND)) * 1.5**redraw for g in u}
+                wider = 1.5**redraw
+                step = {g: float(np.clip(rng.normal(0.0, s.step * wider), -STEP_BOUND, STEP_BOUND)) * wider for g in u}
             targets = {n: base[n] + step[self.groups[n]] for n in self.curves}
             sol = project_ranks(self.curves, targets, self.target, self.total, s.rank_multiple, s.min_rank)
             if {n: r for n, r in sol.ranks.items() if r is not None} not in seen:
@@ -309,7 +309,7 @@ def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, se
                 report(step, value)
 
         fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen)
-        return last[0] if settings.epochs > 0 else None  # the validation metric after the last epoch
+        return last[0]  # the validation metric after the last epoch (None without epochs)
 
     def test(model: nn.Module) -> float:
         return evaluate_metric(model, task.test, task.metric)
