@@ -38,7 +38,7 @@ import torch
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-TODAY = dict(proposals="weights", sampler="tpe", pruner="median", screen=0.0)  #: the search before issue 12
+TODAY = dict(proposals="weights", sampler="tpe", pruner="median", screen=0.0, screen_samples=0)  #: the search before issue 12
 AGGRESSIVE = 2  #: working points per space: the most aggressive ones
 
 
@@ -169,7 +169,8 @@ def main() -> None:
            + (f" --wps {args.wps}" if args.wps else "") + (f" --new '{args.new}' --label {args.label}" if new else "")
            + (" --no-today" if args.no_today else ""))
     used = next((r["settings"] for r in runs if r["variant"] == "new"), {})
-    shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "prior", "factors")}
+    shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "screen_samples", "prior",
+                                    "factors")}
     lines = [
         f"## Quality: best enqueued allocation vs the search's pick, 12 and {args.trials} trials ({datetime.date.today()})",
         "",
@@ -181,7 +182,8 @@ def main() -> None:
         "(per seed in brackets). *enqueued*: the enqueued allocation best on validation; *sampled*: the sampled trial best on "
         "validation; *pick*: the search's result (best on validation of all); *picked*: its kind per seed; *d/SE*: "
         "(median pick - median enqueued) / the test split's standard error; *full*: trials retrained fully (median); "
-        "*wall*: median seconds per study (12 trials of the new search: until its 12th trial finished).",
+        "*wall*: median seconds per study (12 trials of the new search: until its 12th trial finished), and its ratio to "
+        "today's 12 trials.",
         "",
         "| space | WP | metric | test SE | trials | search | enqueued | sampled | pick | picked | d/SE | full | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -189,19 +191,21 @@ def main() -> None:
     keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (args.spaces.split(",").index(k[0]), -k[1]))
     for name, wp in keys:
         space, task, model = meta[name]
+        today = [r["wall"] for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, "today")]
         for label, variant, first in (("today", "today", None), (args.label, "new", 12), (args.label, "new", None)):
             per = [_figures(r, first) for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, variant)]
             if not per:
                 continue
             m = {k: med([f[k] for f in per]) for k in ("enqueued", "sampled", "pick", "full", "wall")}
             se = _test_se(task, model, task.metric, m["enqueued"])
+            ratio = f" ({m['wall'] / med(today):.2f}x)" if today else ""
 
             def cell(key: str) -> str:
                 return f"{m[key]:.4f} ({'/'.join(f'{f[key]:.4f}' for f in per)})"
 
             lines.append(f"| {name} | {wp} | {task.metric} | {se:.4f} | {per[0]['trials']} | {label} | {cell('enqueued')} | "
                          f"{cell('sampled')} | {cell('pick')} | {'/'.join(f['picked'] for f in per)} | "
-                         f"{(m['pick'] - m['enqueued']) / se:+.2f} | {m['full']:.0f} | {m['wall']:.0f} |")
+                         f"{(m['pick'] - m['enqueued']) / se:+.2f} | {m['full']:.0f} | {m['wall']:.0f}{ratio} |")
     publish(lines, args.out)
 
 

@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--screen", type=float, default=0.25,
                    help="fraction of the first retrain epoch after which the gate screens a sampled trial (default 0.25; 0: at epoch 1)")
     p.add_argument("--keep", type=float, default=0.2, help="fraction of screened trials the gate lets go on (default 0.2; then the top half at each epoch)")
+    p.add_argument("--screen-samples", type=int, default=512,
+                   help="validation samples (a fixed random subset) of the screen and of every epoch but the last (default 512; 0: all)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
@@ -249,7 +251,7 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
     return SearchSettings(
         target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
         granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
-        proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep,
+        proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep, screen_samples=args.screen_samples,
         rank_multiple=space.rank_multiple, min_rank=space.min_rank, exclude=tuple(space.exclude),
         baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
 

@@ -77,7 +77,7 @@ def _figures(t: FrozenTrial | None) -> dict[str, Any]:
     if t is None:
         return {}
     return {"trial": t.number, "val": t.value, "test": t.user_attrs.get("test"), "before_retrain": t.user_attrs.get("before_retrain"),
-            "method": t.user_attrs.get("method")}
+            "before_retrain_samples": t.user_attrs.get("before_retrain_samples"), "method": t.user_attrs.get("method")}
 
 
 def _first(study: optuna.Study, method: str) -> FrozenTrial | None:
@@ -222,7 +222,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     ]
     lines = [f"| model | ratio | val {name} | test {name} | before retrain | trial |", "|---|---|---|---|---|---|"]
     for label, fig, ratio, trial in rows:
-        lines.append(f"| {label} | {_fmt(ratio)} | {_fmt(fig.get('val'))} | {_fmt(fig.get('test'))} | {_fmt(fig.get('before_retrain'))} | {trial} |")
+        before = _fmt(fig.get("before_retrain")) + (f" ({fig['before_retrain_samples']} val samples)" if fig.get("before_retrain_samples") else "")
+        lines.append(f"| {label} | {_fmt(ratio)} | {_fmt(fig.get('val'))} | {_fmt(fig.get('test'))} | {before} | {trial} |")
     t = summary["trials"]
     lines.append("")
     lines.append(f"Target ratio {summary['target_ratio']}; trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "

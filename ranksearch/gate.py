@@ -4,14 +4,17 @@ A sampled trial's first report (the built-in retrain reports the validation metr
 ``settings.screen`` of the first epoch, as step 0; a retrain of your own, its first report) is its
 *screen*. The gate lets it go on only if that value is among the best ``keep`` fraction of the
 values every trial of the study had at the same step (pruned ones included, as in asynchronous
-successive halving); at each later report (the end of an epoch but the last) it must be in the top
+successive halving), and if fewer than ``keep`` of the sampled trials screened so far went on (a
+budget of full retrains: when the incumbent improves, most trials near it rank high at the screen;
+the budget saved by earlier trials carries over), unless its screen is the best of the study so far;
+at each later report (the end of an epoch but the last) it must be in the top
 half of the values there. A trial that has finished its retrain is never pruned. Enqueued
 allocations (the seed rule, the baselines, warm starts) are never pruned: they are the references
 the search must beat, and the incumbent sampled trials start from.
 
 Every decision is logged (``ranksearch.gate`` logger) and kept in the trial's ``gate`` user attr:
-step, value, threshold, how many values it was ranked among, and ``promoted`` (``gate:<step>`` for the
-later reports).
+step, value, threshold, how many values it was ranked among, the budget used before it (``went_on``
+of ``screened``), and ``promoted`` (``gate:<step>`` for the later reports).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ _log = logging.getLogger(__name__)
 
 
 class GatePruner(optuna.pruners.BasePruner):
-    """Successive halving for sampled trials: the top ``keep`` of the study at the screen, then the top
-    half at each later report.
+    """Successive halving for sampled trials: the top ``keep`` of the study at the screen, within a budget
+    of ``keep`` of the sampled trials (a best screen always goes on), then the top half at each later report.
 
     Args:
-        keep: Fraction of the screened values a trial must be among to go on (ties go on).
+        keep: Fraction of the screened values a trial must be among to go on (ties go on), and of the
+            screened trials that may go on.
         later: The same fraction at every later report (the built-in retrain does not ask after its
             last epoch: a finished retrain is kept).
         n_min: With fewer values than this at a step (this trial's included), every trial goes on.
@@ -51,21 +55,29 @@ class GatePruner(optuna.pruners.BasePruner):
         value = float(trial.intermediate_values[step])
         screen = step == min(trial.intermediate_values)
         fraction = self.keep if screen else self.later
-        others = [float(t.intermediate_values[step]) for t in study.get_trials(deepcopy=False)
-                  if t.number != trial.number and step in t.intermediate_values
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        others = [float(t.intermediate_values[step]) for t in trials if step in t.intermediate_values
                   and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
         values = np.array([*others, value])
+        record: dict[str, object] = {"step": int(step), "value": value}
         if len(values) < self.n_min:
             threshold, promoted = float("-inf"), True
         else:
             threshold = float(np.quantile(values, 1.0 - fraction, method="higher"))
             promoted = value >= threshold
+        if screen:  # the budget: at most `keep` of the sampled trials screened so far go on, but a best screen does
+            gated = [t.user_attrs["gate"] for t in trials if "gate" in t.user_attrs]
+            went_on = sum(1 for g in gated if g.get("promoted"))
+            best = not others or value > max(others)
+            record.update(went_on=went_on, screened=len(gated), best=best)
+            promoted = best or (promoted and went_on < self.keep * (len(gated) + 1))
         rank = int((values > value).sum()) + 1
-        record = {"step": int(step), "value": value, "threshold": threshold, "rank": rank, "of": int(len(values)), "promoted": bool(promoted)}
+        record.update(threshold=threshold, rank=rank, of=int(len(values)), promoted=bool(promoted))
         study._storage.set_trial_user_attr(trial._trial_id, "gate" if screen else f"gate:{step}", record)
-        _log.info("trial %d %s at step %d: %.4f, %s of %d (threshold %s, top %.0f%%) -> %s", trial.number,
+        _log.info("trial %d %s at step %d: %.4f, %s of %d (threshold %s, top %.0f%%%s) -> %s", trial.number,
                   "screened" if screen else "checked", step, value, _ordinal(rank), len(values),
                   "none yet" if threshold == float("-inf") else f"{threshold:.4f}", 100 * fraction,
+                  f"; {record['went_on']} of the {record['screened']} screened before went on" if screen else "",
                   "goes on" if promoted else "pruned")
         return not promoted
 

@@ -100,6 +100,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     validate: bool = False,
     screen: float = 0.0,
+    subset: Dataset | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``task.train`` and return it (on ``device``, in eval mode).
 
@@ -114,6 +115,8 @@ def fit(
         validate: Evaluate ``task.val`` after each epoch (for pruning).
         screen: With ``validate``, also evaluate after this fraction of the first epoch and call
             ``on_epoch(0, value)`` (the gate pruner's cheap first look; 0: not).
+        subset: With ``validate``, the validation data of the screen and of every epoch's report but
+            the last (default: ``task.val``); the last epoch is always scored on ``task.val``.
     """
     device = device or best_device()
     torch.manual_seed(seed)
@@ -142,7 +145,7 @@ def fit(
             if step >= steps_per_epoch:
                 break
             if epoch == 1 and step == screen_at:  # never at steps_per_epoch: that is the epoch's own report
-                value = evaluate(model, task.val, task.metric, device=device)
+                value = evaluate(model, task.val if subset is None else subset, task.metric, device=device)
                 _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, value)
                 model.train()
                 if on_epoch is not None:
@@ -160,7 +163,8 @@ def fit(
             opt.step()
             sched.step()
             running += loss.detach()
-        value = evaluate(model, task.val, task.metric, device=device) if validate else None
+        data = task.val if subset is None or epoch == settings.epochs else subset
+        value = evaluate(model, data, task.metric, device=device) if validate else None
         _log.debug(
             "epoch %d/%d loss %.4f lr %.2e%s", epoch, settings.epochs, float(running) / max(1, steps_per_epoch),
             opt.param_groups[0]["lr"], "" if value is None else f" val {task.metric} {value:.4f}",

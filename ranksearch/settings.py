@@ -24,9 +24,10 @@ from ranksearch.retrain import RetrainSettings
 __all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PROPOSALS", "PRUNERS", "SAMPLERS", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 2
-#: fields added in version 2, with the values that reproduce a version-1 study
-_V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2}
+FORMAT_VERSION = 3
+#: fields added since each version, with the values that reproduce a study of that version
+_V2 = {"screen_samples": 0}
+_V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
 SAMPLERS = ("local", "tpe", "gp", "random", "cmaes")  #: sampler names, the default first
 PRUNERS = ("gate", "median", "hyperband", "none")  #: pruner names, the default first
 #: what a sampled trial's parameters are: per-layer log2 rank steps from the incumbent (the best trial so
@@ -55,8 +56,12 @@ class SearchSettings:
             in the ``incumbent`` space (searched steps range over ``[-1, 1]``: half to twice the rank).
         screen: Fraction of the first retrain epoch after which the built-in retrain reports the validation
             metric as step 0 (0: no screening report); the ``gate`` pruner screens sampled trials there.
-        keep: Fraction of the screened trials the ``gate`` pruner lets go on (the best ones; after
+        keep: Fraction of the screened trials the ``gate`` pruner lets go on (the best ones, and never
+            more than this fraction of the sampled trials so far unless one screens best of all; after
             that, the top half at each epoch but the last).
+        screen_samples: Validation samples (a fixed random subset) the built-in retrain scores the screen
+            and every epoch but the last on, and a sampled trial's metric before retrain (0: the whole
+            split). The last epoch, which is the trial's value, is always scored on the whole split.
         sampler: One of :data:`SAMPLERS` (or ``custom:<class>`` for an Optuna object given in Python).
         pruner: One of :data:`PRUNERS` (or ``custom:<class>``).
         granularity: One of :data:`GRANULARITIES`.
@@ -80,6 +85,7 @@ class SearchSettings:
     step: float = 0.2
     screen: float = 0.25
     keep: float = 0.2
+    screen_samples: int = 512
     sampler: str = SAMPLERS[0]
     pruner: str = PRUNERS[0]
     granularity: str = GRANULARITIES[0]
@@ -120,6 +126,9 @@ class SearchSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} {v!r} must be an int >= 1.")
+        v = self.screen_samples
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"screen_samples {v!r} must be an int >= 0 (validation samples of the screen; 0: all).")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed {self.seed!r} must be an int >= 0.")
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
@@ -159,14 +168,15 @@ class SearchSettings:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
         version = data.get("format_version")
-        if version not in (1, FORMAT_VERSION):
-            raise ConfigError(f"{origin} have format_version {version!r}; this ranksearch reads 1 and "
+        if version not in (1, 2, FORMAT_VERSION):
+            raise ConfigError(f"{origin} have format_version {version!r}; this ranksearch reads 1 to "
                              f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-        if version == 1:  # a version-1 study searched log-weights and had no screening: keep it so
-            if unknown := sorted(set(_V1) & set(body)):
-                raise ConfigError(f"{origin}: format_version 1 has no fields {unknown}.")
-            body = {**body, **_V1}
+        # version 1 searched log-weights without screening, version 2 screened on the whole validation split
+        if (added := {1: _V1, 2: _V2}.get(version)) is not None:
+            if unknown := sorted(set(added) & set(body)):
+                raise ConfigError(f"{origin}: format_version {version} has no fields {unknown}.")
+            body = {**body, **added}
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(body) - known):
             raise ConfigError(f"{origin}: unknown fields {unknown}.")

@@ -7,8 +7,8 @@ proposals, :mod:`ranksearch.proposals`) or a ``log10`` weight on the MSE bound (
 trial allocates on (plain SVD, or activation-whitened when data-aware). Every trial records, in its
 user attrs, what it allocated (``method``, ``log10w`` or ``log2r``, ``anchor`` and ``redraws``, ``ranks``,
 ``mse``, ``params``, ``ratio``, ``factors``), who ran it (``worker``), what it scored (``before_retrain``,
-the value, ``test``, and the gate's decisions ``gate``, ``gate:<step>``), and,
-when it was the best so far, the artifact id of its retrained weights (``weights``). A trial that
+on ``before_retrain_samples`` validation samples when not the whole split, the value, ``test``, and the
+gate's decisions ``gate``, ``gate:<step>``), and, when it was the best so far, the artifact id of its retrained weights (``weights``). A trial that
 raises is failed with ``error`` and ``traceback``; one interrupted by Ctrl-C is marked ``interrupted``.
 """
 
@@ -34,6 +34,7 @@ import xxhash
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from ranksearch._storage import worker_id
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
@@ -48,7 +49,7 @@ from ranksearch.task import Task
 from ranksearch.weights import save_state_dict
 
 __all__ = ["EXACT_ATTR", "PARAM_PREFIX", "RANK_ATTR", "REDRAWS", "STEP_PREFIX", "Evaluate", "Objective", "Retrain", "Views",
-           "build_views", "task_callables"]
+           "build_views", "task_callables", "val_subset"]
 
 _log = logging.getLogger(__name__)
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
@@ -95,12 +96,16 @@ class Objective:
         evaluate, retrain, test: The metric on validation data, the short retrain, the metric on test data.
         artifacts: Where a trial that beats the best so far uploads its retrained weights (None: nowhere).
         n_trials: The trial cap, for the log lines.
+        quick: ``(metric, samples)``: the metric on a subset of the validation data, which scores a
+            sampled trial before its retrain (the pruner may stop it after a fraction of an epoch, so
+            the whole split would cost it more than its screen); None: ``evaluate``.
     """
 
     def __init__(self, model: nn.Module, views: Views, settings: SearchSettings, centre: Mapping[str, float], *,
                  evaluate: Evaluate, retrain: Retrain | None, test: Evaluate | None,
-                 artifacts: Any = None, n_trials: int | None = None) -> None:
+                 artifacts: Any = None, n_trials: int | None = None, quick: tuple[Evaluate, int] | None = None) -> None:
         self.model, self.views, self.settings, self.target = model, views, settings, settings.target_ratio
+        self.quick = quick
         self.curves, self.factors = views.curves, views.factors
         self.evaluate, self.retrain, self.test = evaluate, retrain, test
         self.centre, self.artifacts, self.n_trials = dict(centre), artifacts, n_trials
@@ -237,14 +242,18 @@ class Objective:
                      if t.user_attrs.get("ranks") == ranks and t.user_attrs.get("factors") == kind), None)
         if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
             trial.set_user_attr("same_as", twin.number)
-            for key in ("before_retrain", "test"):
+            for key in ("before_retrain", "before_retrain_samples", "test"):
                 if key in twin.user_attrs:
                     trial.set_user_attr(key, twin.user_attrs[key])
             _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number,
                       trial.user_attrs["method"], twin.number, twin.value)
             return float(twin.value)  # type: ignore[arg-type]
         model = factorize(self.model, ranks, factors)
-        trial.set_user_attr("before_retrain", self.evaluate(model))
+        if self.quick is not None and trial.user_attrs["method"] == "searched":
+            trial.set_user_attr("before_retrain", float(self.quick[0](model)))
+            trial.set_user_attr("before_retrain_samples", self.quick[1])
+        else:
+            trial.set_user_attr("before_retrain", float(self.evaluate(model)))
         scored = None
         if self.retrain is not None:
             if _accepts_report(self.retrain):
@@ -291,10 +300,21 @@ def _report(trial: optuna.Trial, step: int, value: float | None, last: bool = Fa
         raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
 
 
+def val_subset(task: Task, samples: int) -> Dataset | None:
+    """A fixed random subset of ``samples`` validation samples (seed 0: the same in every process), or
+    None when ``samples`` is 0 or covers the whole split."""
+    n = len(task.val)  # type: ignore[arg-type]
+    if samples <= 0 or samples >= n:
+        return None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:samples]
+    return Subset(task.val, sorted(order.tolist()))
+
+
 def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int,
-                   screen: float = 0.0) -> tuple[Evaluate, Retrain, Evaluate]:
+                   screen: float = 0.0, subset: Dataset | None = None) -> tuple[Evaluate, Retrain, Evaluate]:
     """The built-in metric, retrain and test metric of a ``task``; the retrain reports the validation
-    metric after each epoch, and as step 0 after ``screen`` of the first epoch (when > 0)."""
+    metric after each epoch, and as step 0 after ``screen`` of the first epoch (when > 0), scoring
+    every report but the last on ``subset`` when given (:func:`val_subset`)."""
     def evaluate(model: nn.Module) -> float:
         return evaluate_metric(model, task.val, task.metric)
 
@@ -308,7 +328,7 @@ def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, se
             else:
                 report(step, value)
 
-        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen)
+        fit(model, task, settings, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen, subset=subset)
         return last[0]  # the validation metric after the last epoch (None without epochs)
 
     def test(model: nn.Module) -> float:

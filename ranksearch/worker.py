@@ -41,12 +41,12 @@ from ranksearch.errors import StudyError
 from ranksearch.gate import GatePruner
 from ranksearch.progress import bar
 from ranksearch.proposals import LocalSampler
-from ranksearch.retrain import RetrainSettings
+from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric
 from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
 from ranksearch.task import Task
-from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables
+from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables, val_subset
 from ranksearch.weights import state_digest
 
 __all__ = ["FINISHED", "Callables", "InterruptGate", "TrialSeeded", "TrialsFailing", "WorkersFailed", "callables_for", "check_model",
@@ -151,6 +151,7 @@ class Callables:
     retrain: Retrain | None
     test: Evaluate | None
     metric: str
+    quick: tuple[Evaluate, int] | None = None  #: the metric on the screen's validation subset, and its size
 
 
 def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None, evaluate: Evaluate | None,
@@ -159,8 +160,11 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
     if (task is None) == (evaluate is None):
         raise StudyError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
     if task is not None:
-        ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed, settings.screen)
-        return Callables(ev, re, te, task.metric)
+        subset = val_subset(task, settings.screen_samples)
+        ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed,
+                                    settings.screen, subset)
+        quick = None if subset is None else (lambda m: evaluate_metric(m, subset, task.metric), len(subset))  # type: ignore[arg-type]
+        return Callables(ev, re, te, task.metric, quick)
     return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
 
 
@@ -179,7 +183,7 @@ def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings:
     """The trial function of a set-up study (the prior's centre read from the study)."""
     centre = StudyAttrs(study).get("centre") or {}
     return Objective(model, views, settings, centre, evaluate=calls.evaluate, retrain=calls.retrain, test=calls.test,
-                     artifacts=artifacts, n_trials=n_trials)
+                     artifacts=artifacts, n_trials=n_trials, quick=calls.quick)
 
 
 def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables, *,

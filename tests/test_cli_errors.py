@@ -74,6 +74,7 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("step-too-long", [*BASE, "--ratio", "0.2", "--step", "2", "--out", f"{R}/o"], ["step 2.0", "log2"]),
     ("screen-past-epoch", [*BASE, "--ratio", "0.2", "--screen", "1.5", "--out", f"{R}/o"], ["screen 1.5"]),
     ("keep-zero", [*BASE, "--ratio", "0.2", "--keep", "0", "--out", f"{R}/o"], ["keep 0.0"]),
+    ("screen-samples-negative", [*BASE, "--ratio", "0.2", "--screen-samples", "-5", "--out", f"{R}/o"], ["screen_samples -5"]),
     ("seed-negative", [*BASE, "--ratio", "0.2", "--seed", "-1", "--out", f"{R}/o"], ["seed -1"]),
     ("epochs-negative", [*BASE[:-2], "--epochs", "-1", "--ratio", "0.2", "--out", f"{R}/o"], ["epochs (-1)"]),
     ("distill-two", [*BASE, "--ratio", "0.2", "--distill", "2", "--out", f"{R}/o"], ["distill", "[0, 1]"]),

@@ -131,7 +131,8 @@ def _summary() -> dict:
         "dense": {"val": 0.91, "test": 0.9},
         "seed_rule": {"trial": 0, "val": 0.8, "test": 0.79, "before_retrain": 0.5},
         "seed_rule_ratio": 0.4991,
-        "searched": {"trial": 7, "val": 0.85, "test": 0.84, "before_retrain": 0.55, "method": "searched"},
+        "searched": {"trial": 7, "val": 0.85, "test": 0.84, "before_retrain": 0.55, "before_retrain_samples": 512,
+                     "method": "searched"},
         "trials": {"complete": 8, "pruned": 2, "fail": 1},
         "wall_time_s": 12.5,
     }
@@ -146,7 +147,8 @@ def test_summary_table_contents() -> None:
     seed_row = next(line for line in lines if line.startswith("| seed rule"))
     assert all(v in seed_row for v in ("0.4991", "0.8000", "0.7900", "0.5000"))
     best_row = next(line for line in lines if line.startswith("| best (sampled trial)"))
-    assert all(v in best_row for v in ("0.4987", "0.8500", "0.8400", "0.5500", "| 7 |"))
+    assert all(v in best_row for v in ("0.4987", "0.8500", "0.8400", "0.5500 (512 val samples)", "| 7 |"))
+    assert "val samples" not in seed_row
     baseline = summary_table({**_summary(), "searched": {**_summary()["searched"], "method": "sensitivity"}})
     assert "| best (AIMET-style sensitivity) |" in baseline  # the best's method is named, never called "searched"
     assert "8 complete, 2 pruned, 1 failed" in text and "12.5 s" in text and "Target ratio 0.5" in text

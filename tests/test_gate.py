@@ -40,12 +40,16 @@ def test_enqueued_allocations_are_never_pruned() -> None:
 def test_only_the_top_fraction_of_screens_retrains(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ranksearch.gate")
     study = _study(keep=0.25)
-    first = [_run(study, v) for v in (0.50, 0.60, 0.70, 0.80)]  # fewer than 5 values: all go on
-    assert all(t.state == TrialState.COMPLETE and t.user_attrs["gate"]["promoted"] for t in first)
+    alone = _run(_study(keep=0.25), 0.1)  # fewer than 5 values: all go on
+    assert alone.state == TrialState.COMPLETE and alone.user_attrs["gate"]["threshold"] == float("-inf")
+    for v in (0.50, 0.60, 0.70, 0.80):
+        _run(study, v, method="uniform")
     bad, good, best = _run(study, 0.55), _run(study, 0.79), _run(study, 0.95)
     assert bad.state == TrialState.PRUNED and bad.user_attrs["gate"]["promoted"] is False
     assert good.state == TrialState.COMPLETE  # 0.79 is 2nd of 6: in the top quarter (ties and the 'higher' quantile go on)
+    # of the 2 sampled trials screened before it 1 went on: a quarter of 3 is less, but the best screen goes on
     assert best.state == TrialState.COMPLETE and best.user_attrs["gate"]["rank"] == 1
+    assert {k: best.user_attrs["gate"][k] for k in ("went_on", "screened", "best")} == {"went_on": 1, "screened": 2, "best": True}
     g = bad.user_attrs["gate"]
     assert (g["step"], g["value"], g["of"], g["rank"]) == (0, 0.55, 5, 4) and g["threshold"] > 0.55
     logged = [r.getMessage() for r in caplog.records]
@@ -58,9 +62,22 @@ def test_pruned_screens_count_so_the_bar_is_a_fraction_of_all_trials() -> None:
     values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     trials = [_run(study, v) for v in values]
     promoted = [t.user_attrs["gate"]["promoted"] for t in trials[4:]]
-    assert promoted == [True, True, True, True, True]  # rising values: each is in the top half of all so far
+    assert promoted == [True, True, True, True, True]  # rising values: each is the best screen so far
     falling = [_run(study, v) for v in (0.35, 0.45)]
     assert [t.state for t in falling] == [TrialState.PRUNED, TrialState.PRUNED]
+
+
+def test_at_most_keep_of_the_screened_trials_go_on() -> None:
+    """When every sampled trial ranks high at the screen (the incumbent improved), the budget rations
+    full retrains to ``keep`` of the screened trials, the unused budget carrying over."""
+    study = _study(keep=0.5)
+    for v in (0.1, 0.2, 0.3, 0.4, 0.5):
+        _run(study, v, method="uniform")
+    trials = [_run(study, v) for v in (0.9, 0.8, 0.85, 0.7, 0.75)]  # all in the top half of the study's screens
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+                                         TrialState.PRUNED, TrialState.COMPLETE]
+    assert [t.user_attrs["gate"]["went_on"] for t in trials] == [0, 1, 1, 2, 2]
+    assert trials[1].user_attrs["gate"]["value"] >= trials[1].user_attrs["gate"]["threshold"]  # ranked in, budget out
 
 
 def test_after_the_screen_each_report_must_be_in_the_top_half() -> None:

@@ -50,10 +50,20 @@ def test_sampled_trials_step_from_the_incumbent_onto_the_budget(dense_and_task, 
 
 def test_gate_screens_sampled_trials_and_keeps_the_references(dense_and_task):
     model, task = dense_and_task
-    res = search(model, SearchSettings(0.3, retrain=RetrainSettings(epochs=2, batch_size=32), keep=0.25, seed=1), task=task, n_trials=16)
+    settings = SearchSettings(0.3, retrain=RetrainSettings(epochs=2, batch_size=32), keep=0.25, screen_samples=100, seed=1)
+    res = search(model, settings, task=task, n_trials=16)
     trials = res.study.trials
     enqueued = [t for t in trials if t.user_attrs["method"] != "searched"]
     assert len(enqueued) == 4 and all(t.state == TrialState.COMPLETE for t in enqueued)
+    # the screen and epoch 1 are scored on 100 of the 400 validation digits, the last epoch on all of them;
+    # a sampled trial's metric before retrain on the 100, an enqueued one's on all
+    for t in trials:
+        for step, v in t.intermediate_values.items():
+            assert math.isclose(v * (100 if step < 2 else 400), round(v * (100 if step < 2 else 400)), abs_tol=1e-6)
+    assert all(t.user_attrs["before_retrain_samples"] == 100 for t in trials if t.user_attrs["method"] == "searched")
+    assert not any("before_retrain_samples" in t.user_attrs for t in enqueued)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
+    assert any(not math.isclose(t.value * 100, round(t.value * 100), abs_tol=1e-6) for t in done)
     gated = [t for t in trials if "gate" in t.user_attrs and "same_as" not in t.user_attrs]
     assert gated and all(0 in t.intermediate_values for t in gated)  # screened after part of the first epoch
     pruned = [t for t in gated if t.state == TrialState.PRUNED]

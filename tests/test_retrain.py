@@ -269,6 +269,24 @@ def test_task_validation(kwargs, words) -> None:
         assert word in str(info.value)
 
 
+def test_reports_before_the_last_epoch_are_scored_on_the_subset() -> None:
+    task = _task()
+    x, y = task.val.tensors
+    other = TensorDataset(x[:20], (y[:20] + 1) % 3)  # a different set: its accuracy is not val's
+    settings = RetrainSettings(epochs=3, batch_size=16, lr_start=0.05, lr_end=0.001)
+    seen: list[tuple[int, float, float, float]] = []
+
+    def on_epoch(step: int, value: float | None) -> None:
+        seen.append((step, value, evaluate(model, other, "accuracy", device=CPU), evaluate(model, task.val, "accuracy", device=CPU)))
+        model.train()
+
+    model = _net()
+    fit(model, task, settings, seed=1, device=CPU, validate=True, screen=0.5, subset=other, on_epoch=on_epoch)
+    assert [s[0] for s in seen] == [0, 1, 2, 3]
+    assert all(value == sub for step, value, sub, _ in seen if step < 3)
+    assert seen[-1][1] == seen[-1][3] != seen[-1][2]  # the last epoch: the whole validation split
+
+
 def test_screen_reports_step_zero_first_and_does_not_change_the_run() -> None:
     task = _task()
     settings = RetrainSettings(epochs=2, batch_size=16, lr_start=0.05, lr_end=0.001)

@@ -58,15 +58,27 @@ def test_bad_settings_are_refused_by_name(bad, words):
 def test_version_1_settings_keep_their_search():
     """A study stored by version 1 searched log-weights without screening: it still does when read."""
     v1 = {k: v for k, v in SearchSettings(0.2, sampler="tpe", pruner="median").to_dict().items()
-          if k not in ("proposals", "step", "screen", "keep")}
+          if k not in ("proposals", "step", "screen", "keep", "screen_samples")}
     v1["format_version"] = 1
     s = SearchSettings.from_dict(v1)
-    assert (s.proposals, s.screen, s.sampler, s.pruner) == ("weights", 0.0, "tpe", "median")
-    assert s.to_dict()["format_version"] == FORMAT_VERSION == 2
+    assert (s.proposals, s.screen, s.screen_samples, s.sampler, s.pruner) == ("weights", 0.0, 0, "tpe", "median")
+    assert s.to_dict()["format_version"] == FORMAT_VERSION == 3
     with pytest.raises(ValueError, match=r"format_version 1 has no fields \['screen'\]"):
         SearchSettings.from_dict({**v1, "screen": 0.5})
     new = SearchSettings(0.2)
-    assert (new.proposals, new.sampler, new.pruner) == ("incumbent", "local", "gate")
+    assert (new.proposals, new.sampler, new.pruner, new.screen_samples) == ("incumbent", "local", "gate", 512)
+
+
+def test_version_2_settings_screen_on_the_whole_split():
+    """A version-2 study scored its screens on the whole validation split: read back, it still does."""
+    v2 = {k: v for k, v in SearchSettings(0.2, keep=0.3).to_dict().items() if k != "screen_samples"}
+    v2["format_version"] = 2
+    s = SearchSettings.from_dict(v2)
+    assert (s.screen_samples, s.keep, s.screen) == (0, 0.3, 0.25)
+    with pytest.raises(ValueError, match=r"format_version 2 has no fields \['screen_samples'\]"):
+        SearchSettings.from_dict({**v2, "screen_samples": 64})
+    with pytest.raises(ValueError, match="screen_samples -1 must be an int >= 0"):
+        SearchSettings(0.2, screen_samples=-1)
 
 
 def test_from_dict_names_origin_and_field():
@@ -103,7 +115,7 @@ def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
     out = tmp_path / "run"
     assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "2", "--epochs", "1", "--spread", "2",
                  "--sampler", "random", "--seed", "3", "--proposals", "weights", "--step", "0.3", "--screen", "0.5", "--keep", "0.5",
-                 "--pruner", "median", "--out", str(out), "-q"]) == 0
+                 "--screen-samples", "40", "--pruner", "median", "--out", str(out), "-q"]) == 0
     study = optuna.load_study(study_name="tiny-digits@0.2", storage=open_storage(str(out / "study.journal")))
     stored = study.user_attrs["ranksearch:settings"]
     config = RankConfig.load(out / "rank_config.json").search["settings"]
@@ -112,7 +124,7 @@ def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
     assert set(stored) == {f.name for f in dataclasses.fields(SearchSettings)} | {"format", "format_version"}
     space = load_space("tiny-digits")
     from_python = SearchSettings(target_ratio=0.2, model="tiny-digits", space="tiny-digits", sampler="random", spread=2.0,
-                                 proposals="weights", step=0.3, screen=0.5, keep=0.5, pruner="median",
+                                 proposals="weights", step=0.3, screen=0.5, keep=0.5, screen_samples=40, pruner="median",
                                  factors="data-aware", exclude=tuple(space.exclude), retrain=dataclasses.replace(space.retrain, epochs=1),
                                  seed=3)
     model = space.build_model()
