@@ -45,8 +45,22 @@ AGGRESSIVE = 2  #: working points per space: the most aggressive ones
 def _settings(space: Any, wp: float, seed: int, options: dict[str, Any]) -> Any:
     from ranksearch import SearchSettings
 
-    return SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=seed, exclude=tuple(space.exclude),
-                          rank_multiple=space.rank_multiple, min_rank=space.min_rank, **options)
+    base = dict(target_ratio=wp, model=space.name, retrain=space.retrain, seed=seed, exclude=tuple(space.exclude),
+                rank_multiple=space.rank_multiple, min_rank=space.min_rank)
+    return SearchSettings(**{**base, **options})
+
+
+def _grid(options: dict[str, Any], model: Any, space: Any, wp: float) -> dict[str, Any]:
+    """``rank_multiple: "cuda"`` in the options: the grid ``auto`` takes on CUDA for this model and point
+    (8, halved until the point is reachable), so that its accuracy effect is measured on this CPU."""
+    if options.get("rank_multiple") != "cuda":
+        return options
+    from ranksearch import count_params
+    from ranksearch.cost import rank_multiple_for
+    from ranksearch.spectra import spectra
+
+    curves = spectra(model, exclude=space.exclude)
+    return {**options, "rank_multiple": rank_multiple_for(torch.device("cuda"), 1, curves, wp, count_params(model), space.min_rank)}
 
 
 def _load(name: str) -> tuple[Any, Any, Any]:
@@ -65,7 +79,8 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
 
     space, task, model = _load(name)
     t0 = time.time()
-    res = search(model, _settings(space, wp, seed, options), task=task, n_trials=trials, sensitivity=sensitivity)
+    res = search(model, _settings(space, wp, seed, _grid(options, model, space, wp)), task=task, n_trials=trials,
+                 sensitivity=sensitivity)
     rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
              "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
              "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
@@ -172,7 +187,7 @@ def main() -> None:
            + (" --no-today" if args.no_today else ""))
     used = next((r["settings"] for r in runs if r["variant"] == "new"), {})
     shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "screen_samples", "prior",
-                                    "factors")}
+                                    "factors", "rank_multiple")}
     lines = [
         f"## Quality: best enqueued allocation vs the search's pick, 12 and {args.trials} trials ({datetime.date.today()})",
         "",

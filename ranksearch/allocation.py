@@ -8,19 +8,20 @@ factorized model from a dense model and a config, refusing configs made for anot
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from ranksearch.config import LayerRank, RankConfig
+from ranksearch.cost import ModelCost, model_cost
 from ranksearch.errors import ConfigError
 from ranksearch.solver import Curve, Solution, ranks_for_bound, solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, factorize, find_layers
 from ranksearch.weights import load_state_dict
 
-__all__ = ["apply", "config_for", "load_factorized", "solve"]
+__all__ = ["apply", "config_for", "dense_reasons", "load_factorized", "solve"]
 
 
 def config_for(
@@ -34,14 +35,21 @@ def config_for(
     metric: dict[str, Any] | None = None,
     search: dict[str, Any] | None = None,
     mse: Mapping[str, float] | None = None,
+    cost: ModelCost | None = None,
+    rank_multiple: int = 1,
+    min_rank: int = 1,
+    exclude: Iterable[str] | Mapping[str, str] = (),
 ) -> RankConfig:
     """The :class:`RankConfig` of a solver solution for ``model`` (``mse``: per-layer errors to record
-    instead of the curves', e.g. a data-aware trial's output errors)."""
+    instead of the curves', e.g. a data-aware trial's output errors; ``cost``: the model's MACs per
+    sample, recorded per layer and in total; ``rank_multiple``, ``min_rank`` and ``exclude``: the
+    grid and the exclusions, to say why a layer stays dense)."""
     modules = dict(model.named_modules())
     ranks = {n: r for n, r in solution.ranks.items() if r is not None}
     layers = {}
     for name, rank in ranks.items():
         c = curves[name]
+        macs = {} if cost is None or name not in cost.positions else {"macs_before": cost.dense(name), "macs_after": cost.factorized(name, rank)}
         layers[name] = LayerRank(
             type=type(modules[name]).__name__,
             weight_shape=list(modules[name].weight.shape),
@@ -50,7 +58,14 @@ def config_for(
             mse=float(mse[name]) if mse is not None and name in mse else float(c.mse[rank]),
             params_before=c.dense_params,
             params_after=c.params(rank),
+            **macs,
         )
+    summary = {}
+    if cost is not None:
+        after = cost.total(ranks)
+        summary = {"input_shape": list(cost.input_shape), "macs_before": cost.dense_total, "macs_after": after,
+                   "macs_ratio": after / cost.dense_total if cost.dense_total else 1.0,
+                   "params_ratio": solution.params / solution.original_params}
     return RankConfig(
         model=model_name or type(model).__name__,
         target_ratio=float(target_ratio),
@@ -62,7 +77,29 @@ def config_for(
         source=dict(source or {}),
         metric=dict(metric or {}),
         search=dict(search or {}),
+        dense=dense_reasons(model, curves, solution, rank_multiple, min_rank, exclude),
+        cost=summary,
     )
+
+
+def dense_reasons(model: nn.Module, curves: Mapping[str, Curve], solution: Solution, rank_multiple: int = 1,
+                  min_rank: int = 1, exclude: Iterable[str] | Mapping[str, str] = ()) -> dict[str, str]:
+    """Why each Linear / Conv layer of ``model`` that ``solution`` does not factorize stays dense."""
+    found = find_layers(model, exclude)
+    out = dict(found.skipped)
+    for name in found.eligible:
+        if name not in curves:
+            out[name] = "excluded"
+    for name, rank in solution.ranks.items():
+        if rank is not None:
+            continue
+        c = curves[name]
+        if len(c.ranks(rank_multiple, min_rank)) == 0:
+            out[name] = (f"no rank on the grid (multiples of {rank_multiple}, at least {min_rank}) gives the {c.shape[0]}x"
+                         f"{c.shape[1]} weight a pair with fewer parameters and multiply-adds (at most rank {c.max_rank} does)")
+        else:
+            out[name] = "kept dense by the allocation: the rank its error bound needs would not save parameters and multiply-adds"
+    return out
 
 
 def solve(
@@ -77,6 +114,7 @@ def solve(
     cache_dir: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
     source: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> RankConfig:
     """Ranks for ``model`` without training: at a target ratio, or from an MSE bound.
 
@@ -91,6 +129,8 @@ def solve(
         cache_dir: Spectra cache folder.
         model_name: Recorded in the config (default: the model's class name).
         source: Where the dense model came from, recorded in the config.
+        input_shape: One input sample's shape (no batch dimension): the config then records the
+            multiply-adds per layer and in total (:mod:`ranksearch.cost`).
 
     Example:
         >>> import torch
@@ -111,7 +151,9 @@ def solve(
     settings = {"method": "mse_rule" if weights is None else "weighted_mse", "bound": solution.bound,
                 "rank_multiple": rank_multiple, "min_rank": min_rank, "exclude": _exclude_list(exclude)}
     ratio = target_ratio if target_ratio is not None else solution.ratio
-    return config_for(model, curves, solution, ratio, model_name=model_name, source=source, search=settings)
+    cost = model_cost(model, input_shape) if input_shape is not None else None
+    return config_for(model, curves, solution, ratio, model_name=model_name, source=source, search=settings, cost=cost,
+                      rank_multiple=rank_multiple, min_rank=min_rank, exclude=exclude)
 
 
 def _exclude_list(exclude: Iterable[str] | Mapping[str, str]) -> list[str]:

@@ -37,22 +37,27 @@ _log = logging.getLogger(__name__)
 Sensitivity = dict[str, list[tuple[int, float]]]
 
 
-def probe_ranks(max_rank: int) -> list[int]:
+def probe_ranks(max_rank: int, multiple: int = 1, min_rank: int = 1) -> list[int]:
     """Ranks at which a layer's sensitivity is measured: the powers of two below half its useful rank
-    range, and half of it (``max_rank`` 236 -> 1, 2, 4, ..., 64, 118; 7 -> 1, 2, 4)."""
-    if max_rank < 1:
+    range, and half of it (``max_rank`` 236 -> 1, 2, 4, ..., 64, 118; 7 -> 1, 2, 4), each rounded down
+    onto the rank grid (multiples of ``multiple``, at least ``min_rank``; 236 on a grid of 8 -> 8, 16,
+    32, 64, 112). None when no rank of the grid saves parameters."""
+    start = max(multiple, math.ceil(min_rank / multiple) * multiple)
+    top = max_rank // multiple * multiple
+    if top < start:
         return []
     ranks, r = {math.ceil(max_rank / 2)}, 1
     while r < max_rank / 2:
         ranks.add(r)
         r *= 2
-    return sorted(ranks)
+    return sorted({min(top, max(start, v // multiple * multiple)) for v in ranks})
 
 
 def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Mapping[str, Factors],
                         evaluate: Callable[[nn.Module], float], known: Mapping[str, Any] | None = None,
-                        on_layer: Callable[[str, list[tuple[int, float]]], None] | None = None) -> Sensitivity:
-    """Metric with one layer at a time truncated to each of its :func:`probe_ranks`.
+                        on_layer: Callable[[str, list[tuple[int, float]]], None] | None = None,
+                        rank_multiple: int = 1, min_rank: int = 1) -> Sensitivity:
+    """Metric with one layer at a time truncated to each of its :func:`probe_ranks` (on the rank grid).
 
     Layers in ``known`` (rows measured before, e.g. by a search that was interrupted) are not measured
     again; ``on_layer(name, rows)`` is called after each newly measured layer.
@@ -62,7 +67,7 @@ def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: 
         if known is not None and name in known:
             table[name] = [(int(r), float(v)) for r, v in known[name]]
             continue
-        table[name] = [(r, float(evaluate(factorize(model, {name: r}, factors)))) for r in probe_ranks(c.max_rank)]
+        table[name] = [(r, float(evaluate(factorize(model, {name: r}, factors)))) for r in probe_ranks(c.max_rank, rank_multiple, min_rank)]
         if on_layer is not None:
             on_layer(name, table[name])
         _log.info("sensitivity %d/%d %s: %s", i + 1, len(curves), name, ", ".join(f"r{r}={v:.3f}" for r, v in table[name]))

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ranksearch._io import atomic_write_text, check_writable
@@ -27,6 +28,7 @@ from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_stor
                                  open_storage)
 from ranksearch.allocation import apply, solve
 from ranksearch.config import RankConfig
+from ranksearch.cost import rank_multiple_for
 from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
 from ranksearch.retrain import best_device
@@ -41,6 +43,18 @@ from ranksearch.worker import TrialsFailing, WorkersFailed, check_model, run_wor
 __all__ = ["main"]
 
 _log = logging.getLogger("ranksearch")
+
+
+def _multiple(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rank multiple {text!r} is not an int; give e.g. 8, or auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"rank multiple {value} must be >= 1 (1: any rank), or auto")
+    return value
 
 
 def _ratio(text: str) -> float:
@@ -80,7 +94,8 @@ def _target_args(p: argparse.ArgumentParser, mse_bound: bool = False, several: b
         g.add_argument("--wp", help="working point of the space: WP1..WP4")
     if mse_bound:
         g.add_argument("--mse-bound", type=float, help="instead of a ratio: one MSE bound for every layer")
-    p.add_argument("--rank-multiple", type=int, help="round ranks to multiples of this (default: the space's)")
+    p.add_argument("--rank-multiple", type=_multiple, default="auto",
+                   help="round ranks to multiples of this; auto (default): 8 with CUDA (bf16 tensor cores), else the space's")
     p.add_argument("--min-rank", type=int, help="smallest rank allowed (default: the space's)")
 
 
@@ -169,7 +184,7 @@ def _run_args(p: argparse.ArgumentParser, storage: bool = True) -> None:
 
 def _space(args: argparse.Namespace) -> Space:
     space = load_space(args.space).with_weights(args.weights)
-    solver = {k: getattr(args, k) for k in ("rank_multiple", "min_rank") if getattr(args, k, None) is not None}
+    solver = {k: getattr(args, k) for k in ("rank_multiple", "min_rank") if getattr(args, k, None) not in (None, "auto")}
     if args.data is not None:
         solver["task_kwargs"] = {**space.task_kwargs, "data_dir": args.data}
     if getattr(args, "epochs", None) is not None or getattr(args, "distill", None) is not None:
@@ -209,21 +224,33 @@ def _solve(args: argparse.Namespace) -> int:
         raise RankSearchError(f"--mse-bound {args.mse_bound} must be a finite number >= 0 (an MSE per weight element).")
     check_writable(args.out, folder=False, what="--out")
     target = None if args.mse_bound is not None else _target(args, space)
-    cfg = solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=space.rank_multiple,
-                min_rank=space.min_rank, cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space))
+    grid = _grid(args, space, model, target if target is not None else 1.0)
+    cfg = solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=grid,
+                min_rank=space.min_rank, cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space),
+                input_shape=space.input_shape)
     cfg.save(args.out)
     print(_layer_report(cfg, find_layers(model, space.exclude).skipped))
     return 0
 
 
 def _layer_report(cfg: RankConfig, skipped: dict[str, str]) -> str:
-    """The seed's per-layer table: rank and parameters before and after, by layer name."""
-    lines = [f"{cfg.model}: ratio {cfg.achieved_ratio:.4f} (target {cfg.target_ratio}), "
-             f"{cfg.compressed_params:,} of {cfg.original_params:,} parameters",
-             "Param reduction:", "| layer | type | matrix | rank | params before | params after |", "|---|---|---|---|---|---|"]
+    """The seed's per-layer table: rank, parameters and (when the input shape is known) multiply-adds
+    before and after, by layer name; then the layers kept dense, with the reason."""
+    macs = bool(cfg.cost)
+    head = f"{cfg.model}: ratio {cfg.achieved_ratio:.4f} (target {cfg.target_ratio}), {cfg.compressed_params:,} of {cfg.original_params:,} parameters"
+    if macs:
+        head += (f"; multiply-adds {cfg.cost['macs_ratio']:.4f} ({cfg.cost['macs_after']:,} of {cfg.cost['macs_before']:,} per input "
+                 f"of shape {cfg.cost['input_shape']})")
+    lines = [head, "Param reduction:",
+             "| layer | type | matrix | rank | params before | params after |" + (" MACs before | MACs after |" if macs else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if macs else "")]
     for n, lr in cfg.layers.items():
-        lines.append(f"| {n} | {lr.type} | {lr.matrix[0]}x{lr.matrix[1]} | {lr.rank} | {lr.params_before:,} | {lr.params_after:,} |")
-    lines += [f"| {n} | - | - | dense | - | - ({why}) |" for n, why in skipped.items()]
+        row = f"| {n} | {lr.type} | {lr.matrix[0]}x{lr.matrix[1]} | {lr.rank} | {lr.params_before:,} | {lr.params_after:,} |"
+        if macs:
+            row += f" {lr.macs_before:,} | {lr.macs_after:,} |" if lr.macs_before is not None else " - | - |"
+        lines.append(row)
+    dense = {**skipped, **cfg.dense}
+    lines += [f"| {n} | - | - | dense | - | - ({why}) |" + (" - | - |" if macs else "") for n, why in dense.items()]
     return "\n".join(lines)
 
 
@@ -245,6 +272,15 @@ def _where(out: Path, cfg: RankConfig, storage: str | None) -> str:
     ])
 
 
+def _grid(args: argparse.Namespace, space: Space, model: nn.Module, target: float) -> int:
+    """The rank step: ``--rank-multiple N``, or for ``auto`` the space's (CPU) or 8 on CUDA, halved
+    until the target is reachable (:func:`~ranksearch.cost.rank_multiple_for`)."""
+    if getattr(args, "rank_multiple", "auto") != "auto":
+        return space.rank_multiple
+    curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude) if best_device().type == "cuda" else None
+    return rank_multiple_for(best_device(), space.rank_multiple, curves, target, count_params(model), space.min_rank)
+
+
 def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSettings:
     """The one settings object of a search, built from the space and the flags."""
     ref = args.space if not args.space.endswith((".yaml", ".yml")) and "/" not in args.space else str(Path(args.space).resolve())
@@ -252,7 +288,8 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
         target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
         granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
         proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep, screen_samples=args.screen_samples,
-        rank_multiple=space.rank_multiple, min_rank=space.min_rank, exclude=tuple(space.exclude),
+        rank_multiple="auto" if args.rank_multiple == "auto" else space.rank_multiple, min_rank=space.min_rank,
+        exclude=tuple(space.exclude),
         baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
 
 
@@ -294,8 +331,9 @@ def _search(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
-    for target in targets:  # every working point must be reachable before any of them writes a file
-        solve(model, target, exclude=space.exclude, rank_multiple=space.rank_multiple, min_rank=space.min_rank,
+    settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio)) for s in settings]
+    for s in settings:  # every working point must be reachable before any of them writes a file
+        solve(model, s.target_ratio, exclude=space.exclude, rank_multiple=s.rank_multiple, min_rank=space.min_rank,
               cache_dir=cache_root() / "spectra")
     sensitivity, warm, rows = None, [], []
     for s, o in zip(settings, outs):

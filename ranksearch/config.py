@@ -20,12 +20,13 @@ from ranksearch.errors import ConfigError
 __all__ = ["FORMAT", "FORMAT_VERSION", "LayerRank", "RankConfig"]
 
 FORMAT = "ranksearch.rank_config"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  #: 2 adds the layers kept dense (``dense``), the cost model (``cost``) and per-layer MACs
 
 
 @dataclass(frozen=True)
 class LayerRank:
-    """Per-layer details of a factorized layer (the CE1 tables' "Param Reduction" column)."""
+    """Per-layer details of a factorized layer (the CE1 tables' "Param Reduction" column); multiply-adds
+    per sample for the model's input shape when it was known (:mod:`ranksearch.cost`)."""
 
     type: str
     weight_shape: list[int]
@@ -34,6 +35,8 @@ class LayerRank:
     mse: float
     params_before: int
     params_after: int
+    macs_before: int | None = None
+    macs_after: int | None = None
 
     def __post_init__(self) -> None:
         def ints(v: object, n: int | None = None) -> bool:
@@ -48,6 +51,9 @@ class LayerRank:
                               f"{self.params_before!r}, {self.params_after!r}.")
         if isinstance(self.mse, bool) or not isinstance(self.mse, (int, float)):
             raise ConfigError(f"layer mse must be a number; got {self.mse!r}.")
+        if (self.macs_before is None) != (self.macs_after is None) or (self.macs_before is not None and not ints([self.macs_before, self.macs_after])):
+            raise ConfigError(f"layer macs_before and macs_after must both be positive ints or both absent; got "
+                              f"{self.macs_before!r}, {self.macs_after!r}.")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class RankConfig:
         source: Where the dense model came from (``space``, ``space_file``, ``factory``, ``weights``).
         metric: Metric name and values (``dense``, ``seed_rule``, ``after_retrain``, ...), if measured.
         search: The settings that produced the config (method, trials, seed, retrain recipe, ...).
+        dense: Module name -> why it stays dense, for every Linear / Conv layer not in ``ranks``
+            (excluded, grouped, or no rank on the grid that saves parameters and multiply-adds).
+        cost: The cost model, when the input shape was known: ``input_shape`` (one sample),
+            ``macs_before`` and ``macs_after`` (multiply-adds per sample of the Linear / Conv layers),
+            ``macs_ratio`` and ``params_ratio``.
     """
 
     model: str
@@ -77,16 +88,20 @@ class RankConfig:
     source: dict[str, Any] = field(default_factory=dict)
     metric: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    dense: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.format != FORMAT or self.format_version != FORMAT_VERSION:
+        if self.format != FORMAT or self.format_version not in (1, FORMAT_VERSION):
             raise ConfigError(
                 f"Rank config format {self.format!r} v{self.format_version} is not supported; "
-                f"expected {FORMAT!r} v{FORMAT_VERSION}."
+                f"expected {FORMAT!r} v1 or v{FORMAT_VERSION} (a newer ranksearch wrote it: upgrade)."
             )
-        for name, kind in (("model", str), ("ranks", dict), ("layers", dict), ("source", dict), ("metric", dict), ("search", dict)):
+        object.__setattr__(self, "format_version", FORMAT_VERSION)  # a v1 config is a v2 one without dense or cost
+        for name, kind in (("model", str), ("ranks", dict), ("layers", dict), ("source", dict), ("metric", dict), ("search", dict),
+                           ("dense", dict), ("cost", dict)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"field {name!r} must be a {'JSON object' if kind is dict else 'string'}, "
                                   f"got {type(getattr(self, name)).__name__}.")
@@ -117,6 +132,8 @@ class RankConfig:
         mismatch = [k for k, v in layers.items() if v.rank != self.ranks[k]]
         if mismatch:
             raise ConfigError(f"layers[...].rank disagrees with ranks for {mismatch}.")
+        if both := sorted(set(self.dense) & set(self.ranks)):
+            raise ConfigError(f"layers {both} are both factorized (ranks) and kept dense (dense).")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, format keys first."""

@@ -36,6 +36,7 @@ from torch import nn
 from ranksearch._io import atomic_write_text
 from ranksearch._storage import StudyAttrs
 from ranksearch.allocation import config_for
+from ranksearch.cost import model_cost
 from ranksearch.baselines import Sensitivity
 from ranksearch.config import RankConfig
 from ranksearch.decompose import Factors
@@ -155,6 +156,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     ends = [t.datetime_complete.timestamp() for t in study.trials if t.datetime_complete is not None]
     wall = round(max(ends) - created, 1) if created and ends else None
     total = count_params(model)
+    shape = attrs.get("input_shape")
+    cost = model_cost(model, shape) if shape else None
     record = {"method": "optuna", "study_name": study.study_name, "settings": settings.to_dict(), "trials": counts,
               "best_trial": best.number, "wall_time_s": wall}
 
@@ -163,14 +166,15 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
                           source=source if source is not None else attrs.get("source"), metric=metric,
                           search={**record, "factors": t.user_attrs.get("factors"), "trial_method": t.user_attrs.get("method"),
                                   "trial": t.number},
-                          mse=t.user_attrs.get("mse"))
+                          mse=t.user_attrs.get("mse"), cost=cost, rank_multiple=settings.rank_multiple,
+                          min_rank=settings.min_rank, exclude=settings.exclude)
 
     cfg = config_of(best)
     if count_params(best_model) != cfg.compressed_params:
         raise StudyError(f"Trial {best.number}'s weights have {count_params(best_model)} parameters, its ranks {cfg.compressed_params}.")
     summary = {"target_ratio": settings.target_ratio, "achieved_ratio": best.user_attrs["ratio"], "trials": counts,
                "wall_time_s": wall, "seed_rule_ratio": seed_trial.user_attrs["ratio"] if seed_trial else None,
-               "best_method": best.user_attrs.get("method"), **metric}
+               "best_method": best.user_attrs.get("method"), "cost": cfg.cost, **metric}
     table = attrs.get("sensitivity")
     sensitivity = {n: [(int(r), float(v)) for r, v in rows] for n, rows in table.items()} if table else None
     return SearchResult(config=cfg, study=study, model=best_model, seed_rule=config_of(seed_trial) if seed_trial else None,
@@ -228,19 +232,26 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"Target ratio {summary['target_ratio']}; trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
                  f"{t.get('fail', 0)} failed; wall time {summary['wall_time_s']} s.")
+    if cost := summary.get("cost"):
+        lines.append("")
+        lines.append(f"Cost of the best model: parameters {cost['params_ratio']:.4f} of the dense model's, multiply-adds "
+                     f"{cost['macs_ratio']:.4f} ({cost['macs_after']:,} against {cost['macs_before']:,} MACs per input of "
+                     f"shape {cost['input_shape']}, Linear/Conv layers).")
     return "\n".join(lines) + "\n"
 
 
 def working_points_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown table over several working points: test metric of every method (val in brackets)."""
+    """Markdown table over several working points: the best model's parameter and MACs ratios, and the
+    test metric of every method (val in brackets)."""
     name = summaries[0].get("name", "metric") if summaries else "metric"
     methods = [m for m in ("seed_rule", "uniform", "sensitivity", "sensitivity_sum", "searched") if any(m in s for s in summaries)]
-    lines = [f"| target | ratio | dense | {' | '.join(methods)} | trials | wall s |",
-             "|---" * (len(methods) + 5) + "|"]
+    lines = [f"| target | ratio | MACs ratio | dense | {' | '.join(methods)} | trials | wall s |",
+             "|---" * (len(methods) + 6) + "|"]
     for s in summaries:
         cells = [f"{_fmt(s.get(m, {}).get('test'))} ({_fmt(s.get(m, {}).get('val'))})" for m in methods]
         t = s["trials"]
-        lines.append(f"| {s['target_ratio']} | {_fmt(s['achieved_ratio'])} | {_fmt(s['dense'].get('test'))} | "
+        macs = _fmt((s.get("cost") or {}).get("macs_ratio"))
+        lines.append(f"| {s['target_ratio']} | {_fmt(s['achieved_ratio'])} | {macs} | {_fmt(s['dense'].get('test'))} | "
                      f"{' | '.join(cells)} | {t.get('complete', 0)}+{t.get('pruned', 0)} pruned | {s['wall_time_s']} |")
     return f"Test {name} (val {name} in brackets) after the same short retrain.\n\n" + "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ Optuna storage; by default a journal file in the output folder, so a killed sear
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -40,9 +41,11 @@ from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_stor
 from ranksearch.baselines import Sensitivity
 from ranksearch.errors import StudyError
 from ranksearch.export import SearchResult, collect
-from ranksearch.retrain import RetrainSettings
+from ranksearch.cost import rank_multiple_for
+from ranksearch.retrain import RetrainSettings, best_device
 from ranksearch.settings import CUSTOM, GRANULARITIES, PRUNERS, SAMPLERS, SearchSettings
 from ranksearch.solver import solve_ratio
+from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, factorize
 from ranksearch.task import Task
 from ranksearch.trial import Evaluate, Retrain
@@ -57,8 +60,8 @@ _log = logging.getLogger(__name__)
 def resolve_settings(model: nn.Module, settings: SearchSettings | float, *, task: Task | None = None,
                      calibration: Iterable[Any] | None = None, sampler: optuna.samplers.BaseSampler | None = None,
                      pruner: optuna.pruners.BasePruner | None = None) -> SearchSettings:
-    """The settings a study stores: ``factors="auto"`` resolved, the model's name and weights digest
-    filled in, the retrain recipe of a task defaulted, custom sampler/pruner objects named."""
+    """The settings a study stores: ``factors="auto"`` and ``rank_multiple="auto"`` resolved, the
+    model's name and weights digest filled in, the retrain recipe of a task defaulted, custom sampler/pruner objects named."""
     s = settings if isinstance(settings, SearchSettings) else SearchSettings(target_ratio=settings)
     digest = state_digest(model.state_dict())
     if s.weights_digest and s.weights_digest != digest:
@@ -69,6 +72,9 @@ def resolve_settings(model: nn.Module, settings: SearchSettings | float, *, task
         changes["factors"] = "data-aware" if (calibration is not None or task is not None) else "plain"
     elif s.factors == "data-aware" and calibration is None and task is None:
         raise StudyError("factors='data-aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
+    if s.rank_multiple == "auto":
+        curves = spectra(model, exclude=s.exclude) if best_device().type == "cuda" else None
+        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank)
     if task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if task is None and s.retrain is not None:
@@ -107,6 +113,7 @@ def search(
     heartbeat: int = HEARTBEAT_S,
     grace: int = GRACE_S,
     progress: bool = False,
+    input_shape: Sequence[int] | None = None,
 ) -> SearchResult:
     """Search the rank allocation of ``model`` that scores best after a short retrain.
 
@@ -142,6 +149,8 @@ def search(
         heartbeat, grace: Heartbeat interval and grace period (seconds) of a database storage.
         progress: Show progress bars (sensitivity, trials with counter and ETA) on stderr. Log lines
             go to the ``ranksearch`` logger either way (one per trial, with its method).
+        input_shape: One input sample's shape (no batch dimension) for the configs' multiply-adds
+            (default: the task's first validation input; without a task and this, no MACs are recorded).
     """
     settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner)
     if n_trials is not None and n_trials < 1:
@@ -165,6 +174,8 @@ def search(
             raise StudyError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
                              "give per-layer log10 weights of this model (a trial's user_attrs['log10w']).")
     calls = callables_for(model, settings, task, evaluate, retrain)
+    if input_shape is not None:
+        calls = dataclasses.replace(calls, input_shape=tuple(int(d) for d in input_shape))
     store = open_storage(storage, out_dir, heartbeat=heartbeat, grace=grace)
     name = study_name or f"{settings.model}@{settings.target_ratio:g}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -68,7 +68,8 @@ class SearchSettings:
         prior: One of :data:`PRIORS`.
         spread: Searched per-layer weights on the MSE bound range over ``10**[-spread, spread]``.
         factors: One of :data:`FACTORS`; ``search`` resolves ``auto`` before the study stores it.
-        rank_multiple: Ranks are multiples of this.
+        rank_multiple: Ranks are multiples of this; ``"auto"`` (the default): 8 when the retrain runs on
+            CUDA (bf16 tensor cores), else 1 (``search`` resolves it before the study stores it).
         min_rank: Smallest rank allowed.
         exclude: Layer names or regular expressions kept dense.
         baselines: Enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule.
@@ -92,7 +93,7 @@ class SearchSettings:
     prior: str = PRIORS[0]
     spread: float = 3.0
     factors: str = FACTORS[0]
-    rank_multiple: int = 1
+    rank_multiple: int | str = "auto"
     min_rank: int = 1
     exclude: tuple[str, ...] = ()
     baselines: bool = True
@@ -124,8 +125,8 @@ class SearchSettings:
             object.__setattr__(self, name, float(v))
         for name in ("rank_multiple", "min_rank"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} {v!r} must be an int >= 1.")
+            if (isinstance(v, bool) or not isinstance(v, int) or v < 1) and not (name == "rank_multiple" and v == "auto"):
+                raise ConfigError(f"{name} {v!r} must be an int >= 1{' or auto' if name == 'rank_multiple' else ''}.")
         v = self.screen_samples
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"screen_samples {v!r} must be an int >= 0 (validation samples of the screen; 0: all).")

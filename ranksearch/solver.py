@@ -43,7 +43,9 @@ import numpy as np
 
 from ranksearch.errors import RankSearchError
 
-__all__ = ["Curve", "Solution", "log2_ranks", "project_ranks", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
+BAND = 0.005  #: an allocation lands within this fraction of the model below its target ratio where the rank steps allow
+
+__all__ = ["BAND", "Curve", "Solution", "log2_ranks", "project_ranks", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,9 @@ def project_ranks(
     an allowed rank; dense when that is at least ``min(m, n)``), ``c`` the largest whose allocation fits
     ``target_ratio``; what is left is then spent one allowed rank step at a time on the layer furthest
     below its shifted target (in ``log2``), so a step of ``+0.5`` in one layer means the same relative
-    change of its rank, and so of its parameters, whichever layer it is.
+    change of its rank, and so of its parameters, whichever layer it is. On a rank grid (``rank_multiple``
+    > 1), should more than :data:`BAND` of the model still be unspent (coarse steps: a grid of 8 on a
+    small model), exchanges (steps back in one layer, then refill) are tried until it is not.
 
     Raises:
         RankSearchError: for a ratio outside (0, 1], a target that is not finite, or an unreachable target.
@@ -395,4 +399,7 @@ def project_ranks(
         j = int(np.argmax(np.where(ok, t + lo - logv[rows, idx], -np.inf)))
         idx[j] += 1
         left -= int(step[j])
+    if rank_multiple > 1 and left > BAND * total_params:  # coarse steps (a grid of 8, small model): exchange to fill the band
+        below = np.maximum(0.0, (t + lo)[:, None] - logv)  # how far each choice is under its layer's target, in log2
+        idx = _tighten(opts, below, idx, budget, total_params, slack=BAND)
     return _solution(opts, idx, float("nan"), fixed, total_params)

@@ -36,7 +36,7 @@ FORMAT = "ranksearch.space"
 FORMAT_VERSION = 1
 _FIELDS = {
     "format", "format_version", "name", "description", "model", "task", "working_points", "layers",
-    "pretrain", "retrain", "solver", "metric",
+    "pretrain", "retrain", "solver", "metric", "input_shape",
 }
 
 
@@ -113,6 +113,7 @@ class Space:
     min_rank: int = 1
     description: str = ""
     metric: str | None = None
+    input_shape: tuple[int, ...] | None = None  #: one input sample's shape (no batch dimension), for the cost model
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_weights(self, weights: str | None) -> Space:
@@ -228,8 +229,18 @@ def parse_space(data: Any, path: Path) -> Space:
         min_rank=_get(solver, "min_rank", int, f"{where} 'solver'", 1),
         description=_get(data, "description", str, where, ""),
         metric=_get(data, "metric", (str, type(None)), where, None),
+        input_shape=_shape(data, where),
         raw=data,
     )
+
+
+def _shape(data: dict[str, Any], where: str) -> tuple[int, ...] | None:
+    shape = _get(data, "input_shape", (list, type(None)), where, None)
+    if shape is None:
+        return None
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise SpaceError(f"{where}: field 'input_shape' must list positive ints (one sample, no batch), got {shape!r}.")
+    return tuple(shape)
 
 
 def load_space(name_or_path: str | os.PathLike[str]) -> Space:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 import xxhash
 from optuna.trial import TrialState
 from torch import nn
@@ -152,6 +153,16 @@ class Callables:
     test: Evaluate | None
     metric: str
     quick: tuple[Evaluate, int] | None = None  #: the metric on the screen's validation subset, and its size
+    input_shape: tuple[int, ...] | None = None  #: one input sample's shape (the task's), for the cost model
+
+
+def sample_shape(task: Task) -> tuple[int, ...] | None:
+    """Shape of the task's first validation input (None when it is not a tensor)."""
+    try:
+        x = task.val[0][0]  # type: ignore[index]
+    except (IndexError, TypeError, KeyError):
+        return None
+    return tuple(int(d) for d in x.shape) if isinstance(x, torch.Tensor) else None
 
 
 def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None, evaluate: Evaluate | None,
@@ -164,7 +175,7 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
         ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed,
                                     settings.screen, subset)
         quick = None if subset is None else (lambda m: evaluate_metric(m, subset, task.metric), len(subset))  # type: ignore[arg-type]
-        return Callables(ev, re, te, task.metric, quick)
+        return Callables(ev, re, te, task.metric, quick, sample_shape(task))
     return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
 
 
@@ -200,6 +211,8 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
     def beat() -> None:  # tells joiners on other hosts that the setup is alive
         attrs.set("setup", {**setup, "at": time.time()})
 
+    if attrs.get("input_shape") is None and calls.input_shape is not None:
+        attrs.set("input_shape", list(calls.input_shape))
     if attrs.get("dense") is None:
         dense = {"val": float(calls.evaluate(copy.deepcopy(model)))}
         if calls.test is not None:
@@ -222,7 +235,8 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
                 shown.update(1)
 
             with shown:
-                table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep)
+                table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep,
+                                            rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
     if table is not None and attrs.get("sensitivity") is None:
         attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
     starts = _starting_points(model, views, settings.target_ratio, table)

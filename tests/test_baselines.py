@@ -58,6 +58,15 @@ def test_probe_ranks_are_powers_of_two_and_half(max_rank, expected):
     assert probe_ranks(max_rank) == expected
 
 
+@pytest.mark.parametrize(("max_rank", "multiple", "min_rank", "expected"),
+                         [(236, 8, 1, [8, 16, 32, 64, 112]), (236, 8, 20, [24, 32, 64, 112]), (12, 8, 1, [8]),
+                          (7, 8, 1, []), (60, 4, 1, [4, 8, 16, 28])])
+def test_probe_ranks_lie_on_the_rank_grid(max_rank, multiple, min_rank, expected):
+    got = probe_ranks(max_rank, multiple, min_rank)
+    assert got == expected
+    assert all(r % multiple == 0 and min_rank <= r <= max_rank for r in got)
+
+
 def _table():
     return {"a": [(1, 0.2), (2, 0.8), (4, 0.95)], "b": [(1, 0.5), (4, 0.9), (8, 0.97)], "c": [(1, 0.1), (8, 0.85), (16, 0.96)]}
 

@@ -78,7 +78,7 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("seed-negative", [*BASE, "--ratio", "0.2", "--seed", "-1", "--out", f"{R}/o"], ["seed -1"]),
     ("epochs-negative", [*BASE[:-2], "--epochs", "-1", "--ratio", "0.2", "--out", f"{R}/o"], ["epochs (-1)"]),
     ("distill-two", [*BASE, "--ratio", "0.2", "--distill", "2", "--out", f"{R}/o"], ["distill", "[0, 1]"]),
-    ("rank-multiple-zero", [*BASE, "--ratio", "0.2", "--rank-multiple", "0", "--out", f"{R}/o"], ["rank_multiple 0"]),
+    ("rank-multiple-zero", [*BASE, "--ratio", "0.2", "--rank-multiple", "0", "--out", f"{R}/o"], ["rank multiple 0"]),
     ("out-empty", [*BASE, "--ratio", "0.2", "--out", ""], ["--out is empty"]),
     ("out-is-file", [*BASE, "--ratio", "0.2", "--out", f"{R}/a_file"], ["is a file"]),
     ("out-under-file", [*BASE, "--ratio", "0.2", "--out", f"{R}/a_file/sub"], ["under the file"]),

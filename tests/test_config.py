@@ -12,15 +12,15 @@ import ranksearch._io as rio
 from ranksearch.config import FORMAT, FORMAT_VERSION, LayerRank, RankConfig
 
 KEYS = {"format", "format_version", "model", "target_ratio", "achieved_ratio", "original_params",
-        "compressed_params", "ranks", "layers", "metric", "search", "source"}
+        "compressed_params", "ranks", "layers", "metric", "search", "source", "dense", "cost"}
 
 
 def _data() -> dict:
     """A consistent config: fc (64 x 128 at rank 8) and conv (32 x 144 at rank 4) of a 20000-weight model."""
     fc = dict(type="Linear", weight_shape=[64, 128], matrix=[64, 128], rank=8, mse=0.01,
-              params_before=64 * 128, params_after=8 * (64 + 128))
+              params_before=64 * 128, params_after=8 * (64 + 128), macs_before=64 * 128, macs_after=8 * (64 + 128))
     conv = dict(type="Conv2d", weight_shape=[32, 16, 3, 3], matrix=[32, 144], rank=4, mse=0.02,
-                params_before=32 * 144, params_after=4 * (32 + 144))
+                params_before=32 * 144, params_after=4 * (32 + 144), macs_before=32 * 144 * 49, macs_after=4 * (32 + 144) * 49)
     original = 20000
     compressed = original - (64 * 128 - 8 * 192) - (32 * 144 - 4 * 176)
     return {
@@ -36,6 +36,9 @@ def _data() -> dict:
         "metric": {"name": "accuracy", "dense": 0.9, "after_retrain": 0.85},
         "search": {"method": "tpe", "trials": 3, "seed": 0},
         "source": {"space": "tiny-digits"},
+        "dense": {"stem": "depthwise convolution (groups=16)"},
+        "cost": {"input_shape": [16, 7, 7], "macs_before": 64 * 128 + 32 * 144 * 49 + 1000,
+                 "macs_after": 8 * 192 + 4 * 176 * 49 + 1000, "macs_ratio": 0.2, "params_ratio": compressed / original},
     }
 
 
@@ -62,17 +65,31 @@ def test_json_has_documented_keys(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert set(data) == KEYS
     assert list(data)[:2] == ["format", "format_version"]
-    assert data["format"] == "ranksearch.rank_config" and data["format_version"] == 1
+    assert data["format"] == "ranksearch.rank_config" and data["format_version"] == 2
     assert data == _data()
-    assert set(data["layers"]["fc"]) == {"type", "weight_shape", "matrix", "rank", "mse", "params_before", "params_after"}
+    assert set(data["layers"]["fc"]) == {"type", "weight_shape", "matrix", "rank", "mse", "params_before", "params_after",
+                                         "macs_before", "macs_after"}
+
+
+def test_version_1_config_reads_without_dense_and_cost(tmp_path: Path) -> None:
+    """A config written before the cost model (version 1) still loads; saved again it is version 2."""
+    v1 = _data()
+    v1["format_version"] = 1
+    for k in ("dense", "cost"):
+        v1.pop(k)
+    for layer in v1["layers"].values():
+        layer.pop("macs_before"), layer.pop("macs_after")
+    config = RankConfig.load(_write(tmp_path, v1))
+    assert config.dense == {} and config.cost == {} and config.layers["fc"].macs_before is None
+    assert config.to_dict()["format_version"] == FORMAT_VERSION == 2
 
 
 def test_direct_construction_defaults() -> None:
     d = _data()
-    for k in ("format", "format_version", "metric", "search", "source"):
+    for k in ("format", "format_version", "metric", "search", "source", "dense", "cost"):
         d.pop(k)
     config = RankConfig(**d)
-    assert config.metric == {} and config.search == {} and config.source == {}
+    assert config.metric == {} and config.search == {} and config.source == {} and config.dense == {} and config.cost == {}
     assert config.to_dict()["format"] == FORMAT
 
 
@@ -119,7 +136,10 @@ def _layer_field(key, value):
     [
         (_mutate(format="something.else"), ["format"]),
         (_mutate(format=_DROP), ["format"]),
-        (_mutate(format_version=2), ["v2"]),
+        (_mutate(format_version=3), ["v3", "upgrade"]),
+        (_mutate(dense={"fc": "kept"}), ["fc", "both"]),
+        (_layer_field("macs_after", None), ["macs_before", "both"]),
+        (_layer_field("macs_after", 0), ["macs_before", "positive"]),
         (_mutate(extra_field=1), ["extra_field"]),
         (_mutate(model=_DROP), ["model"]),
         (_mutate(ranks=_DROP), ["ranks"]),

@@ -155,6 +155,11 @@ def test_summary_table_contents() -> None:
     no_seed = summary_table({**_summary(), "seed_rule": {}, "seed_rule_ratio": None})
     seed_row = next(line for line in no_seed.splitlines() if line.startswith("| seed rule"))
     assert seed_row.count("| - ") >= 5
+    assert "multiply-adds" not in text  # no input shape, no cost model
+    cost = {"input_shape": [1, 28, 28], "macs_before": 12_000_000, "macs_after": 4_500_000, "macs_ratio": 0.375, "params_ratio": 0.4987}
+    with_cost = summary_table({**_summary(), "cost": cost})
+    assert ("parameters 0.4987 of the dense model's, multiply-adds 0.3750 (4,500,000 against 12,000,000 MACs per input of "
+            "shape [1, 28, 28]") in with_cost
 
 
 def test_write_results_writes_every_file(tmp_path: Path) -> None:

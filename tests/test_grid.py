@@ -1,0 +1,119 @@
+"""Hardware-aware ranks: every solver path allocates on the rank grid and lands on the working point.
+
+The spaces' own architectures (random initialization: the spectra are what matters, no training) at
+every working point with the tensor-core grid of 8: the CE1 rule, a weighted bound (the baselines and
+the weights space), the incumbent projection (sampled trials) and the sensitivity probes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ranksearch import RetrainSettings, SearchSettings, load_space, search
+from ranksearch.baselines import log_weights_for, probe_ranks, uniform_ranks
+from ranksearch.cost import TENSOR_CORE_MULTIPLE, rank_multiple_for
+from ranksearch.solver import BAND, log2_ranks, project_ranks, reachable_ratio, solve_ratio
+from ranksearch.spectra import spectra
+from ranksearch.surgery import count_params
+
+CASES = [(name, wp) for name in ("mnist5k-cnn", "dcase-audio", "image-compression")
+         for wp in load_space(name).working_points]
+
+
+def _random(name: str) -> torch.nn.Module:
+    from ranksearch.spaces import resolve
+
+    space = load_space(name)
+    torch.manual_seed(0)
+    return resolve(space.model_factory)(**space.model_kwargs)
+
+
+def _check(sol, curves, target: float, total: int, grid: int) -> None:
+    ranks = {n: r for n, r in sol.ranks.items() if r is not None}
+    assert all(r % grid == 0 for r in ranks.values()), ranks
+    params = total - sum(c.dense_params - c.params(ranks[n]) for n, c in curves.items() if n in ranks)
+    assert params == sol.params
+    assert target - 0.005 <= sol.ratio <= target, (sol.ratio, target)
+
+
+@pytest.mark.parametrize("name,wp", CASES)
+def test_every_solver_path_is_on_the_auto_grid_and_at_the_working_point(name: str, wp: float) -> None:
+    """The grid auto takes on CUDA (8, or coarser steps halved until the CE1 rule lands in the band):
+    the CE1 rule, a baseline's weights, random weights (the weights space), random steps from an
+    incumbent (the incumbent space) and the sensitivity probes all use it and land within 0.005 below."""
+    model = _random(name)
+    curves = spectra(model, exclude=load_space(name).exclude)
+    total = count_params(model)
+    grid = rank_multiple_for(torch.device("cuda"), 1, curves, wp, total)
+    assert grid in (1, 2, 4, 8)
+    if grid < TENSOR_CORE_MULTIPLE:  # the coarser grid would not reach the point or not land in the band
+        coarse = 2 * grid
+        assert (reachable_ratio(curves, total, coarse) > wp
+                or solve_ratio(curves, wp, total, None, coarse).ratio < wp - BAND)
+    _check(solve_ratio(curves, wp, total, None, grid), curves, wp, total, grid)  # the CE1 rule
+    fixed = total - sum(c.dense_params for c in curves.values())
+    logw = log_weights_for(curves, uniform_ranks(curves, math.floor(wp * total) - fixed))  # a baseline's weights
+    _check(solve_ratio(curves, wp, total, {n: 10.0**v for n, v in logw.items()}, grid), curves, wp, total, grid)
+    rng = np.random.default_rng(0)
+    base = log2_ranks(curves, solve_ratio(curves, wp, total, None, grid).ranks)
+    for _ in range(5):  # weights-space trials and incumbent-space trials
+        _check(solve_ratio(curves, wp, total, {n: 10.0 ** rng.uniform(-3, 3) for n in curves}, grid), curves, wp, total, grid)
+        targets = {n: v + rng.normal(0, 0.3) for n, v in base.items()}
+        _check(project_ranks(curves, targets, wp, total, grid), curves, wp, total, grid)
+    for c in curves.values():  # the sensitivity probes
+        assert all(r % grid == 0 and r <= c.max_rank for r in probe_ranks(c.max_rank, grid))
+
+
+def test_auto_is_the_space_setting_on_cpu_and_eight_on_cuda() -> None:
+    model = _random("mnist5k-cnn")
+    curves = spectra(model)
+    total = count_params(model)
+    assert rank_multiple_for(torch.device("cpu"), 2, curves, 0.25, total) == 2
+    assert rank_multiple_for(torch.device("cuda"), 1, curves, 0.25, total) == TENSOR_CORE_MULTIPLE
+    assert rank_multiple_for(torch.device("cuda"), 1) == TENSOR_CORE_MULTIPLE  # nothing known of the model
+    # at 0.03 rank 8 in every layer keeps more than 3% of mnist5k-cnn: the grid halves until it fits
+    step = rank_multiple_for(torch.device("cuda"), 1, curves, 0.03, total)
+    assert step < TENSOR_CORE_MULTIPLE and reachable_ratio(curves, total, step) <= 0.03 < reachable_ratio(curves, total, 2 * step)
+
+
+def test_a_search_allocates_every_trial_and_probe_on_the_grid(dense_and_task) -> None:
+    """On the tiny model (too coarse for the 0.005 band: one rank step of its first Linear is 3% of it)
+    every trial, enqueued or sampled, and every sensitivity probe uses multiples of 2, never above the target."""
+    model, task = dense_and_task
+    settings = SearchSettings(0.3, retrain=RetrainSettings(epochs=1, batch_size=32), rank_multiple=2, seed=0)
+    res = search(model, settings, task=task, n_trials=10)
+    trials = [t for t in res.study.trials if "ranks" in t.user_attrs]
+    assert {t.user_attrs["method"] for t in trials} >= {"seed_rule", "uniform", "sensitivity", "sensitivity_sum", "searched"}
+    for t in trials:
+        assert all(r % 2 == 0 for r in t.user_attrs["ranks"].values()), t.user_attrs["ranks"]
+        assert t.user_attrs["ratio"] <= 0.3
+    assert res.sensitivity and all(r % 2 == 0 for rows in res.sensitivity.values() for r, _ in rows)
+    assert res.config.search["settings"]["rank_multiple"] == 2
+    # the cost model: MACs per layer and in total for the task's input shape, in the config and the summary
+    assert res.config.cost["input_shape"] == [1, 8, 8]
+    assert res.config.cost["macs_after"] < res.config.cost["macs_before"]
+    for name, layer in res.config.layers.items():
+        assert layer.macs_after == layer.rank * sum(layer.matrix) * (layer.macs_before // (layer.matrix[0] * layer.matrix[1]))
+
+
+def test_layers_kept_dense_say_why() -> None:
+    """Depthwise, excluded, and too small for any rank of the grid to save parameters and MACs."""
+    from torch import nn
+
+    from ranksearch import solve
+
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 16, 12), nn.Linear(12, 10))
+    cfg = solve(net, 0.5, rank_multiple=8, exclude={"0": "stem"}, input_shape=(3, 4, 4))
+    assert set(cfg.ranks) == {"2", "4"}
+    assert cfg.dense["0"] == "excluded: stem"
+    assert cfg.dense["1"].startswith("depthwise convolution")
+    assert cfg.dense["5"].startswith("no rank on the grid (multiples of 8, at least 1)")  # 10x12: rank 5 at most saves
+    assert cfg.cost["input_shape"] == [3, 4, 4] and cfg.cost["macs_before"] == sum(
+        m.weight.numel() * p for m, p in zip([net[0], net[1], net[2], net[4], net[5]], [16, 16, 16, 1, 1]))
+    for name, layer in cfg.layers.items():
+        assert layer.macs_after < layer.macs_before and layer.params_after < layer.params_before
