@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spread", type=float, default=3.0, help="searched layer weights range over 10**[-spread, spread] (default 3)")
     p.add_argument("--epochs", type=int, help="retrain epochs per trial (default: the space's)")
     p.add_argument("--distill", type=float, help="weight in [0, 1] of distillation from the dense model")
+    p.add_argument("--compile", action="store_true",
+                   help="retrain through torch.compile (inductor); compiling costs time per trial, worth it for long retrains")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the study found in the storage (or join it)")
@@ -187,8 +189,10 @@ def _space(args: argparse.Namespace) -> Space:
     solver = {k: getattr(args, k) for k in ("rank_multiple", "min_rank") if getattr(args, k, None) not in (None, "auto")}
     if args.data is not None:
         solver["task_kwargs"] = {**space.task_kwargs, "data_dir": args.data}
-    if getattr(args, "epochs", None) is not None or getattr(args, "distill", None) is not None:
-        recipe = {k: getattr(args, k) for k in ("epochs", "distill") if getattr(args, k) is not None}
+    recipe = {k: getattr(args, k) for k in ("epochs", "distill") if getattr(args, k, None) is not None}
+    if getattr(args, "compile", False):
+        recipe["compile"] = True
+    if recipe:
         solver["retrain"] = replace(space.retrain, **recipe)
     return replace(space, **solver)
 

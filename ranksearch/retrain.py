@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ranksearch.errors import RankSearchError
 from ranksearch.task import Task
 
-__all__ = ["RetrainSettings", "best_device", "evaluate", "fit"]
+__all__ = ["RetrainSettings", "best_device", "compile_for_training", "evaluate", "fit"]
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class RetrainSettings:
         distill: Weight in [0, 1] of the distillation loss towards the dense model (0: off).
         temperature: Softmax temperature of the distillation loss for classifiers.
         max_steps_per_epoch: Cap on steps per epoch (None: the whole training set).
+        compile: Train through ``torch.compile`` (inductor) of the model, see :func:`fit`; older
+            stored recipes, which lack the field, load with False.
     """
 
     epochs: int = 2
@@ -53,6 +55,7 @@ class RetrainSettings:
     distill: float = 0.0
     temperature: float = 2.0
     max_steps_per_epoch: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
@@ -63,6 +66,8 @@ class RetrainSettings:
             raise RankSearchError(f"optimizer {self.optimizer!r} is not supported; use 'sgd' or 'adam'.")
         if not 0.0 <= self.distill <= 1.0:
             raise RankSearchError(f"distill weight {self.distill} must be in [0, 1].")
+        if not isinstance(self.compile, bool):
+            raise RankSearchError(f"compile {self.compile!r} must be true or false.")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -71,6 +76,28 @@ class RetrainSettings:
 def best_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compile_for_training(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward through ``torch.compile`` (inductor), as :func:`fit` trains it: a function of
+    the batch that calls ``model`` itself, so its parameters, buffers and ``training`` flag are the model's
+    and training through it trains ``model``.
+
+    Shapes are static (``dynamic=False``): a short last batch costs one recompile for its size, after which
+    both graphs stay static. With the default (``dynamic=None``) that recompile would make the batch size
+    symbolic, and since Dynamo tries its newest graph first, every later full batch would run the dynamic
+    graph, for which inductor also turns off its channels-last layout optimization.
+
+    The function has a code object of its own, so its graphs are cached with it (and freed with it) and
+    count against Dynamo's recompile limit (8) apart from every other compiled model: ``torch.compile``
+    of a module caches the graphs of all modules on one shared frame, so in a search, whose trials each
+    bring new shapes, the fifth trial would hit the limit and silently train eager.
+    """
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    forward.__code__ = forward.__code__.replace()  # a copy: Dynamo keys its cache by code object
+    return torch.compile(forward, dynamic=False)
 
 
 def _loader(data: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
@@ -104,6 +131,11 @@ def fit(
 ) -> nn.Module:
     """Train ``model`` in place on ``task.train`` and return it (on ``device``, in eval mode).
 
+    With ``settings.compile`` the training steps run through :func:`compile_for_training` (the returned
+    model is still ``model``, trained, not the compiled wrapper); the teacher and every evaluation run eager,
+    so evaluation batches never compile. Each ``fit`` compiles its model once, and once more for a short last
+    batch. Compiled dropout draws from inductor's own generator, so a compiled run is not bitwise the eager one.
+
     Args:
         model: The model to train.
         task: Data, loss and metric.
@@ -130,6 +162,7 @@ def fit(
     loader = _loader(task.train, settings.batch_size, True, seed, device)
     steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
     total = max(1, steps_per_epoch * settings.epochs)
+    net = compile_for_training(model) if settings.compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=settings.lr_start, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
@@ -152,7 +185,7 @@ def fit(
                     on_epoch(0, value)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                out = model(x)
+                out = net(x)
                 loss = _task_loss(task.loss, out.float(), y)
                 if use_teacher:
                     with torch.no_grad():
