@@ -204,12 +204,26 @@ def apply(model: nn.Module, config: RankConfig, *, allow_growth: bool = False) -
     return result
 
 
-def load_factorized(model: nn.Module, config: RankConfig, weights: str | os.PathLike[str]) -> nn.Module:
+def load_factorized(model: nn.Module, config: RankConfig, weights: str | os.PathLike[str], *, allow_growth: bool = False) -> nn.Module:
     """The factorized model with retrained weights saved by a search (``factorized.safetensors``)."""
-    result = apply(model, config)
+    result = apply(model, config, allow_growth=allow_growth)
     state = load_state_dict(weights)
     expected = result.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-        raise ConfigError(f"Weights {str(weights)!r} do not fit the factorized model of this config; use the weights saved beside it.")
+    mismatch = _mismatch(state, expected)
+    if mismatch:
+        raise ConfigError(f"Weights {str(weights)!r} do not fit the factorized model of this config ({mismatch}); "
+                          "use the weights saved beside it.")
     result.load_state_dict(state)
     return result
+
+
+def _mismatch(state: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    """The first difference between a state dict and the one a model expects ('' when none)."""
+    if missing := [k for k in expected if k not in state]:
+        return f"{len(missing)} tensors missing, e.g. {missing[0]!r}"
+    if extra := [k for k in state if k not in expected]:
+        return f"{len(extra)} unexpected tensors, e.g. {extra[0]!r}"
+    if shapes := [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]:
+        k = shapes[0]
+        return f"{k!r} has shape {list(state[k].shape)}, the model {list(expected[k].shape)}"
+    return ""

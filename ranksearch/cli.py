@@ -1,5 +1,8 @@
 """Command line: ``ranksearch spectra | solve | search | worker | export | apply``.
 
+``export`` writes a study's best trial as a results folder, or, with ``--config``, a rank config's
+factorized model as one file in ``--format`` (see :mod:`ranksearch.formats`).
+
 ``main(argv)`` returns the exit code, so tests call it in-process. Errors in the user's input
 (:class:`~ranksearch.errors.RankSearchError` and file-system errors) print one line on stderr and exit 2 (the
 traceback with ``--debug``); failing trials or workers exit 1; Ctrl-C and SIGTERM exit 130 with the command
@@ -26,11 +29,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ranksearch._io import atomic_write_text, check_writable
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, check_storage, create_or_join,
                                  open_storage)
-from ranksearch.allocation import apply, solve
+from ranksearch.allocation import apply, load_factorized, solve
 from ranksearch.config import RankConfig
 from ranksearch.cost import rank_multiple_for
 from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
+from ranksearch.formats import FORMATS, check_packages, get_format, sample_input, write_model
 from ranksearch.retrain import best_device
 from ranksearch.search import search
 from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SearchSettings
@@ -157,12 +161,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads of this worker (default: all cores)")
     _run_args(p, storage=False)
 
-    p = sub.add_parser("export", parents=[common], help="write the best trial of a study so far (also while workers run)")
-    p.add_argument("--storage", required=True, help="the study's storage: database URL or journal file")
-    p.add_argument("--study-name", required=True, help="the study to export")
-    p.add_argument("--weights", help="local dense weights (default: the file the study names, or the space's cache)")
-    p.add_argument("--artifacts", help="the artifact folder the workers wrote to (default: the study's)")
-    p.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("export", parents=[common],
+                       help="write the best trial of a study so far (also while workers run), or a rank config's model as --format onnx")
+    p.add_argument("--storage", help="a study's storage: database URL or journal file (with --study-name)")
+    p.add_argument("--study-name", help="the study to export (its results folder is written to --out)")
+    p.add_argument("--config", help="instead of a study: a rank_config.json, whose model is written to --out in --format")
+    p.add_argument("--format", choices=sorted(FORMATS), help="with --config: the file format to write (onnx)")
+    p.add_argument("--space", help="with --config: the space (default: the one the config names)")
+    p.add_argument("--data", help="with --config: local data folder of the space (the export traces one test batch)")
+    p.add_argument("--weights", help="a study: local dense weights (default: the file the study names, or the space's cache); "
+                                     "--config: the factorized model's weights (factorized.safetensors of a search; "
+                                     "default: the config's ranks applied to the dense model, untrained)")
+    p.add_argument("--artifacts", help="a study: the artifact folder the workers wrote to (default: the study's)")
+    p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
+    p.add_argument("--out", required=True, help="a study: output folder; --config: the file to write (e.g. model.onnx)")
 
     p = sub.add_parser("apply", parents=[common], help="rebuild the factorized model from a rank config and save it")
     _space_args(p)
@@ -404,6 +416,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        return _export_config(args)
+    if args.storage is None or args.study_name is None:
+        raise RankSearchError("export needs --storage and --study-name (a study's best trial) or --config (a rank config's model).")
+    given = [f"--{k.replace('_', '-')}" for k in ("format", "space", "data") if getattr(args, k) is not None]
+    given += ["--allow-growth"] if args.allow_growth else []
+    if given:
+        raise RankSearchError(f"{', '.join(given)} only go with --config; a study's export writes its results folder to --out.")
     check_writable(args.out, folder=True, what="--out")
     store = open_storage(args.storage, existing=True)
     study, _ = create_or_join(store, args.study_name, None, resume=True, sampler=None, pruner=None)  # type: ignore[arg-type]
@@ -422,6 +442,54 @@ def _export(args: argparse.Namespace) -> int:
     print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
     print(_where(Path(args.out), result.config, args.storage))
     return 0
+
+
+def _export_config(args: argparse.Namespace) -> int:
+    """``export --config``: the config's factorized model (its retrained weights when given) as one file."""
+    given = [f"--{k.replace('_', '-')}" for k in ("storage", "study_name", "artifacts") if getattr(args, k) is not None]
+    if given:
+        raise RankSearchError(f"--config exports a rank config; {', '.join(given)} belong to a study's export: give one or the other.")
+    if args.format is None:
+        raise RankSearchError(f"--config needs --format, the file format to write: one of {sorted(FORMATS)}.")
+    fmt = get_format(args.format)
+    cfg = RankConfig.load(args.config)
+    check_writable(args.out, folder=False, what="--out")
+    check_packages(fmt)
+    space = _config_space(cfg, args.config, args.space)
+    if args.data is not None:
+        space = replace(space, task_kwargs={**space.task_kwargs, "data_dir": args.data})
+    if fmt.needs_sample and space.task_factory is None:
+        raise RankSearchError(f"--format {fmt.name} traces the model on a test batch of the space's data, but space {space.name!r} "
+                              "has no task; add one to its file, or call ranksearch.formats.write_model with a sample from Python.")
+    task = space.build_task() if fmt.needs_sample else None  # before the model: a missing --data fails first
+    if args.weights is not None:
+        model = load_factorized(space.build_architecture(), cfg, args.weights, allow_growth=args.allow_growth)
+    else:
+        dense = cfg.source.get("weights")
+        if space.weights is None and isinstance(dense, str) and Path(dense).is_file():
+            space = space.with_weights(dense)  # the dense weights the config was made from
+        _log.info("no --weights: exporting the config's ranks applied to the dense model (SVD factors, not retrained)")
+        model = apply(space.build_model(task, allow_random=True, progress=args.progress), cfg, allow_growth=args.allow_growth)
+    print(write_model(model, args.out, fmt.name, sample_input(task) if task is not None and fmt.needs_sample else None))
+    return 0
+
+
+def _config_space(cfg: RankConfig, path: str, name: str | None) -> Space:
+    """The space of a rank config: ``--space``, else the file it was made from, else its name."""
+    recorded = cfg.source.get("space")
+    if name is not None:
+        space = load_space(name)
+        if recorded not in (None, space.name):
+            raise RankSearchError(f"Config {path!r} was made for space {recorded!r}, not {space.name!r}.")
+        return space
+    file = cfg.source.get("space_file")
+    if isinstance(file, str) and Path(file).is_file():
+        space = load_space(file)
+        if recorded in (None, space.name):
+            return space
+    if isinstance(recorded, str):
+        return load_space(recorded)
+    raise RankSearchError(f"Config {path!r} names no space (made from Python?); pass --space NAME or a .yaml file.")
 
 
 def _apply(args: argparse.Namespace) -> int:

@@ -144,11 +144,7 @@ class Space:
             allow_random: With no weights and no recipe, return the random initialization (logged).
             progress: Show a progress bar while the dense model is trained here.
         """
-        with torch.random.fork_rng():  # the same initialization every time, global RNG untouched
-            torch.manual_seed(0)
-            model = _call(self.model_factory, self.model_kwargs, "model")
-        if not isinstance(model, nn.Module):
-            raise SpaceError(f"Model factory {self.model_factory!r} returned {type(model).__name__}, not nn.Module.")
+        model = self.build_architecture()
         if self.weights is not None:
             _load_into(model, load_state_dict(self.weights), self.weights, self.name)
             return model.eval()
@@ -166,6 +162,16 @@ class Space:
             raise SpaceError(f"Space {self.name!r} has no weights; pass --weights PATH to a local state dict.")
         _log.warning("space %s: no weights given, using a random initialization", self.name)
         return model.eval()
+
+    def build_architecture(self) -> nn.Module:
+        """The model with its seeded random initialization and no weights loaded, nothing trained: the
+        shape to load another state dict into (e.g. a factorized model's retrained weights)."""
+        with torch.random.fork_rng():  # the same initialization every time, global RNG untouched
+            torch.manual_seed(0)
+            model = _call(self.model_factory, self.model_kwargs, "model")
+        if not isinstance(model, nn.Module):
+            raise SpaceError(f"Model factory {self.model_factory!r} returned {type(model).__name__}, not nn.Module.")
+        return model
 
     def pretrained_path(self) -> Path:
         """Where this space's dense weights trained here are cached (keyed by model, data and recipe)."""
