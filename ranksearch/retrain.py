@@ -91,7 +91,8 @@ def compile_for_training(model: nn.Module) -> Callable[[torch.Tensor], torch.Ten
     The function has a code object of its own, so its graphs are cached with it (and freed with it) and
     count against Dynamo's recompile limit (8) apart from every other compiled model: ``torch.compile``
     of a module caches the graphs of all modules on one shared frame, so in a search, whose trials each
-    bring new shapes, the fifth trial would hit the limit and silently train eager.
+    bring new shapes, training would silently turn eager at the fifth trial (with a short last batch; the
+    ninth without).
     """
     def forward(x: torch.Tensor) -> torch.Tensor:
         return model(x)
