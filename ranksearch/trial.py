@@ -40,6 +40,7 @@ from ranksearch._storage import worker_id
 from ranksearch.calibrate import calibration_batches, input_moments, whitened
 from ranksearch.decompose import Factors
 from ranksearch.errors import RankSearchError
+from ranksearch.inputs import Forward
 from ranksearch.retrain import RetrainSettings, evaluate as evaluate_metric, fit
 from ranksearch.settings import SearchSettings
 from ranksearch.proposals import STEP_BOUND, anchor_trial
@@ -267,7 +268,9 @@ class Objective:
         if self.test is not None:
             trial.set_user_attr("test", float(self.test(model)))
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if self.artifacts is not None and (not done or value > max(t.value for t in done)):
+        # a tie uploads too: with several workers a later-numbered twin of this value may have finished
+        # first, and the best trial (the earliest of the best value) must have its weights
+        if self.artifacts is not None and (not done or value >= max(t.value for t in done)):
             self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", trial.user_attrs["method"],
@@ -316,7 +319,7 @@ def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, se
     metric after each epoch, and as step 0 after ``screen`` of the first epoch (when > 0), scoring
     every report but the last on ``subset`` when given (:func:`val_subset`)."""
     def evaluate(model: nn.Module) -> float:
-        return evaluate_metric(model, task.val, task.metric)
+        return evaluate_metric(model, task.val, task.metric, forward=task.forward)
 
     def retrain(model: nn.Module, report: Callable[..., None]) -> float | None:
         last: list[float | None] = [None]
@@ -332,13 +335,16 @@ def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, se
         return last[0]  # the validation metric after the last epoch (None without epochs)
 
     def test(model: nn.Module) -> float:
-        return evaluate_metric(model, task.test, task.metric)
+        return evaluate_metric(model, task.test, task.metric, forward=task.forward)
 
     return evaluate, retrain, test
 
 
 def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapping[str, Curve], data_aware: bool,
-                calibration: Iterable[torch.Tensor] | None, task: Task | None) -> Views:
+                calibration: Iterable[Any] | None, task: Task | None, forward: Forward | None = None) -> Views:
+    """Plain factors and, when ``data_aware``, the activation-whitened ones, from the input moments over
+    ``calibration`` (default: 512 samples of ``task.train``), each batch called with ``forward`` (default:
+    the task's, else by the batch's structure)."""
     plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
     if not data_aware:
         return Views(curves, plain, curves, plain, "plain")
@@ -346,7 +352,8 @@ def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapp
         if task is None:
             raise RankSearchError("data_aware=True needs calibration batches (calibration=) or a task.")
         calibration = calibration_batches(task.train)
-    moments = input_moments(model, modules, calibration, device=next(model.parameters()).device)
+    forward = forward if forward is not None else task.forward if task is not None else None
+    moments = input_moments(model, modules, calibration, device=next(model.parameters()).device, forward=forward)
     pairs = {n: whitened(m, moments[n], max(1, curves[n].max_rank)) for n, m in modules.items()}
     _log.info("data-aware factors from %d layers' input moments", len(pairs))
     return Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")

@@ -45,7 +45,10 @@ def test_search_hits_ratio_and_runs_the_seed_rule_first(dense_and_task, tmp_path
     assert res.config.search["settings"]["factors"] == "data-aware"  # a task gives calibration inputs: data-aware by default
     factors = {t.user_attrs["method"]: t.user_attrs["factors"] for t in trials}
     assert factors["seed_rule"] == "plain" and factors.get("uniform") == "data_aware"
-    uploaded = [t for t in trials if "weights" in t.user_attrs]  # each trial that beat the best so far
+    uploaded = [t for t in trials if "weights" in t.user_attrs]  # each trial that matched or beat the best so far
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert uploaded == [t for i, t in enumerate(complete) if "same_as" not in t.user_attrs
+                        and all(t.value >= u.value for u in complete[:i])]
     best = res.study.trials[res.config.search["best_trial"]]
     assert uploaded[0].number == 0 and best in uploaded + [
         t for t in trials if t.user_attrs.get("same_as") in {u.number for u in uploaded}]
