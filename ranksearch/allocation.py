@@ -13,9 +13,11 @@ from typing import Any
 
 from torch import nn
 
+from ranksearch.calibrate import input_moments, whitened
 from ranksearch.config import LayerRank, RankConfig
 from ranksearch.cost import ModelCost, model_cost
 from ranksearch.errors import ConfigError
+from ranksearch.inputs import Forward
 from ranksearch.solver import Curve, Solution, ranks_for_bound, solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, factorize, find_layers
@@ -179,15 +181,27 @@ def _check_matches(model: nn.Module, config: RankConfig) -> None:
             raise ConfigError(f"Layer {name!r} has weight shape {shape} but the config expects {layer.weight_shape}; it was made for {config.model!r}.")
 
 
-def apply(model: nn.Module, config: RankConfig, *, allow_growth: bool = False) -> nn.Module:
-    """A factorized copy of the dense ``model`` with the config's ranks (truncated-SVD initialized).
+FACTORS = ("plain", "data_aware")
+
+
+def apply(model: nn.Module, config: RankConfig, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
+          factors: str | None = None, allow_growth: bool = False) -> nn.Module:
+    """A factorized copy of the dense ``model`` with the config's ranks, initialized as the config's trial
+    was: the truncated SVD of each weight, or for a data-aware config (``config.search["factors"]``) the
+    activation-whitened one from the input moments over ``calibration``, which then must be the batches
+    the search calibrated on (a space's: 512 samples of its training split, see
+    :func:`ranksearch.calibrate.calibration_batches`).
 
     Args:
+        calibration: Input batches (tensors, tuples or dicts, see :mod:`ranksearch.inputs`) for the
+            data-aware factors.
+        forward: ``forward(model, batch)`` for batches of another structure.
+        factors: ``"plain"`` or ``"data_aware"`` instead of the config's kind.
         allow_growth: Accept a rank at which a layer's pair has at least as many weights as the layer.
 
     Raises:
-        ConfigError: when the config's layers, shapes or parameter count do not match the model, or a
-            rank would grow its layer (unless ``allow_growth``).
+        ConfigError: when the config's layers, shapes or parameter count do not match the model, a rank
+            would grow its layer (unless ``allow_growth``), or data-aware factors lack calibration.
     """
     _check_matches(model, config)
     grows = {n: r for n, r in config.ranks.items()
@@ -197,7 +211,18 @@ def apply(model: nn.Module, config: RankConfig, *, allow_growth: bool = False) -
         m = config.layers[n].matrix
         raise ConfigError(f"Rank {r} of layer {n!r} ({m[0]}x{m[1]}) gives a pair of {r * (m[0] + m[1])} weights, not fewer than "
                           f"its {m[0] * m[1]} ({len(grows)} such layers); lower it, or pass --allow-growth (allow_growth=True).")
-    result = factorize(model, config.ranks)
+    kind = factors if factors is not None else str(config.search.get("factors") or "plain")
+    if kind not in FACTORS:
+        raise ConfigError(f"factors {kind!r} is not one of {FACTORS}.")
+    made = None
+    if kind == "data_aware":
+        if calibration is None:
+            raise ConfigError("The config's trial used data-aware factors, which need the calibration inputs it was searched with: "
+                              "pass calibration= (ranksearch apply: the space's data), or factors='plain' (--factors plain) for plain SVD.")
+        layers = {n: model.get_submodule(n) for n in config.ranks}
+        moments = input_moments(model, layers, calibration, device=next(model.parameters()).device, forward=forward)
+        made = {n: whitened(layers[n], moments[n], r)[1] for n, r in config.ranks.items()}
+    result = factorize(model, config.ranks, made)
     got = count_params(result)
     if got != config.compressed_params:
         raise ConfigError(f"The factorized model has {got} parameters, the config says {config.compressed_params}; the config is inconsistent.")
@@ -206,7 +231,7 @@ def apply(model: nn.Module, config: RankConfig, *, allow_growth: bool = False) -
 
 def load_factorized(model: nn.Module, config: RankConfig, weights: str | os.PathLike[str], *, allow_growth: bool = False) -> nn.Module:
     """The factorized model with retrained weights saved by a search (``factorized.safetensors``)."""
-    result = apply(model, config, allow_growth=allow_growth)
+    result = apply(model, config, factors="plain", allow_growth=allow_growth)  # its weights are replaced next
     state = load_state_dict(weights)
     expected = result.state_dict()
     mismatch = _mismatch(state, expected)

@@ -6,12 +6,14 @@ as ASVD and SVD-LLM do for language models). Its curve is the spectrum of ``W S`
 the output error per weight element, and the solver and search work on it unchanged. For a transposed
 conv the inputs meet the rows of its (in, out * k) matrix, so the whitening is on the left.
 
-Calibration batches come from the task's training split (or any loader of input batches).
+Calibration batches come from the task's training split (or any iterable of input batches: tensors,
+tuples, dicts, see :mod:`ranksearch.inputs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +23,16 @@ from torch.utils.data import DataLoader, Dataset
 from ranksearch.decompose import Factors, singular_values
 from ranksearch.decompose import factorize as decompose_matrix
 from ranksearch.errors import RankSearchError
+from ranksearch.inputs import Forward, call, to_device
 from ranksearch.layers import matrix_shape, weight_matrix
 from ranksearch.solver import Curve
 
 __all__ = ["calibration_batches", "input_moments", "whitened"]
 
 
-def calibration_batches(data: Dataset, n_samples: int = 512, batch_size: int = 128, seed: int = 0) -> list[torch.Tensor]:
-    """The inputs of ``n_samples`` random samples of ``data``, in batches."""
+def calibration_batches(data: Dataset, n_samples: int = 512, batch_size: int = 128, seed: int = 0) -> list[Any]:
+    """The inputs of ``n_samples`` random samples of ``data`` (``(input, target)`` pairs), in batches
+    (an input of any structure is collated as PyTorch's ``DataLoader`` does)."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:n_samples].tolist()  # type: ignore[arg-type]
     loader = DataLoader(torch.utils.data.Subset(data, idx), batch_size=batch_size)
@@ -55,9 +59,10 @@ def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[torch.Tensor],
-                  device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """``E[x x^T]`` (float64) of each named layer's unfolded inputs over the calibration batches."""
+def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Any],
+                  device: torch.device | None = None, forward: Forward | None = None) -> dict[str, torch.Tensor]:
+    """``E[x x^T]`` (float64) of each named layer's unfolded inputs over the calibration batches
+    (each called as :func:`ranksearch.inputs.call` does: ``forward(model, batch)`` when given)."""
     device = device or next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -73,8 +78,8 @@ def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: It
     was_training = model.training
     try:
         model.eval()
-        for x in batches:
-            model(x.to(device))
+        for batch in batches:
+            call(model, to_device(batch, device), forward)
     finally:
         for h in handles:
             h.remove()

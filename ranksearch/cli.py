@@ -30,6 +30,7 @@ from ranksearch._io import atomic_write_text, check_writable
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, check_storage, create_or_join,
                                  open_storage)
 from ranksearch.allocation import apply, load_factorized, solve
+from ranksearch.calibrate import calibration_batches
 from ranksearch.config import RankConfig
 from ranksearch.cost import rank_multiple_for
 from ranksearch.errors import RankSearchError
@@ -41,6 +42,7 @@ from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNE
 from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
+from ranksearch.task import Task
 from ranksearch.weights import save_state_dict
 from ranksearch.worker import TrialsFailing, WorkersFailed, check_model, run_worker
 
@@ -174,14 +176,35 @@ def _parser() -> argparse.ArgumentParser:
                                      "default: the config's ranks applied to the dense model, untrained)")
     p.add_argument("--artifacts", help="a study: the artifact folder the workers wrote to (default: the study's)")
     p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
+    _factors_arg(p)
     p.add_argument("--out", required=True, help="a study: output folder; --config: the file to write (e.g. model.onnx)")
 
     p = sub.add_parser("apply", parents=[common], help="rebuild the factorized model from a rank config and save it")
     _space_args(p)
     p.add_argument("--config", required=True, help="rank_config.json")
     p.add_argument("--allow-growth", action="store_true", help="accept ranks at which a layer's pair is not smaller than it")
+    _factors_arg(p)
     p.add_argument("--out", required=True, help=".safetensors file to write")
     return parser
+
+
+def _factors_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--factors", choices=("config", "plain"), default="config",
+                   help="initial factors: the config trial's (default; data-aware ones are rebuilt from the space's calibration "
+                        "data), or plain SVD")
+
+
+def _applied(space: Space, cfg: RankConfig, args: argparse.Namespace, task: Task | None = None) -> nn.Module:
+    """The config's ranks applied to the space's dense model, with the factors its trial started from."""
+    data_aware = args.factors == "config" and cfg.search.get("factors") == "data_aware"
+    if data_aware and space.task_factory is None:
+        raise RankSearchError(f"The config's trial used data-aware factors, which need space {space.name!r}'s calibration data, but "
+                              "the space has no task; pass --factors plain for plain SVD factors.")
+    task = task if task is not None or not data_aware else space.build_task()
+    model = space.build_model(task, allow_random=True, progress=args.progress)
+    calibration = calibration_batches(task.train) if data_aware and task is not None else None
+    return apply(model, cfg, calibration=calibration, forward=task.forward if task is not None else None,
+                 factors=None if args.factors == "config" else "plain", allow_growth=args.allow_growth)
 
 
 def _run_args(p: argparse.ArgumentParser, storage: bool = True) -> None:
@@ -468,8 +491,8 @@ def _export_config(args: argparse.Namespace) -> int:
         dense = cfg.source.get("weights")
         if space.weights is None and isinstance(dense, str) and Path(dense).is_file():
             space = space.with_weights(dense)  # the dense weights the config was made from
-        _log.info("no --weights: exporting the config's ranks applied to the dense model (SVD factors, not retrained)")
-        model = apply(space.build_model(task, allow_random=True, progress=args.progress), cfg, allow_growth=args.allow_growth)
+        _log.info("no --weights: exporting the config's ranks applied to the dense model (its trial's initial factors, not retrained)")
+        model = _applied(space, cfg, args, task)
     print(write_model(model, args.out, fmt.name, sample_input(task) if task is not None and fmt.needs_sample else None))
     return 0
 
@@ -498,8 +521,7 @@ def _apply(args: argparse.Namespace) -> int:
     if cfg.source.get("space") not in (None, space.name):
         raise RankSearchError(f"Config {args.config!r} was made for space {cfg.source['space']!r}, not {space.name!r}.")
     check_writable(args.out, folder=False, what="--out")
-    model = space.build_model(allow_random=True)
-    factorized = apply(model, cfg, allow_growth=args.allow_growth)
+    factorized = _applied(space, cfg, args)
     save_state_dict(factorized.state_dict(), args.out, {"format": "ranksearch.factorized", "ranks": json.dumps(cfg.ranks)})
     print(f"{args.out}: {count_params(factorized):,} parameters (ratio {cfg.achieved_ratio:.4f})")
     return 0

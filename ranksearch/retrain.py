@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ranksearch.errors import RankSearchError
+from ranksearch.inputs import Forward, call, to_device
 from ranksearch.task import Task
 
 __all__ = ["RetrainSettings", "best_device", "compile_for_training", "evaluate", "fit"]
@@ -78,7 +80,7 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def compile_for_training(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_for_training(model: nn.Module, how: Forward | None = None) -> Callable[[Any], torch.Tensor]:
     """``model``'s forward through ``torch.compile`` (inductor), as :func:`fit` trains it: a function of
     the batch that calls ``model`` itself, so its parameters, buffers and ``training`` flag are the model's
     and training through it trains ``model``.
@@ -94,8 +96,8 @@ def compile_for_training(model: nn.Module) -> Callable[[torch.Tensor], torch.Ten
     bring new shapes, training would silently turn eager at the fifth trial (with a short last batch; the
     ninth without).
     """
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+    def forward(x: Any) -> torch.Tensor:
+        return call(model, x, how)
 
     forward.__code__ = forward.__code__.replace()  # a copy: Dynamo keys its cache by code object
     return torch.compile(forward, dynamic=False)
@@ -163,7 +165,7 @@ def fit(
     loader = _loader(task.train, settings.batch_size, True, seed, device)
     steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
     total = max(1, steps_per_epoch * settings.epochs)
-    net = compile_for_training(model) if settings.compile else model
+    net = compile_for_training(model, task.forward) if settings.compile else (lambda batch: call(model, batch, task.forward))
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=settings.lr_start, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
@@ -179,18 +181,18 @@ def fit(
             if step >= steps_per_epoch:
                 break
             if epoch == 1 and step == screen_at:  # never at steps_per_epoch: that is the epoch's own report
-                value = evaluate(model, task.val if subset is None else subset, task.metric, device=device)
+                value = evaluate(model, task.val if subset is None else subset, task.metric, device=device, forward=task.forward)
                 _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, value)
                 model.train()
                 if on_epoch is not None:
                     on_epoch(0, value)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device, True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 out = net(x)
                 loss = _task_loss(task.loss, out.float(), y)
                 if use_teacher:
                     with torch.no_grad():
-                        t_out = teacher(x).float()
+                        t_out = call(teacher, x, task.forward).float()
                     loss = (1 - settings.distill) * loss + settings.distill * _distill_loss(task.loss, out.float(), t_out, settings.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +200,7 @@ def fit(
             sched.step()
             running += loss.detach()
         data = task.val if subset is None or epoch == settings.epochs else subset
-        value = evaluate(model, data, task.metric, device=device) if validate else None
+        value = evaluate(model, data, task.metric, device=device, forward=task.forward) if validate else None
         _log.debug(
             "epoch %d/%d loss %.4f lr %.2e%s", epoch, settings.epochs, float(running) / max(1, steps_per_epoch),
             opt.param_groups[0]["lr"], "" if value is None else f" val {task.metric} {value:.4f}",
@@ -209,15 +211,17 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 256, device: torch.device | None = None) -> float:
-    """``metric`` of ``model`` on ``data``: accuracy or top-5 in [0, 1], or mean PSNR in dB on [0, 1] images."""
+def evaluate(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 256, device: torch.device | None = None,
+             forward: Forward | None = None) -> float:
+    """``metric`` of ``model`` on ``data``: accuracy or top-5 in [0, 1], or mean PSNR in dB on [0, 1] images
+    (each input batch called as :func:`ranksearch.inputs.call` does, ``forward`` when given)."""
     device = device or best_device()
     model.to(device).eval()
     total, count = 0.0, 0
     for x, y in _loader(data, batch_size, False, 0, device):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device, True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(x).float()
+            out = call(model, x, forward).float()
         if metric == "accuracy":
             total += (out.argmax(1) == y).sum()
         elif metric == "top5":
@@ -227,5 +231,5 @@ def evaluate(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 
             total += (-10 * torch.log10(mse)).sum()
         else:
             raise RankSearchError(f"metric {metric!r} is not supported; use accuracy, top5 or psnr.")
-        count += len(x)
+        count += len(y)
     return float(total) / max(1, count)

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from torch import nn
@@ -41,6 +40,7 @@ from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_stor
 from ranksearch.baselines import Sensitivity
 from ranksearch.errors import StudyError
 from ranksearch.export import SearchResult, collect
+from ranksearch.inputs import Forward
 from ranksearch.cost import rank_multiple_for
 from ranksearch.retrain import RetrainSettings, best_device
 from ranksearch.settings import CUSTOM, GRANULARITIES, PRUNERS, SAMPLERS, SearchSettings
@@ -94,7 +94,8 @@ def search(
     task: Task | None = None,
     evaluate: Evaluate | None = None,
     retrain: Retrain | None = None,
-    calibration: Iterable[torch.Tensor] | None = None,
+    calibration: Iterable[Any] | None = None,
+    forward: Forward | None = None,
     n_trials: int | None = 20,
     timeout: float | None = None,
     storage: str | BaseStorage | None = None,
@@ -127,7 +128,10 @@ def search(
         model: The dense model (left unchanged).
         settings: What the study searches (:class:`~ranksearch.settings.SearchSettings`), or just the
             target ratio with every other setting at its default.
-        calibration: Input batches for data-aware factors (default: 512 samples of ``task.train``).
+        calibration: Input batches for data-aware factors (default: 512 samples of ``task.train``): tensors,
+            tuples (``model(*batch)``) or dicts (``model(**batch)``), moved to the model's device.
+        forward: ``forward(model, batch)`` for calibration batches of another structure (default: the
+            task's ``forward``; see :mod:`ranksearch.inputs`).
         n_trials: Finished trials (complete or pruned) the study should hold, all workers and resumed
             runs counted; with K workers up to K-1 more may finish (they were running).
         timeout: Wall-clock limit in seconds for this call's trials.
@@ -165,7 +169,7 @@ def search(
                         or sampler is not None or pruner is not None):
         raise StudyError("workers > 1 needs a space (settings.space), a storage URL or journal file (or out_dir) and "
                          "named sampler/pruner; from Python, start run_worker() in your own processes instead.")
-    views = views_for(model, settings, task, calibration, cache_dir)
+    views = views_for(model, settings, task, calibration, cache_dir, forward)
     total = count_params(model)
     solve_ratio(views.plain_curves, settings.target_ratio, total, None, settings.rank_multiple, settings.min_rank)  # unreachable?
     warm = [dict(w) for w in warm_start]

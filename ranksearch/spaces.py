@@ -1,7 +1,8 @@
 """Search spaces: declarative YAML files naming a model, its data, working points and recipes.
 
-A space is looked up by name in ``search_spaces/`` (or the folders in ``RANKSEARCH_SPACES``, separated
-by ``os.pathsep``), or given as a path to a ``.yaml`` file. Factories are ``module:function`` strings,
+A space is looked up by name in the folders of ``RANKSEARCH_SPACES`` (separated by ``os.pathsep``),
+then in the package's own spaces (``search_spaces/``, installed as ``ranksearch.search_spaces``), or
+given as a path to a ``.yaml`` file. Factories are ``module:function`` strings,
 so a user's own model needs no change to the package. Dense weights come from a local file
 (``model.weights`` or ``--weights``); a space with a ``pretrain`` recipe and a task trains them here on
 first use and caches them under ``RANKSEARCH_CACHE`` (default ``~/.cache/ranksearch``).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.resources
 import json
 import logging
 import os
@@ -41,9 +43,10 @@ _FIELDS = {
 
 
 def spaces_dirs() -> list[Path]:
-    """Folders searched for space files: ``RANKSEARCH_SPACES`` entries, then the repository's."""
+    """Folders searched for space files: ``RANKSEARCH_SPACES`` entries, then the package's own
+    (``ranksearch.search_spaces``: the repository's ``search_spaces/``, installed inside the package)."""
     extra = [Path(p) for p in os.environ.get("RANKSEARCH_SPACES", "").split(os.pathsep) if p]
-    return extra + [Path(__file__).resolve().parent.parent / "search_spaces"]
+    return extra + [Path(str(importlib.resources.files("ranksearch.search_spaces")))]
 
 
 def cache_root() -> Path:

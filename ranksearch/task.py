@@ -3,7 +3,9 @@
 A model factory builds the network; a *task* factory returns a :class:`Task` holding the data
 (``train`` for the short retrain, ``val`` for the search's objective, ``test`` for the reported
 figures), which loss trains it and which metric scores it. Every dataset yields ``(input, target)``
-pairs of tensors; for an auto-encoder the target is the input itself.
+pairs; for an auto-encoder the target is the input itself. The target is a tensor; the input may be a
+tensor, a tuple (``model(*input)``), a dict (``model(**input)``) or anything a ``forward(model, batch)``
+says how to take (:mod:`ranksearch.inputs`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from ranksearch.errors import RankSearchError
+from ranksearch.inputs import Forward
 
 LOSSES = ("cross_entropy", "mse")
 METRICS = ("accuracy", "top5", "psnr")
@@ -30,6 +33,9 @@ class Task:
         metric: ``"accuracy"``, ``"top5"`` or ``"psnr"`` (higher is better for all three).
         synthetic: True when the data is generated procedurally rather than real recordings.
         description: One line naming the data, shown in reports.
+        forward: ``forward(model, batch) -> output`` for inputs the model takes otherwise than by their
+            structure (default: :func:`ranksearch.inputs.call`'s rule); used by the built-in retrain,
+            metric and calibration.
     """
 
     train: Dataset
@@ -39,6 +45,7 @@ class Task:
     metric: str
     synthetic: bool = False
     description: str = ""
+    forward: Forward | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -47,6 +47,7 @@ from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
 from ranksearch.task import Task
+from ranksearch.inputs import Forward
 from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables, val_subset
 from ranksearch.weights import state_digest
 
@@ -174,19 +175,19 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
         subset = val_subset(task, settings.screen_samples)
         ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed,
                                     settings.screen, subset)
-        quick = None if subset is None else (lambda m: evaluate_metric(m, subset, task.metric), len(subset))  # type: ignore[arg-type]
+        quick = None if subset is None else (lambda m: evaluate_metric(m, subset, task.metric, forward=task.forward), len(subset))  # type: ignore[arg-type]
         return Callables(ev, re, te, task.metric, quick, sample_shape(task))
     return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
 
 
 def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, calibration: Iterable[Any] | None,
-              cache_dir: Any) -> Views:
+              cache_dir: Any, forward: Forward | None = None) -> Views:
     """Curves and factors of the study's layers (data-aware ones from the calibration inputs)."""
     curves = spectra(model, cache_dir=cache_dir, exclude=settings.exclude)
     if not curves:
         raise StudyError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
     layers = find_layers(model).eligible
-    return build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task)
+    return build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task, forward)
 
 
 def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables,
@@ -421,7 +422,7 @@ def _requeue(study: optuna.Study, number: int | None) -> None:
 
 def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | None = None,
                evaluate: Evaluate | None = None, retrain: Retrain | None = None, calibration: Iterable[Any] | None = None,
-               n_trials: int | None = None, timeout: float | None = None, artifacts: Any = None, cache_dir: Any = None,
+               forward: Forward | None = None, n_trials: int | None = None, timeout: float | None = None, artifacts: Any = None, cache_dir: Any = None,
                sampler: optuna.samplers.BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
                progress: bool = False) -> int:
@@ -447,7 +448,7 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     study.pruner = pruner or make_pruner(settings)
     check_model(study, settings, model)
     calls = callables_for(model, settings, task, evaluate, retrain)
-    views = views_for(model, settings, task, calibration, cache_dir)
+    views = views_for(model, settings, task, calibration, cache_dir, forward)
     wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
     where = artifacts if artifacts is not None else attrs.get("artifacts")
     objective = objective_for(study, model, views, settings, calls, artifact_store(where) if where is not None else None, n_trials)

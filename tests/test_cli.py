@@ -158,3 +158,27 @@ def test_one_unreachable_working_point_writes_nothing(tmp_path, capsys):
                  "--out", str(out)]) == 2
     _one_line_error(capsys, "--timeout")
     assert not out.exists()
+
+
+def test_apply_rebuilds_the_factors_the_trial_scored(tmp_path, capsys):
+    """Without retraining a trial's value is its factorized model's metric, so ``ranksearch apply``
+    (calibrating on the space's data, as the search did) must give a model with exactly that value;
+    ``--factors plain`` gives the plain-SVD one."""
+    import torch
+
+    from ranksearch.retrain import evaluate
+
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.15", "--trials", "4", "--epochs", "0", "--out", str(out), "-q"]) == 0
+    cfg = RankConfig.load(out / "rank_config.json")
+    assert cfg.search["factors"] == "data_aware"  # without retraining, the output-aware factors win at 0.15
+    space = load_space("tiny-digits")
+    task = space.build_task()
+    for factors, name in (("config", "same.safetensors"), ("plain", "plain.safetensors")):
+        assert main(["apply", "--space", "tiny-digits", "--config", str(out / "rank_config.json"), "--factors", factors,
+                     "--out", str(tmp_path / name), "-q"]) == 0
+    dense = space.build_model()
+    same = load_factorized(dense, cfg, tmp_path / "same.safetensors")
+    plain = load_factorized(dense, cfg, tmp_path / "plain.safetensors")
+    assert evaluate(same, task.val, task.metric) == cfg.metric["searched"]["val"] != evaluate(plain, task.val, task.metric)
+    assert not all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), plain.state_dict().values()))

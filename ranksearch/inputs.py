@@ -1,0 +1,72 @@
+"""Batches of any structure: moving them to a device and calling a model on them.
+
+A model takes its inputs in one of a few ways, and a batch says which by its type:
+
+* a tensor: ``model(batch)``;
+* a tuple or list: ``model(*batch)`` (a model with several positional inputs);
+* a mapping (a dict, a Hugging Face ``BatchEncoding``): ``model(**batch)``;
+* anything else, or a model that wants something other than the above: a ``forward(model, batch)``
+  callable given by the user (a sentence-transformers model takes its feature dict positionally:
+  ``forward=lambda model, batch: model(batch)``).
+
+Tensors are moved to the model's device recursively, through tuples, lists and mappings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ranksearch.errors import RankSearchError
+
+__all__ = ["Forward", "batch_len", "call", "to_device"]
+
+#: ``forward(model, batch) -> output``: how a model is called on one batch.
+Forward = Callable[[nn.Module, Any], Any]
+
+
+def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """``batch`` with every tensor in it on ``device`` (tuples, lists and mappings keep their type where
+    it can be rebuilt from its items; any other mapping becomes a dict)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        items = {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+        try:
+            return type(batch)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(to_device(v, device, non_blocking) for v in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def call(model: nn.Module | Callable[..., Any], batch: Any, forward: Forward | None = None) -> Any:
+    """``model`` on one batch: ``forward(model, batch)`` when given, else by the batch's structure."""
+    if forward is not None:
+        return forward(model, batch)  # type: ignore[arg-type]
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    raise RankSearchError(f"A batch of type {type(batch).__name__} is neither a tensor, a tuple/list nor a mapping; "
+                          "pass forward=(model, batch) -> output to say how the model takes it.")
+
+
+def batch_len(batch: Any) -> int:
+    """The number of samples in ``batch``: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for v in values:
+        n = batch_len(v)
+        if n:
+            return n
+    return 0
