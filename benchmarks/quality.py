@@ -124,7 +124,7 @@ def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spaces", default="mnist5k-cnn,dcase-audio,image-compression")
+    ap.add_argument("--spaces", default="mnist5k-cnn,dcase-audio,image-compression,vit-mnist")
     ap.add_argument("--wps", help="comma list of ratios (default: each space's two most aggressive working points)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=48, help="trials of the new search (its first 12 give the 12-trial figures)")

@@ -29,7 +29,11 @@ from ranksearch.decompose import Factors
 from ranksearch.solver import Curve
 from ranksearch.surgery import factorize
 
-__all__ = ["additive_ranks", "greedy_ranks", "log_weights_for", "measure_sensitivity", "probe_ranks", "uniform_ranks"]
+__all__ = ["PROXY_EVALUATIONS", "additive_ranks", "greedy_ranks", "log_weights_for", "measure_sensitivity", "probe_ranks",
+           "proxy_sensitivity", "table_size", "uniform_ranks"]
+
+#: evaluations of the model the proxy sensitivity table is calibrated on
+PROXY_EVALUATIONS = 24
 
 _log = logging.getLogger(__name__)
 
@@ -72,6 +76,49 @@ def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: 
             on_layer(name, table[name])
         _log.info("sensitivity %d/%d %s: %s", i + 1, len(curves), name, ", ".join(f"r{r}={v:.3f}" for r, v in table[name]))
     return table
+
+
+def table_size(curves: Mapping[str, Curve], rank_multiple: int = 1, min_rank: int = 1) -> int:
+    """Evaluations of the model a measured sensitivity table needs (one per layer and probe rank)."""
+    return sum(len(probe_ranks(c.max_rank, rank_multiple, min_rank)) for c in curves.values())
+
+
+def proxy_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Mapping[str, Factors],
+                      evaluate: Callable[[nn.Module], float], dense: float, evaluations: int = PROXY_EVALUATIONS,
+                      rank_multiple: int = 1, min_rank: int = 1) -> tuple[Sensitivity, list[tuple[str, int]]]:
+    """A sensitivity table from ``evaluations`` evaluations of the model, whatever its number of layers.
+
+    Each (layer, probe rank) has a relative error ``e = mse[r] / mse[0]``, known without evaluating
+    anything: with data-aware curves, the fraction of the layer's output energy that truncation loses.
+    The metric drop is taken to be one monotone function of ``log e`` for all layers: it is measured at
+    ``evaluations`` points spread evenly over the range of ``log e`` (each layer truncated alone, as
+    :func:`measure_sensitivity` does), fitted by isotonic regression, and read off for every other
+    point. Returns the table (measured values where measured) and the measured points.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    points = [(n, r, _log_error(c, r)) for n, c in curves.items() for r in probe_ranks(c.max_rank, rank_multiple, min_rank)]
+    if not points:
+        return {}, []
+    order = sorted(range(len(points)), key=lambda i: points[i][2])
+    k = min(max(2, evaluations), len(points))
+    picks = sorted({order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)}) if k > 1 else [order[0]]
+    measured = {(points[i][0], points[i][1]): float(evaluate(factorize(model, {points[i][0]: points[i][1]}, factors))) for i in picks}
+    x = np.array([points[i][2] for i in picks])
+    drop = np.array([dense - measured[(points[i][0], points[i][1])] for i in picks])
+    fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, drop)  # more error never drops the metric less
+    table: Sensitivity = {}
+    for n, r, e in points:
+        value = measured.get((n, r), dense - float(fit.predict([e])[0]))
+        table.setdefault(n, []).append((r, float(value)))
+    _log.info("proxy sensitivity: %d points from %d evaluations", len(points), len(measured))
+    return table, list(measured)
+
+
+def _log_error(c: Curve, r: int) -> float:
+    """``log10`` of the layer's relative truncation error at rank ``r`` (floored: an exact rank is tiny, not -inf)."""
+    total = max(float(c.mse[0]), 1e-300)
+    return math.log10(max(float(c.mse[min(r, len(c.mse) - 1)]) / total, 1e-12))
 
 
 def log_weights_for(curves: Mapping[str, Curve], ranks: Mapping[str, int | None]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from ranksearch._io import atomic_write_text, check_writable
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, check_storage, create_or_join,
                                  open_storage)
 from ranksearch.allocation import apply, load_factorized, solve
+from ranksearch.baselines import PROXY_EVALUATIONS
 from ranksearch.calibrate import calibration_batches
 from ranksearch.config import RankConfig
 from ranksearch.cost import rank_multiple_for
@@ -38,7 +39,7 @@ from ranksearch.export import export_study, summary_table, working_points_table,
 from ranksearch.formats import FORMATS, check_packages, get_format, sample_input, write_model
 from ranksearch.retrain import best_device
 from ranksearch.search import search
-from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SearchSettings
+from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SENSITIVITIES, SearchSettings
 from ranksearch.spaces import Space, cache_root, load_space
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
@@ -138,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.2, help="fraction of screened trials the gate lets go on (default 0.2; then the top half at each epoch)")
     p.add_argument("--screen-samples", type=int, default=512,
                    help="validation samples (a fixed random subset) of the screen and of every epoch but the last (default 512; 0: all)")
+    p.add_argument("--sensitivity", choices=SENSITIVITIES, default=SENSITIVITIES[0],
+                   help="the baselines' sensitivity table: measured per layer and rank, a proxy from the curves calibrated on "
+                        f"{PROXY_EVALUATIONS} evaluations, or auto (default: measured when it fits --sensitivity-budget)")
+    p.add_argument("--sensitivity-budget", type=int, default=48,
+                   help="most evaluations of the model a measured sensitivity table may take under auto (default 48)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
@@ -327,6 +333,7 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
         target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
         granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
         proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep, screen_samples=args.screen_samples,
+        sensitivity=args.sensitivity, sensitivity_budget=args.sensitivity_budget,
         rank_multiple="auto" if args.rank_multiple == "auto" else space.rank_multiple, min_rank=space.min_rank,
         exclude=tuple(space.exclude),
         baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
@@ -580,10 +587,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def main_entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    if code == 130:  # interrupted and handled: a late Ctrl-C must not kill the exit (and its code) halfway
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -21,12 +21,14 @@ from typing import Any
 from ranksearch.errors import ConfigError
 from ranksearch.retrain import RetrainSettings
 
-__all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PROPOSALS", "PRUNERS", "SAMPLERS", "SearchSettings"]
+__all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PROPOSALS", "PRUNERS", "SAMPLERS", "SENSITIVITIES",
+           "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: fields added since each version, with the values that reproduce a study of that version
-_V2 = {"screen_samples": 0}
+_V3 = {"sensitivity": "measured", "sensitivity_budget": 48}
+_V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
 SAMPLERS = ("local", "tpe", "gp", "random", "cmaes")  #: sampler names, the default first
 PRUNERS = ("gate", "median", "hyperband", "none")  #: pruner names, the default first
@@ -36,6 +38,9 @@ PROPOSALS = ("incumbent", "weights")
 GRANULARITIES = ("layer", "group")  #: one searched weight per layer, or per group of similar layers
 PRIORS = ("none", "sensitivity")  #: centre of the searched weights: the seed rule, or the sensitivity-sum allocation
 FACTORS = ("auto", "data-aware", "plain")  #: auto: data-aware when calibration inputs exist
+#: how the sensitivity table is made: auto (measured when it fits sensitivity_budget, else the proxy),
+#: measured (each layer at each probe rank), proxy (from the curves, calibrated on a few evaluations)
+SENSITIVITIES = ("auto", "measured", "proxy")
 CUSTOM = "custom:"  #: prefix of a sampler/pruner given as an Optuna object from Python (``custom:TPESampler``)
 
 
@@ -73,6 +78,9 @@ class SearchSettings:
         min_rank: Smallest rank allowed.
         exclude: Layer names or regular expressions kept dense.
         baselines: Enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule.
+        sensitivity: One of :data:`SENSITIVITIES`: how the table behind those baselines is made.
+        sensitivity_budget: Most evaluations of the model a measured table may take under ``auto``
+            (larger models get the proxy, calibrated on :data:`~ranksearch.baselines.PROXY_EVALUATIONS`).
         retrain: The built-in retrain's recipe (None: the user's own ``retrain`` callable).
         seed: Seeds the sampler (the k-th sampled trial draws from a seed derived from it and k, whichever worker runs it) and every retrain.
     """
@@ -97,6 +105,8 @@ class SearchSettings:
     min_rank: int = 1
     exclude: tuple[str, ...] = ()
     baselines: bool = True
+    sensitivity: str = SENSITIVITIES[0]
+    sensitivity_budget: int = 48
     retrain: RetrainSettings | None = None
     seed: int = 0
 
@@ -109,7 +119,8 @@ class SearchSettings:
             value = getattr(self, name)
             if value not in allowed and not (isinstance(value, str) and value.startswith(CUSTOM)):
                 raise ConfigError(f"{name} {value!r} is not supported; use one of {list(allowed)}.")
-        for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS), ("proposals", PROPOSALS)):
+        for name, allowed in (("granularity", GRANULARITIES), ("prior", PRIORS), ("factors", FACTORS), ("proposals", PROPOSALS),
+                              ("sensitivity", SENSITIVITIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not supported; use one of {list(allowed)}.")
         if isinstance(self.spread, bool) or not isinstance(self.spread, (int, float)) or not (0 < self.spread < math.inf):
@@ -130,6 +141,9 @@ class SearchSettings:
         v = self.screen_samples
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"screen_samples {v!r} must be an int >= 0 (validation samples of the screen; 0: all).")
+        v = self.sensitivity_budget
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"sensitivity_budget {v!r} must be an int >= 0 (evaluations a measured sensitivity table may take).")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed {self.seed!r} must be an int >= 0.")
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
@@ -169,12 +183,13 @@ class SearchSettings:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
         version = data.get("format_version")
-        if version not in (1, 2, FORMAT_VERSION):
+        if version not in (1, 2, 3, FORMAT_VERSION):
             raise ConfigError(f"{origin} have format_version {version!r}; this ranksearch reads 1 to "
                              f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-        # version 1 searched log-weights without screening, version 2 screened on the whole validation split
-        if (added := {1: _V1, 2: _V2}.get(version)) is not None:
+        # version 1 searched log-weights without screening, version 2 screened on the whole validation split,
+        # version 3 measured every sensitivity table in full
+        if (added := {1: _V1, 2: _V2, 3: _V3}.get(version)) is not None:
             if unknown := sorted(set(added) & set(body)):
                 raise ConfigError(f"{origin}: format_version {version} has no fields {unknown}.")
             body = {**body, **added}

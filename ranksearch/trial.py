@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class Views:
     plain_curves: Mapping[str, Curve]
     plain_factors: Mapping[str, Factors]
     kind: str  # "plain" or "data_aware"
+    seconds: Mapping[str, float] = field(default_factory=dict)  #: what computing them took (spectra, calibration)
 
     def of(self, kind: str) -> tuple[Mapping[str, Curve], Mapping[str, Factors]]:
         """Curves and factors of a trial's ``factors`` attr."""
@@ -345,9 +346,10 @@ def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapp
     """Plain factors and, when ``data_aware``, the activation-whitened ones, from the input moments over
     ``calibration`` (default: 512 samples of ``task.train``), each batch called with ``forward`` (default:
     the task's, else by the batch's structure)."""
+    start = time.perf_counter()
     plain = layer_factors(modules, {n: max(1, c.max_rank) for n, c in curves.items()})
     if not data_aware:
-        return Views(curves, plain, curves, plain, "plain")
+        return Views(curves, plain, curves, plain, "plain", {"factors": time.perf_counter() - start})
     if calibration is None:
         if task is None:
             raise RankSearchError("data_aware=True needs calibration batches (calibration=) or a task.")
@@ -356,5 +358,6 @@ def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapp
     moments = input_moments(model, modules, calibration, device=next(model.parameters()).device, forward=forward)
     pairs = {n: whitened(m, moments[n], max(1, curves[n].max_rank)) for n, m in modules.items()}
     _log.info("data-aware factors from %d layers' input moments", len(pairs))
-    return Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware")
+    return Views({n: c for n, (c, _) in pairs.items()}, {n: f for n, (_, f) in pairs.items()}, curves, plain, "data_aware",
+                 {"factors": time.perf_counter() - start})
 

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -36,9 +36,10 @@ from torch import nn
 
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, fail_dead_trials,
                                  open_storage, retry_trial, settle, wait_until_ready, worker_id)
-from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity,
-                                  uniform_ranks)
+from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, proxy_sensitivity,
+                                  table_size, uniform_ranks)
 from ranksearch.errors import StudyError
+from ranksearch.export import fixed_cost_line
 from ranksearch.gate import GatePruner
 from ranksearch.progress import bar
 from ranksearch.proposals import LocalSampler
@@ -182,12 +183,16 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
 
 def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, calibration: Iterable[Any] | None,
               cache_dir: Any, forward: Forward | None = None) -> Views:
-    """Curves and factors of the study's layers (data-aware ones from the calibration inputs)."""
+    """Curves and factors of the study's layers (data-aware ones from the calibration inputs), with the
+    seconds each part took."""
+    start = time.perf_counter()
     curves = spectra(model, cache_dir=cache_dir, exclude=settings.exclude)
     if not curves:
         raise StudyError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to search.")
+    took = time.perf_counter() - start
     layers = find_layers(model).eligible
-    return build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task, forward)
+    views = build_views(model, {n: layers[n] for n in curves}, curves, settings.data_aware, calibration, task, forward)
+    return replace(views, seconds={"spectra": took, **views.seconds})
 
 
 def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables,
@@ -196,6 +201,14 @@ def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings:
     centre = StudyAttrs(study).get("centre") or {}
     return Objective(model, views, settings, centre, evaluate=calls.evaluate, retrain=calls.retrain, test=calls.test,
                      artifacts=artifacts, n_trials=n_trials, quick=calls.quick)
+
+
+def sensitivity_kind(settings: SearchSettings, views: Views) -> str:
+    """``measured`` or ``proxy``: ``auto`` measures the table when it fits ``settings.sensitivity_budget``."""
+    if settings.sensitivity != "auto":
+        return settings.sensitivity
+    size = table_size(views.curves, settings.rank_multiple, settings.min_rank)
+    return "measured" if size <= settings.sensitivity_budget else "proxy"
 
 
 def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables, *,
@@ -214,6 +227,8 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
 
     if attrs.get("input_shape") is None and calls.input_shape is not None:
         attrs.set("input_shape", list(calls.input_shape))
+    cost = {f"{k}_s": round(v, 3) for k, v in views.seconds.items()}
+    start = time.perf_counter()
     if attrs.get("dense") is None:
         dense = {"val": float(calls.evaluate(copy.deepcopy(model)))}
         if calls.test is not None:
@@ -221,7 +236,9 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
         attrs.set("dense", dense)
         attrs.set("metric", calls.metric)
         _log.info("dense model: %s", dense)
+        cost.update(dense_s=round(time.perf_counter() - start, 3), dense_evaluations=len(dense))
     table = sensitivity
+    start, measured = time.perf_counter(), 0
     if table is None and (settings.baselines or settings.prior == "sensitivity"):
         stored = attrs.get("sensitivity")
         if stored is not None:
@@ -231,15 +248,33 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
             shown = bar(len(views.curves), "sensitivity", progress, initial=len(partial), unit="layer")
 
             def keep(name: str, rows: list[tuple[int, float]]) -> None:
+                nonlocal measured
+                measured += len(rows)
                 attrs.set(f"sensitivity_row:{name}", [[r, v] for r, v in rows])
                 beat()
                 shown.update(1)
 
-            with shown:
-                table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep,
-                                            rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
+            kind = sensitivity_kind(settings, views)
+            if kind == "proxy":  # a few evaluations, whatever the number of layers: measured again after an interruption
+                table, points = proxy_sensitivity(model, views.curves, views.factors, calls.evaluate, float(attrs.get("dense")["val"]),
+                                                  rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
+                measured = len(points)
+                attrs.set("sensitivity_measured", [[n, r] for n, r in points])
+            else:
+                with shown:
+                    table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep,
+                                                rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
+            attrs.set("sensitivity_kind", kind)
     if table is not None and attrs.get("sensitivity") is None:
         attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
+    if attrs.get("fixed_cost") is None:  # stored once, by the process that set the study up
+        cost.update(sensitivity_s=round(time.perf_counter() - start, 3), sensitivity_evaluations=measured)
+        if (kind := attrs.get("sensitivity_kind")) is not None:
+            cost["sensitivity_kind"] = kind
+        cost["evaluations"] = cost.get("dense_evaluations", 0) + measured
+        cost["total_s"] = round(sum(v for k, v in cost.items() if k.endswith("_s")), 3)
+        attrs.set("fixed_cost", cost)
+        _log.info("fixed cost before the first trial: %s", fixed_cost_line(cost))
     starts = _starting_points(model, views, settings.target_ratio, table)
     centre = starts.get("sensitivity_sum", {}) if settings.prior == "sensitivity" else {}
     attrs.set("centre", centre)

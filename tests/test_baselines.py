@@ -94,3 +94,40 @@ def test_additive_ranks_maximize_the_sum_where_greedy_maximizes_the_minimum():
     assert additive_ranks(curves, table, budget) == {"a": 1, "b": 8, "c": 1}  # scores sum to 2.39
     assert greedy_ranks(curves, table, budget) == {"a": 2, "b": 1, "c": 1}  # 2.05, its minimum 0.55 is higher
     assert additive_ranks(curves, table, 10) == {"a": 1, "b": 1, "c": 1}  # nothing fits: the smallest ranks
+
+
+def test_proxy_sensitivity_spends_its_evaluations_and_fills_the_table():
+    """The proxy measures ``evaluations`` points spread over the error range and predicts the rest from
+    one monotone fit of metric drop against relative output error."""
+    import torch
+    from torch import nn
+
+    from ranksearch.baselines import proxy_sensitivity, table_size
+    from ranksearch.spectra import spectra
+    from ranksearch.surgery import factorize, find_layers, layer_factors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(48, 48) for _ in range(6)), nn.Linear(48, 4)).eval()
+    x = torch.randn(64, 48)
+    ref = model(x).detach()
+    calls = []
+
+    def closeness(m: nn.Module) -> float:  # higher is better: minus the relative output error
+        calls.append(1)
+        with torch.no_grad():
+            return -float(((m(x) - ref) ** 2).sum() / (ref**2).sum())
+
+    curves = spectra(model)
+    layers = find_layers(model).eligible
+    factors = layer_factors({n: layers[n] for n in curves}, {n: c.max_rank for n, c in curves.items()})
+    table, points = proxy_sensitivity(model, curves, factors, closeness, 0.0, evaluations=10)
+    assert len(calls) == len(points) == 10 < table_size(curves)
+    assert {n: [r for r, _ in rows] for n, rows in table.items()} == {n: probe_ranks(c.max_rank) for n, c in curves.items()}
+    for n, r in points:  # measured where measured
+        assert dict(table[n])[r] == pytest.approx(closeness(factorize(model, {n: r}, factors)))
+    measured = [dict(table[n])[r] for n, r in points]
+    predicted = sorted((curves[n].mse[r] / curves[n].mse[0], v) for n, rows in table.items() for r, v in rows if (n, r) not in points)
+    assert predicted  # the rest is read off the fit: falling as the error grows, within the measured range
+    values = [v for _, v in predicted]
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+    assert min(measured) - 1e-12 <= min(values) and max(values) <= max(measured) + 1e-12

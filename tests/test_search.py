@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from ranksearch import RetrainSettings, SearchSettings, count_params, search, solve
+from ranksearch import RetrainSettings, SearchSettings, count_params, load_space, search, solve
 from ranksearch.cli import main
 from ranksearch.search import open_storage
 
@@ -307,3 +307,49 @@ def test_progress_bar_and_one_log_line_per_trial(dense_and_task, capsys, caplog)
         assert len(lines) == 1 and f"[{t.user_attrs['method']}]" in lines[0], lines
         gate = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number} ") and r.name == "ranksearch.gate"]
         assert len(gate) == ("gate" in t.user_attrs), gate
+
+
+def test_the_fixed_cost_is_stored_once_and_shown(dense_and_task, tmp_path):
+    model, task = dense_and_task
+    res = search(model, _s(0.2), task=task, n_trials=5, out_dir=tmp_path)
+    cost = res.study.user_attrs["ranksearch:fixed_cost"]
+    rows = sum(len(r) for r in res.sensitivity.values())
+    assert cost["sensitivity_evaluations"] == rows > 0 and cost["dense_evaluations"] == 2  # val and test
+    assert cost["evaluations"] == rows + 2
+    parts = [cost[k] for k in ("spectra_s", "factors_s", "dense_s", "sensitivity_s")]
+    assert all(v >= 0 for v in parts) and cost["total_s"] == pytest.approx(sum(parts), abs=0.01)
+    from ranksearch.export import summary_table
+
+    assert f"Fixed cost before the first trial (stored once in the study): {cost['total_s']:.1f} s and {rows + 2} evaluations" \
+        in summary_table(res.summary)
+    again = search(model, _s(0.2), task=task, n_trials=6, out_dir=tmp_path, resume=True)  # resuming measures nothing again
+    assert again.study.user_attrs["ranksearch:fixed_cost"] == cost
+
+
+def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_trials(tmp_path):
+    """vit-mnist's architecture (6 blocks: 36 Linear layers in them) would need about 200 evaluations for a
+    measured table; under ``auto`` it gets the proxy, and the whole fixed cost stays within 30."""
+    from ranksearch.baselines import table_size
+    from ranksearch.spectra import spectra
+
+    model = load_space("vit-mnist").build_architecture().eval()
+    x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    calls = []
+
+    def agreement(m: torch.nn.Module) -> float:
+        calls.append(1)
+        with torch.no_grad():
+            return float((m.eval()(x).argmax(1) == ref.argmax(1)).float().mean())
+
+    assert table_size(spectra(model)) > 150
+    res = search(model, SearchSettings(0.25), evaluate=agreement, n_trials=5, out_dir=tmp_path)
+    cost = res.study.user_attrs["ranksearch:fixed_cost"]
+    assert cost["sensitivity_kind"] == "proxy" and cost["evaluations"] <= 30
+    assert cost["evaluations"] == cost["dense_evaluations"] + cost["sensitivity_evaluations"] == 1 + 24
+    assert set(res.sensitivity) == set(spectra(model))  # every layer has its row
+    methods = [t.user_attrs["method"] for t in res.study.trials]
+    assert {"uniform", "sensitivity", "sensitivity_sum"} <= set(methods)
+    measured = search(model, SearchSettings(0.25, sensitivity_budget=10_000), evaluate=agreement, n_trials=1)
+    assert measured.study.user_attrs["ranksearch:fixed_cost"]["sensitivity_kind"] == "measured"
