@@ -85,33 +85,48 @@ def table_size(curves: Mapping[str, Curve], rank_multiple: int = 1, min_rank: in
 
 def proxy_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Mapping[str, Factors],
                       evaluate: Callable[[nn.Module], float], dense: float, evaluations: int = PROXY_EVALUATIONS,
-                      rank_multiple: int = 1, min_rank: int = 1) -> tuple[Sensitivity, list[tuple[str, int]]]:
-    """A sensitivity table from ``evaluations`` evaluations of the model, whatever its number of layers.
+                      rank_multiple: int = 1, min_rank: int = 1,
+                      groups: Mapping[str, str] | None = None) -> tuple[Sensitivity, list[tuple[str, int]]]:
+    """A sensitivity table from about ``evaluations`` evaluations of the model, whatever its number of layers.
 
     Each (layer, probe rank) has a relative error ``e = mse[r] / mse[0]``, known without evaluating
     anything: with data-aware curves, the fraction of the layer's output energy that truncation loses.
-    The metric drop is taken to be one monotone function of ``log e`` for all layers: it is measured at
-    ``evaluations`` points spread evenly over the range of ``log e`` (each layer truncated alone, as
-    :func:`measure_sensitivity` does), fitted by isotonic regression, and read off for every other
-    point. Returns the table (measured values where measured) and the measured points.
+    The metric drop is taken to be one monotone function of ``log e`` for all layers (or, with
+    ``groups``: layer -> group, one per group of similar layers, e.g. every block's query projection,
+    while there are at most ``evaluations // 2`` groups): it is measured at points spread evenly over the
+    range of ``log e`` (each layer truncated alone, as :func:`measure_sensitivity` does), fitted by
+    isotonic regression and read off for the other points. Returns the table (measured values where
+    measured) and the measured points. On vit-mnist one fit for all layers gave better allocations than
+    one per :func:`~ranksearch.surgery.layer_groups` group, and both worse than the measured table
+    (``benchmarks/RESULTS.md``), which is why ``measured`` stays the default.
     """
     from sklearn.isotonic import IsotonicRegression
 
     points = [(n, r, _log_error(c, r)) for n, c in curves.items() for r in probe_ranks(c.max_rank, rank_multiple, min_rank)]
     if not points:
         return {}, []
-    order = sorted(range(len(points)), key=lambda i: points[i][2])
-    k = min(max(2, evaluations), len(points))
-    picks = sorted({order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)}) if k > 1 else [order[0]]
-    measured = {(points[i][0], points[i][1]): float(evaluate(factorize(model, {points[i][0]: points[i][1]}, factors))) for i in picks}
-    x = np.array([points[i][2] for i in picks])
-    drop = np.array([dense - measured[(points[i][0], points[i][1])] for i in picks])
-    fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, drop)  # more error never drops the metric less
+    groups = dict(groups) if groups is not None else {}
+    members: dict[str, list[int]] = {}
+    for i, (n, _, _) in enumerate(points):
+        members.setdefault(groups.get(n, "") if len(set(groups.values())) <= evaluations // 2 else "", []).append(i)
+    share, extra = divmod(evaluations, len(members))
     table: Sensitivity = {}
-    for n, r, e in points:
-        value = measured.get((n, r), dense - float(fit.predict([e])[0]))
-        table.setdefault(n, []).append((r, float(value)))
-    _log.info("proxy sensitivity: %d points from %d evaluations", len(points), len(measured))
+    measured: dict[tuple[str, int], float] = {}
+    for g, (name, idx) in enumerate(sorted(members.items())):
+        order = sorted(idx, key=lambda i: points[i][2])
+        k = min(max(1, share + (g < extra)), len(order))
+        picks = sorted({order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)}) if k > 1 else [order[len(order) // 2]]
+        for i in picks:
+            n, r, _ = points[i]
+            measured[(n, r)] = float(evaluate(factorize(model, {n: r}, factors)))
+        x = np.array([points[i][2] for i in picks])
+        drop = np.array([dense - measured[(points[i][0], points[i][1])] for i in picks])
+        fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, drop)  # more error never drops the metric less
+        for i in idx:
+            n, r, e = points[i]
+            table.setdefault(n, []).append((r, measured.get((n, r), dense - float(fit.predict([e])[0]))))
+    table = {n: sorted(table[n]) for n in curves if n in table}
+    _log.info("proxy sensitivity: %d points of %d groups from %d evaluations", len(points), len(members), len(measured))
     return table, list(measured)
 
 

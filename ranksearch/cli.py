@@ -140,8 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--screen-samples", type=int, default=512,
                    help="validation samples (a fixed random subset) of the screen and of every epoch but the last (default 512; 0: all)")
     p.add_argument("--sensitivity", choices=SENSITIVITIES, default=SENSITIVITIES[0],
-                   help="the baselines' sensitivity table: measured per layer and rank, a proxy from the curves calibrated on "
-                        f"{PROXY_EVALUATIONS} evaluations, or auto (default: measured when it fits --sensitivity-budget)")
+                   help="the baselines' sensitivity table: measured per layer and rank (default), a proxy from the curves "
+                        f"calibrated on {PROXY_EVALUATIONS} evaluations (cheap, but its allocations lose accuracy: see "
+                        "benchmarks/RESULTS.md), or auto: measured when it fits --sensitivity-budget, else the proxy")
     p.add_argument("--sensitivity-budget", type=int, default=48,
                    help="most evaluations of the model a measured sensitivity table may take under auto (default 48)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")

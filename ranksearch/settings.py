@@ -38,9 +38,9 @@ PROPOSALS = ("incumbent", "weights")
 GRANULARITIES = ("layer", "group")  #: one searched weight per layer, or per group of similar layers
 PRIORS = ("none", "sensitivity")  #: centre of the searched weights: the seed rule, or the sensitivity-sum allocation
 FACTORS = ("auto", "data-aware", "plain")  #: auto: data-aware when calibration inputs exist
-#: how the sensitivity table is made: auto (measured when it fits sensitivity_budget, else the proxy),
-#: measured (each layer at each probe rank), proxy (from the curves, calibrated on a few evaluations)
-SENSITIVITIES = ("auto", "measured", "proxy")
+#: how the sensitivity table is made: measured (each layer at each probe rank; the default), proxy (from the
+#: curves, calibrated on a few evaluations), auto (measured when it fits sensitivity_budget, else the proxy)
+SENSITIVITIES = ("measured", "proxy", "auto")
 CUSTOM = "custom:"  #: prefix of a sampler/pruner given as an Optuna object from Python (``custom:TPESampler``)
 
 
@@ -105,7 +105,7 @@ class SearchSettings:
     min_rank: int = 1
     exclude: tuple[str, ...] = ()
     baselines: bool = True
-    sensitivity: str = SENSITIVITIES[0]
+    sensitivity: str = "measured"
     sensitivity_budget: int = 48
     retrain: RetrainSettings | None = None
     seed: int = 0

@@ -131,3 +131,38 @@ def test_proxy_sensitivity_spends_its_evaluations_and_fills_the_table():
     values = [v for _, v in predicted]
     assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
     assert min(measured) - 1e-12 <= min(values) and max(values) <= max(measured) + 1e-12
+
+
+def test_proxy_sensitivity_fits_each_group_of_similar_layers_apart():
+    import torch
+    from torch import nn
+
+    from ranksearch.baselines import proxy_sensitivity
+    from ranksearch.spectra import spectra
+    from ranksearch.surgery import find_layers, layer_factors
+
+    torch.manual_seed(1)
+    model = nn.Sequential(*(nn.Linear(40, 40) for _ in range(6))).eval()
+    x = torch.randn(64, 40)
+    ref = model(x).detach()
+    calls = []
+
+    def closeness(m: nn.Module) -> float:
+        calls.append(1)
+        with torch.no_grad():
+            return -float(((m(x) - ref) ** 2).sum() / (ref**2).sum())
+
+    curves = spectra(model)
+    layers = find_layers(model).eligible
+    factors = layer_factors({n: layers[n] for n in curves}, {n: c.max_rank for n, c in curves.items()})
+    groups = {n: "early" if int(n) < 3 else "late" for n in curves}
+    table, points = proxy_sensitivity(model, curves, factors, closeness, 0.0, evaluations=8, groups=groups)
+    assert len(calls) == len(points) == 8
+    assert {groups[n] for n, _ in points} == {"early", "late"} and sum(groups[n] == "early" for n, _ in points) == 4
+    for g in ("early", "late"):  # each group's predictions fall with the error, within its own measured range
+        pred = sorted((curves[n].mse[r] / curves[n].mse[0], v) for n, rows in table.items() if groups[n] == g
+                      for r, v in rows if (n, r) not in points)
+        own = [dict(table[n])[r] for n, r in points if groups[n] == g]
+        values = [v for _, v in pred]
+        assert values and all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+        assert min(own) - 1e-12 <= min(values) and max(values) <= max(own) + 1e-12

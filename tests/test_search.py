@@ -327,8 +327,8 @@ def test_the_fixed_cost_is_stored_once_and_shown(dense_and_task, tmp_path):
 
 
 def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_trials(tmp_path):
-    """vit-mnist's architecture (6 blocks: 36 Linear layers in them) would need about 200 evaluations for a
-    measured table; under ``auto`` it gets the proxy, and the whole fixed cost stays within 30."""
+    """vit-mnist's architecture (6 blocks: 36 Linear layers in them) needs about 200 evaluations for a
+    measured table (the default); under ``auto`` it gets the proxy, and the whole fixed cost stays within 30."""
     from ranksearch.baselines import table_size
     from ranksearch.spectra import spectra
 
@@ -344,12 +344,13 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
             return float((m.eval()(x).argmax(1) == ref.argmax(1)).float().mean())
 
     assert table_size(spectra(model)) > 150
-    res = search(model, SearchSettings(0.25), evaluate=agreement, n_trials=5, out_dir=tmp_path)
+    res = search(model, SearchSettings(0.25, sensitivity="auto"), evaluate=agreement, n_trials=5, out_dir=tmp_path)
     cost = res.study.user_attrs["ranksearch:fixed_cost"]
     assert cost["sensitivity_kind"] == "proxy" and cost["evaluations"] <= 30
     assert cost["evaluations"] == cost["dense_evaluations"] + cost["sensitivity_evaluations"] == 1 + 24
     assert set(res.sensitivity) == set(spectra(model))  # every layer has its row
     methods = [t.user_attrs["method"] for t in res.study.trials]
     assert {"uniform", "sensitivity", "sensitivity_sum"} <= set(methods)
-    measured = search(model, SearchSettings(0.25, sensitivity_budget=10_000), evaluate=agreement, n_trials=1)
-    assert measured.study.user_attrs["ranksearch:fixed_cost"]["sensitivity_kind"] == "measured"
+    for settings in (SearchSettings(0.25), SearchSettings(0.25, sensitivity="auto", sensitivity_budget=10_000)):
+        measured = search(model, settings, evaluate=agreement, n_trials=1)  # the default, and auto within its budget
+        assert measured.study.user_attrs["ranksearch:fixed_cost"]["sensitivity_kind"] == "measured"

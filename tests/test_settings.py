@@ -141,4 +141,4 @@ def test_version_3_settings_measure_the_whole_sensitivity_table():
     assert (s.sensitivity, s.screen_samples) == ("measured", 512)
     with pytest.raises(ValueError, match=r"format_version 3 has no fields \['sensitivity'\]"):
         SearchSettings.from_dict({**v3, "sensitivity": "proxy"})
-    assert SearchSettings(0.2).sensitivity == "auto"
+    assert SearchSettings(0.2).sensitivity == "measured"
