@@ -314,7 +314,7 @@ def _where(out: Path, cfg: RankConfig, storage: str | None) -> str:
         "  rank_config_seed_rule.json  the CE1 rule (one MSE bound) at the same ratio, for comparison",
         "  summary.md                  the table above",
         f"Next: more trials with --resume; more workers with: ranksearch worker --storage {store} --study-name {study}",
-        "(ranksearch apply --config rank_config.json rebuilds the model with untrained, SVD-initialized factors.)",
+        "(ranksearch apply --config rank_config.json rebuilds the model untrained, with the factors its trial started from.)",
     ])
 
 
