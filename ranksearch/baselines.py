@@ -105,10 +105,11 @@ def proxy_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Ma
     points = [(n, r, _log_error(c, r)) for n, c in curves.items() for r in probe_ranks(c.max_rank, rank_multiple, min_rank)]
     if not points:
         return {}, []
-    groups = dict(groups) if groups is not None else {}
+    if groups is None or len(set(groups.values())) > evaluations // 2:  # too many groups for 2 points each: one fit
+        groups = {}
     members: dict[str, list[int]] = {}
     for i, (n, _, _) in enumerate(points):
-        members.setdefault(groups.get(n, "") if len(set(groups.values())) <= evaluations // 2 else "", []).append(i)
+        members.setdefault(groups.get(n, ""), []).append(i)
     share, extra = divmod(evaluations, len(members))
     table: Sensitivity = {}
     measured: dict[tuple[str, int], float] = {}

@@ -220,6 +220,7 @@ def fixed_cost_line(cost: Mapping[str, Any]) -> str:
     """``12.3 s and 287 evaluations of the model (spectra 1.2 s, factors 0.4 s, dense 0.3 s, sensitivity 10.4 s)``."""
     parts = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in cost.items() if k.endswith("_s") and k != "total_s")
     kind = f"; sensitivity table {cost['sensitivity_kind']}" if cost.get("sensitivity_kind") else ""
+    kind += "; resumed: an interrupted setup's share is not counted" if cost.get("resumed") else ""
     return f"{cost.get('total_s', 0):.1f} s and {cost.get('evaluations', 0)} evaluations of the model ({parts}{kind})"
 
 

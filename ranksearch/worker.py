@@ -227,8 +227,10 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
 
     if attrs.get("input_shape") is None and calls.input_shape is not None:
         attrs.set("input_shape", list(calls.input_shape))
-    cost = {f"{k}_s": round(v, 3) for k, v in views.seconds.items()}
+    cost: dict[str, Any] = {f"{k}_s": round(v, 3) for k, v in views.seconds.items()}
     start = time.perf_counter()
+    if attrs.get("dense") is not None or attrs.prefixed("sensitivity_row:"):
+        cost["resumed"] = True  # an interrupted setup did part of the work: its share is not in these figures
     if attrs.get("dense") is None:
         dense = {"val": float(calls.evaluate(copy.deepcopy(model)))}
         if calls.test is not None:

@@ -96,23 +96,19 @@ def test_additive_ranks_maximize_the_sum_where_greedy_maximizes_the_minimum():
     assert additive_ranks(curves, table, 10) == {"a": 1, "b": 1, "c": 1}  # nothing fits: the smallest ranks
 
 
-def test_proxy_sensitivity_spends_its_evaluations_and_fills_the_table():
-    """The proxy measures ``evaluations`` points spread over the error range and predicts the rest from
-    one monotone fit of metric drop against relative output error."""
+def _proxy_case(model):
+    """Curves, factors and a counting metric (minus the relative output error on fixed inputs) of ``model``."""
     import torch
     from torch import nn
 
-    from ranksearch.baselines import proxy_sensitivity, table_size
     from ranksearch.spectra import spectra
-    from ranksearch.surgery import factorize, find_layers, layer_factors
+    from ranksearch.surgery import find_layers, layer_factors
 
-    torch.manual_seed(0)
-    model = nn.Sequential(*(nn.Linear(48, 48) for _ in range(6)), nn.Linear(48, 4)).eval()
-    x = torch.randn(64, 48)
+    x = torch.randn(64, model[0].in_features, generator=torch.Generator().manual_seed(0))
     ref = model(x).detach()
     calls = []
 
-    def closeness(m: nn.Module) -> float:  # higher is better: minus the relative output error
+    def closeness(m: nn.Module) -> float:
         calls.append(1)
         with torch.no_grad():
             return -float(((m(x) - ref) ** 2).sum() / (ref**2).sum())
@@ -120,6 +116,21 @@ def test_proxy_sensitivity_spends_its_evaluations_and_fills_the_table():
     curves = spectra(model)
     layers = find_layers(model).eligible
     factors = layer_factors({n: layers[n] for n in curves}, {n: c.max_rank for n, c in curves.items()})
+    return curves, factors, closeness, calls
+
+
+def test_proxy_sensitivity_spends_its_evaluations_and_fills_the_table():
+    """The proxy measures ``evaluations`` points spread over the error range and predicts the rest from
+    one monotone fit of metric drop against relative output error."""
+    import torch
+    from torch import nn
+
+    from ranksearch.baselines import proxy_sensitivity, table_size
+    from ranksearch.surgery import factorize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(48, 48) for _ in range(6)), nn.Linear(48, 4)).eval()
+    curves, factors, closeness, calls = _proxy_case(model)
     table, points = proxy_sensitivity(model, curves, factors, closeness, 0.0, evaluations=10)
     assert len(calls) == len(points) == 10 < table_size(curves)
     assert {n: [r for r, _ in rows] for n, rows in table.items()} == {n: probe_ranks(c.max_rank) for n, c in curves.items()}
@@ -138,23 +149,10 @@ def test_proxy_sensitivity_fits_each_group_of_similar_layers_apart():
     from torch import nn
 
     from ranksearch.baselines import proxy_sensitivity
-    from ranksearch.spectra import spectra
-    from ranksearch.surgery import find_layers, layer_factors
 
     torch.manual_seed(1)
     model = nn.Sequential(*(nn.Linear(40, 40) for _ in range(6))).eval()
-    x = torch.randn(64, 40)
-    ref = model(x).detach()
-    calls = []
-
-    def closeness(m: nn.Module) -> float:
-        calls.append(1)
-        with torch.no_grad():
-            return -float(((m(x) - ref) ** 2).sum() / (ref**2).sum())
-
-    curves = spectra(model)
-    layers = find_layers(model).eligible
-    factors = layer_factors({n: layers[n] for n in curves}, {n: c.max_rank for n, c in curves.items()})
+    curves, factors, closeness, calls = _proxy_case(model)
     groups = {n: "early" if int(n) < 3 else "late" for n in curves}
     table, points = proxy_sensitivity(model, curves, factors, closeness, 0.0, evaluations=8, groups=groups)
     assert len(calls) == len(points) == 8

@@ -105,6 +105,10 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
     assert _finished(resumed.study) == expected
     if moment == "setup":  # neither the dense metric nor the first layer's row is measured again
         assert calls[0] - before == full_calls - 1 - 2
+        cost = resumed.study.user_attrs["ranksearch:fixed_cost"]  # stored by the setup that finished, which says so
+        assert cost["resumed"] is True and cost["sensitivity_evaluations"] == sum(map(len, resumed.sensitivity.values())) - 2
+    else:
+        assert "resumed" not in resumed.study.user_attrs["ranksearch:fixed_cost"]
 
 
 def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):
