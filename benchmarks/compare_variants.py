@@ -3,7 +3,7 @@
 Each raw file holds the studies of one quality run; the variants are compared on the (space,
 working point, seed) cases they all ran, with 48 trials (``new`` studies only). Cells: median over
 those seeds of the search's pick on the test split, the best sampled trial's, the trials retrained
-fully and the wall time per study. Appends a section to benchmarks/RESULTS.md.
+fully and the wall time per study. Writes its section to benchmarks/RESULTS.md.
 
     python benchmarks/compare_variants.py --raw defaults=/tmp/m1.json,incumbent-cmaes=/tmp/v_cmaes.json
 """
@@ -34,7 +34,7 @@ def main() -> None:
     cases = sorted({(s, w) for s, w, _ in common}, key=lambda k: (k[0], -k[1]))
     seeds = sorted({seed for _, _, seed in common})
     lines = [
-        f"## Search variants at 48 trials, the gate for all ({datetime.date.today()})",
+        f"## Search variants at 48 trials, the gate for all ({', '.join(runs)}) ({datetime.date.today()})",
         "",
         f"Command: `python benchmarks/compare_variants.py --raw {args.raw}` (the raw files of the quality runs named "
         f"in this section's text).  ",

@@ -16,6 +16,7 @@ For each model (random weights; the factorized one at its space's first working 
 from __future__ import annotations
 
 import argparse
+import datetime
 from collections.abc import Callable
 
 import torch
@@ -74,7 +75,7 @@ def layout_decision(model: nn.Module, x: torch.Tensor) -> tuple[bool, int, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--out", default=None, help="append the table to this results file (default: print only)")
+    ap.add_argument("--out", default=None, help="write the table to this results file, in place of the last run's (default: print only)")
     args = ap.parse_args(argv)
     lines = [
         "| model | variant | WP | graphs / breaks (contiguous) | graphs / breaks (channels-last) | convolutions | in-out | CUDA layout opt |",
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                 lines.append(f"|  | break: {reason} | | | | | | |")
             print(lines[-1], flush=True)
     if args.out:
-        publish(lines, args.out)
+        head = [f"## torch.compile of factorized models ({', '.join(args.models.split(','))}): graph breaks and inductor's "
+                f"layout choice ({datetime.date.today()}, CPU)", "", f"Command: `python benchmarks/compile_check.py --models {args.models}`", ""]
+        publish(head + lines, args.out)
     else:
         print("\n".join(lines))
 

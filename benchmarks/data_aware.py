@@ -2,7 +2,7 @@
 
 For each space and working point, the ranks are the CE1 rule's (plain curves, one MSE bound); the same
 ranks are then built from plain SVD factors and from data-aware factors (512 training samples), and the
-test metric is measured without retraining. Appends a section to benchmarks/RESULTS.md.
+test metric is measured without retraining. Writes its section to benchmarks/RESULTS.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/data_aware.py --spaces mnist5k-cnn,dcase-audio,image-compression
 """
@@ -49,7 +49,7 @@ def main() -> None:
             rows.append((name, wp, task.metric, dense, a, b))
             print(rows[-1], flush=True)
     publish([
-        f"## Data-aware vs plain SVD factors before retrain ({datetime.date.today()})",
+        f"## Data-aware vs plain SVD factors ({', '.join(args.spaces.split(','))}): before retrain ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/data_aware.py --spaces {args.spaces}`  ",
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}. Ranks: the CE1 rule at each "

@@ -2,7 +2,7 @@
 
 For each space, a search of one trial at its most aggressive working point sets its study up (spectra,
 factors with calibration, the dense model's metric, the sensitivity table), and the study's stored
-``fixed_cost`` is reported: seconds per part and evaluations of the model. Appends a section to
+``fixed_cost`` is reported: seconds per part and evaluations of the model. Writes its section to
 benchmarks/RESULTS.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/fixed_cost.py --spaces vit-mnist,dcase-audio
@@ -53,7 +53,7 @@ def main() -> None:
         print(name, cost, flush=True)
     load_after = os.getloadavg()[0]
     lines = [
-        f"## Fixed cost before the first sampled trial ({datetime.date.today()}, {args.label})",
+        f"## Fixed cost ({', '.join(args.spaces.split(','))}; {args.label}): before the first sampled trial ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/fixed_cost.py --spaces {args.spaces}"
         + (f" --settings '{args.settings}' --label {args.label}" if options else "") + "`  ",

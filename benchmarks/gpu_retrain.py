@@ -175,7 +175,8 @@ def _publish(args: argparse.Namespace, device: torch.device, rows: list, load_be
     name = torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     command = " ".join(["python benchmarks/gpu_retrain.py", *sys.argv[1:]])
     lines = [
-        f"## Retrain throughput, dense vs factorized, eager vs compiled ({datetime.date.today()}, {name})",
+        f"## Retrain throughput ({', '.join(args.models.split(','))}; {' and '.join(args.modes)}; {name}): dense vs factorized, "
+        f"eager vs compiled ({datetime.date.today()})",
         "",
         f"Command: `{command}`  ",
         f"torch {torch.__version__}, {'bf16 autocast, channels-last' if cuda else 'fp32, contiguous (as fit trains on a CPU)'}, "

@@ -8,7 +8,7 @@ number of intra-op threads. The runs are interleaved (one run of every model per
 the machine's load hits all models alike; the figure is the median over the rounds, at batch 1 and at
 ``--batch``. Inputs: the space's real test inputs when its task can be built here, else random ones of
 its input shape (ResNet50 without a local ImageNet folder; its weights are then the random init, which
-only changes which ranks the rule picks, not what a rank costs). Appends a section to benchmarks/RESULTS.md.
+only changes which ranks the rule picks, not what a rank costs). Writes its section to benchmarks/RESULTS.md.
 
     python benchmarks/inference.py --spaces mnist5k-cnn,resnet50 --threads 2
 """
@@ -134,7 +134,7 @@ def main() -> None:
     load_end = os.getloadavg()[0]
     cmd = f"python benchmarks/inference.py --spaces {args.spaces} --batch {args.batch} --repeats {args.repeats} --threads {args.threads}"
     lines = [
-        f"## Inference: onnxruntime CPU latency, dense vs factorized ({datetime.date.today()})",
+        f"## Inference ({', '.join(args.spaces.split(','))}): onnxruntime CPU latency, dense vs factorized ({datetime.date.today()})",
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} CPU cores; onnxruntime "

@@ -14,7 +14,7 @@ sum), which are never pruned. Reported per (space, working point), medians over 
 metric of the best enqueued allocation (best on validation among them: what the search returns when
 no sampled trial wins), of the best sampled trial, of the search's pick and which kind it was, the
 difference pick - best enqueued in standard errors of the test split, trials retrained fully, and
-wall time. Appends a section to benchmarks/RESULTS.md.
+wall time. Writes its section to benchmarks/RESULTS.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/quality.py --spaces mnist5k-cnn,image-compression --seeds 0,1,2
 """
@@ -189,7 +189,8 @@ def main() -> None:
     shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "screen_samples", "prior",
                                     "factors", "rank_multiple")}
     lines = [
-        f"## Quality: best enqueued allocation vs the search's pick, 12 and {args.trials} trials ({datetime.date.today()})",
+        f"## Quality ({', '.join(args.spaces.split(','))}{' at ' + args.wps if args.wps else ''}; {args.label}): best enqueued "
+        f"allocation vs the search's pick, 12 and {args.trials} trials ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} studies at once with 1 thread each, torch "

@@ -5,7 +5,7 @@ sensitivity (AIMET-style) allocations are enqueued first, then the variant's sam
 all with the space's short retrain. The sensitivity table is measured once per space and shared, so
 the variants differ only in what they search and how. Reported per variant: median over seeds of the
 best trial's validation metric (what the search optimizes), of its test metric, the worst seed's test
-metric, and the median wall time. Appends a section to benchmarks/RESULTS.md.
+metric, and the median wall time. Writes its section to benchmarks/RESULTS.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/search_variants.py --spaces mnist5k-cnn --wps 0.03 --trials 12
 """
@@ -98,7 +98,8 @@ def main() -> None:
     cmd = (f"python benchmarks/search_variants.py --spaces {args.spaces} --wps {args.wps} --seeds {args.seeds} "
            f"--trials {args.trials} --variants {args.variants}")
     lines = [
-        f"## Search variants at equal budget ({datetime.date.today()})",
+        f"## Search variants ({', '.join(args.spaces.split(','))} at {args.wps}): {', '.join(variants)} at equal budget "
+        f"({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}.  ",

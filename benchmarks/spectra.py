@@ -11,7 +11,8 @@ eligible weight matrices (``nn.Linear`` weights; ``nn.Conv2d`` with ``groups == 
 
 Totals are medians over repeats; the errors are ``max |s - s_ref| / s_max`` over all layers, against
 the float32 baseline and (unless ``--no-f64-reference``) a float64 SVD. A markdown section with the
-command, date and machine is printed and appended to ``--out``.
+command, date and machine is printed and written to ``--out``, in place of the last run's for the
+same models and device.
 
 ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` here (set it in the environment to override): with the
 default spinning policy, LAPACK calls such as ``eigvalsh`` or ``svdvals`` on a 512 x 512 problem took
@@ -46,6 +47,8 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG_LAYER = 50_000_000  # entries; a model with such a layer gets 1 baseline repeat by default
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-f64-reference", action="store_true", help="skip the float64 SVD error check")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
-                        help="markdown file the section is appended to")
+                        help="markdown file the section is written to (replacing the last run's)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or (args.baseline_repeats is not None and args.baseline_repeats < 1):
         parser.error("--repeats and --baseline-repeats must be >= 1")
@@ -198,13 +201,16 @@ def main(argv: list[str] | None = None) -> None:
     decompose, dec_source = load_decompose()
     spectra, spec_source = load_spectra()
     rows, layers = [], []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in models:
         r, lay = bench_model(name, args, decompose, spectra, device)
         rows += r
         layers += lay
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", os.path.relpath(__file__, ROOT), *(sys.argv[1:] if argv is None else argv)])
-    section = "\n".join([
-        f"## Singular values: svdvals vs Gram route ({dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z})",
+    publish([
+        f"## Singular values ({', '.join(models)}; {device}): svdvals vs Gram route "
+        f"({dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z})",
         "", f"Command: `{command}`", "", f"Machine: {machine(device)}", "",
         f"(a) per-layer `torch.linalg.svdvals` (float32); (b) `singular_values` from {dec_source}; "
         f"(c)/(d) {spec_source}: first call on an empty cache / second call on the filled cache. "
@@ -217,13 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         "Slowest layers under (a) (median seconds):", "",
         "| model | layer | shape | (a) | (b) | (b)/(a) |", "|---|---|---|---|---|---|", *layers, "",
-    ])
-    print("\n" + section)
-    if not args.out.exists():
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Benchmark results\n")
-    with args.out.open("a") as f:
-        f.write("\n" + section)
+    ], args.out)
 
 
 if __name__ == "__main__":

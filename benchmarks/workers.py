@@ -71,13 +71,13 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if args.gpus and torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     cmd = " ".join(["python benchmarks/workers.py", f"--spaces {args.spaces}", f"--ratios {args.ratios}", f"--workers {args.workers}",
                     f"--trials {args.trials}"] + ([f"--gpus {args.gpus}"] if args.gpus else []))
-    publish(section(rows, cmd, device, load_before[0], load_after[0]), args.out)
+    publish(section(rows, cmd, device, load_before[0], load_after[0], args.spaces), args.out)
 
 
-def section(rows: list[dict], cmd: str, device: str, load_before: float, load_after: float) -> list[str]:
+def section(rows: list[dict], cmd: str, device: str, load_before: float, load_after: float, spaces: str) -> list[str]:
     """The results file section of one run (rows as :func:`run` returns them)."""
     lines = [
-        f"## Workers on one study: trials per minute ({datetime.date.today()})",
+        f"## Workers on one study ({', '.join(spaces.split(','))}; {device}): trials per minute ({datetime.date.today()})",
         "",
         f"Command: `OMP_WAIT_POLICY=PASSIVE {cmd}`  ",
         f"Machine: {platform.machine()}, {device}, torch {torch.__version__}; load average before "

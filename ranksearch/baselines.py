@@ -4,6 +4,10 @@
 * **sensitivity (AIMET-style greedy)**: each layer is truncated alone at a few ranks and scored with the
   user's metric (no retrain); a common score is found by bisection such that every layer takes its
   smallest measured rank that keeps the score, as AIMET's weight-SVD greedy selection does.
+* the table's scores are the user's metric (``measured``), or (``output``) the *output fidelity*: one
+  minus the squared error of the model's outputs relative to the dense model's, on a few validation
+  inputs. It needs no labels and no metric, and varies smoothly where a metric on a small subset moves
+  in steps, so a few dozen inputs measure what the metric needs the whole split for.
 * **sensitivity sum** (ranksearch's own, the centre of the search's prior): the same table, read as if
   the layers' score drops added up; the ranks that maximize the sum of the layers' scores within the
   budget (a multiple-choice knapsack, solved exactly by dynamic programming). Where no common score fits the
@@ -19,17 +23,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ranksearch.decompose import Factors
+from ranksearch.errors import RankSearchError
 from ranksearch.solver import Curve
 from ranksearch.surgery import factorize
 
-__all__ = ["PROXY_EVALUATIONS", "additive_ranks", "greedy_ranks", "log_weights_for", "measure_sensitivity", "probe_ranks",
+__all__ = ["PROXY_EVALUATIONS", "additive_ranks", "greedy_ranks", "log_weights_for", "measure_sensitivity", "output_fidelity", "probe_ranks",
            "proxy_sensitivity", "table_size", "uniform_ranks"]
 
 #: evaluations of the model the proxy sensitivity table is calibrated on
@@ -78,6 +85,41 @@ def measure_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: 
     return table
 
 
+def output_fidelity(reference: nn.Module, batches: Sequence[Any], forward: Any = None) -> Callable[[nn.Module], float]:
+    """A score for sensitivity probes: ``1 - sum |y - y0|^2 / sum |y0|^2`` over the floating-point
+    outputs ``y`` of a model and ``y0`` of ``reference`` (copied now; its outputs are computed on the
+    first call, which counts as one evaluation) on the input ``batches`` (any structure
+    :func:`ranksearch.inputs.call` takes). 1 means the same outputs; a layer whose truncation moves
+    the outputs more scores lower."""
+    from ranksearch.inputs import call, tensors, to_device
+    from ranksearch.retrain import best_device
+
+    reference = copy.deepcopy(reference)
+    cached: list[list[torch.Tensor]] = []
+    energy = [0.0]
+
+    def outputs(model: nn.Module) -> list[list[torch.Tensor]]:
+        device = best_device()
+        model.to(device).eval()
+        out = []
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for b in batches:
+                out.append([t.float().cpu() for t in tensors(call(model, to_device(b, device), forward))])
+        return out
+
+    def score(model: nn.Module) -> float:
+        if not cached:
+            cached.extend(outputs(reference))
+            energy[0] = max(sum(float(t.square().sum()) for ts in cached for t in ts), 1e-30)
+            if not any(ts for ts in cached):
+                raise RankSearchError("The model's outputs hold no floating-point tensor; sensitivity 'output' needs one "
+                                      "(use sensitivity='measured').")
+        err = sum(float((y - y0).square().sum()) for ys, y0s in zip(outputs(model), cached) for y, y0 in zip(ys, y0s))
+        return 1.0 - err / energy[0]
+
+    return score
+
+
 def table_size(curves: Mapping[str, Curve], rank_multiple: int = 1, min_rank: int = 1) -> int:
     """Evaluations of the model a measured sensitivity table needs (one per layer and probe rank)."""
     return sum(len(probe_ranks(c.max_rank, rank_multiple, min_rank)) for c in curves.values())
@@ -97,8 +139,8 @@ def proxy_sensitivity(model: nn.Module, curves: Mapping[str, Curve], factors: Ma
     range of ``log e`` (each layer truncated alone, as :func:`measure_sensitivity` does), fitted by
     isotonic regression and read off for the other points. Returns the table (measured values where
     measured) and the measured points. On vit-mnist one fit for all layers gave better allocations than
-    one per :func:`~ranksearch.surgery.layer_groups` group, and both worse than the measured table
-    (``benchmarks/RESULTS.md``), which is why ``measured`` stays the default.
+    one per :func:`~ranksearch.surgery.layer_groups` group, and both worse than the measured table and
+    than output probes on a subset (``benchmarks/RESULTS.md``), which is why it is only ever opt-in.
     """
     from sklearn.isotonic import IsotonicRegression
 

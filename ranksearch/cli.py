@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -36,8 +37,9 @@ from ranksearch.config import RankConfig
 from ranksearch.cost import rank_multiple_for
 from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
+from ranksearch.report import write_report
 from ranksearch.formats import FORMATS, check_packages, get_format, sample_input, write_model
-from ranksearch.retrain import best_device
+from ranksearch.retrain import best_device, evaluate
 from ranksearch.search import search
 from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SENSITIVITIES, SearchSettings
 from ranksearch.spaces import Space, cache_root, load_space
@@ -140,11 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--screen-samples", type=int, default=512,
                    help="validation samples (a fixed random subset) of the screen and of every epoch but the last (default 512; 0: all)")
     p.add_argument("--sensitivity", choices=SENSITIVITIES, default=SENSITIVITIES[0],
-                   help="the baselines' sensitivity table: measured per layer and rank (default), a proxy from the curves "
-                        f"calibrated on {PROXY_EVALUATIONS} evaluations (cheap, but its allocations lose accuracy: see "
-                        "benchmarks/RESULTS.md), or auto: measured when it fits --sensitivity-budget, else the proxy")
+                   help="the baselines' sensitivity table: auto (the default): measured when it fits --sensitivity-budget, "
+                        "else output on a validation subset that fits; measured: the metric with each layer at each probe rank; "
+                        "output: the same probes scored by how close the outputs stay to the dense model's (no labels); "
+                        f"proxy: from the curves, calibrated on {PROXY_EVALUATIONS} evaluations (cheap, but its allocations "
+                        "lose accuracy: see benchmarks/RESULTS.md)")
     p.add_argument("--sensitivity-budget", type=int, default=48,
-                   help="most evaluations of the model a measured sensitivity table may take under auto (default 48)")
+                   help="under auto: most evaluations of the model (as passes over the whole validation split) the table may take (default 48)")
+    p.add_argument("--sensitivity-samples", type=int, default=0,
+                   help="validation samples (a fixed random subset) the sensitivity probes run on (default 0: all)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help=f"Optuna sampler (default {SAMPLERS[0]})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=GRANULARITIES[0],
                    help="one searched weight per layer (default) or per group of similar layers")
@@ -175,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="a study's storage: database URL or journal file (with --study-name)")
     p.add_argument("--study-name", help="the study to export (its results folder is written to --out)")
     p.add_argument("--config", help="instead of a study: a rank_config.json, whose model is written to --out in --format")
-    p.add_argument("--format", choices=sorted(FORMATS), help="with --config: the file format to write (onnx)")
+    p.add_argument("--format", choices=sorted(FORMATS), help="with --config: the file format to write (onnx, nnr)")
     p.add_argument("--space", help="with --config: the space (default: the one the config names)")
     p.add_argument("--data", help="with --config: local data folder of the space (the export traces one test batch)")
     p.add_argument("--weights", help="a study: local dense weights (default: the file the study names, or the space's cache); "
@@ -183,8 +189,12 @@ def _parser() -> argparse.ArgumentParser:
                                      "default: the config's ranks applied to the dense model, untrained)")
     p.add_argument("--artifacts", help="a study: the artifact folder the workers wrote to (default: the study's)")
     p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
+    p.add_argument("--qp", type=int, help="with --format nnr: NNCodec's quantization parameter (default -38; lower is finer)")
+    p.add_argument("--verify", action="store_true",
+                   help="with --format nnr: decode the bitstream, evaluate the decoded model on the space's test split and "
+                        "print its size against the dense model's bitstream at the same qp")
     _factors_arg(p)
-    p.add_argument("--out", required=True, help="a study: output folder; --config: the file to write (e.g. model.onnx)")
+    p.add_argument("--out", required=True, help="a study: output folder; --config: the file to write (e.g. model.onnx, model.nnr)")
 
     p = sub.add_parser("apply", parents=[common], help="rebuild the factorized model from a rank config and save it")
     _space_args(p)
@@ -192,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-growth", action="store_true", help="accept ranks at which a layer's pair is not smaller than it")
     _factors_arg(p)
     p.add_argument("--out", required=True, help=".safetensors file to write")
+    p = sub.add_parser("report", parents=[common], help="write report.html and PNG figures into a search's output folder")
+    p.add_argument("folder", help="the --out folder of a search (one working point, or several as ratio-*/)")
     return parser
 
 
@@ -313,6 +325,9 @@ def _where(out: Path, cfg: RankConfig, storage: str | None) -> str:
         "  factorized_nnr.safetensors  the same weights with each pair as NNR <layer>.weight_G / weight_H",
         "  rank_config_seed_rule.json  the CE1 rule (one MSE bound) at the same ratio, for comparison",
         "  summary.md                  the table above",
+        "  report.html                 the result as a page: figures (also as PNGs) and the per-layer table",
+        "  trials.json, curves.json    every trial's figures and the layers' error curves, which the report draws",
+        f"Watch it live: optuna-dashboard {store}",
         f"Next: more trials with --resume; more workers with: ranksearch worker --storage {store} --study-name {study}",
         "(ranksearch apply --config rank_config.json rebuilds the model untrained, with the factors its trial started from.)",
     ])
@@ -334,7 +349,7 @@ def _settings(args: argparse.Namespace, space: Space, target: float) -> SearchSe
         target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None, sampler=args.sampler, pruner=args.pruner,
         granularity=args.granularity, prior=args.prior, spread=args.spread, factors=args.factors,
         proposals=args.proposals, step=args.step, screen=args.screen, keep=args.keep, screen_samples=args.screen_samples,
-        sensitivity=args.sensitivity, sensitivity_budget=args.sensitivity_budget,
+        sensitivity=args.sensitivity, sensitivity_budget=args.sensitivity_budget, sensitivity_samples=args.sensitivity_samples,
         rank_multiple="auto" if args.rank_multiple == "auto" else space.rank_multiple, min_rank=space.min_rank,
         exclude=tuple(space.exclude),
         baselines=not args.no_baselines, retrain=space.retrain, seed=args.seed)
@@ -391,7 +406,9 @@ def _search(args: argparse.Namespace) -> int:
                         resume=args.resume, out_dir=o, artifacts=args.artifacts and (Path(args.artifacts) / o.name if several else args.artifacts),
                         cache_dir=cache_root() / "spectra", source=_source(space), sensitivity=sensitivity, warm_start=warm,
                         workers=args.workers, gpus=gpus, heartbeat=args.heartbeat, grace=args.grace, progress=args.progress)
-        write_results(o, result.config, result.model, result.seed_rule, result.summary)
+        write_results(o, result.config, result.model, result.seed_rule, result.summary, result.study, result.curves)
+        if not several:
+            _log.info("report: %s", write_report(o))
         best = result.study.trials[result.config.search["trial"]].user_attrs.get("log10w")  # none for the seed rule: enqueued anyway
         sensitivity, warm = result.sensitivity, [best] if best is not None else []
         rows.append(result.summary)
@@ -402,6 +419,7 @@ def _search(args: argparse.Namespace) -> int:
         text = f"# ranksearch: {space.name}, {len(targets)} working points\n\n" + working_points_table(rows)
         atomic_write_text(out / "summary.md", text)
         print(text, end="")
+        _log.info("report: %s", write_report(out))
     return 0
 
 
@@ -469,6 +487,7 @@ def _export(args: argparse.Namespace) -> int:
     if artifacts is None:
         raise RankSearchError(f"Study {args.study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
     result = export_study(study, model, curves, args.out, artifacts=artifact_store(artifacts, existing=True), source=source)
+    write_report(args.out)
     print(summary_table(result.summary), end="")
     print(_layer_report(result.config, find_layers(model, space.exclude).skipped))
     print(_where(Path(args.out), result.config, args.storage))
@@ -483,6 +502,8 @@ def _export_config(args: argparse.Namespace) -> int:
     if args.format is None:
         raise RankSearchError(f"--config needs --format, the file format to write: one of {sorted(FORMATS)}.")
     fmt = get_format(args.format)
+    if fmt.name != "nnr" and (args.qp is not None or args.verify):
+        raise RankSearchError(f"--qp and --verify go with --format nnr, not --format {fmt.name}.")
     cfg = RankConfig.load(args.config)
     check_writable(args.out, folder=False, what="--out")
     check_packages(fmt)
@@ -492,7 +513,7 @@ def _export_config(args: argparse.Namespace) -> int:
     if fmt.needs_sample and space.task_factory is None:
         raise RankSearchError(f"--format {fmt.name} traces the model on a test batch of the space's data, but space {space.name!r} "
                               "has no task; add one to its file, or call ranksearch.formats.write_model with a sample from Python.")
-    task = space.build_task() if fmt.needs_sample else None  # before the model: a missing --data fails first
+    task = space.build_task() if fmt.needs_sample or args.verify else None  # before the model: a missing --data fails first
     if args.weights is not None:
         model = load_factorized(space.build_architecture(), cfg, args.weights, allow_growth=args.allow_growth)
     else:
@@ -501,8 +522,36 @@ def _export_config(args: argparse.Namespace) -> int:
             space = space.with_weights(dense)  # the dense weights the config was made from
         _log.info("no --weights: exporting the config's ranks applied to the dense model (its trial's initial factors, not retrained)")
         model = _applied(space, cfg, args, task)
+    if fmt.name == "nnr":
+        print(write_model(model, args.out, "nnr", qp=args.qp))
+        if args.verify:
+            assert task is not None
+            print(_verify_nnr(Path(args.out), model, space, task, args.qp))
+        return 0
     print(write_model(model, args.out, fmt.name, sample_input(task) if task is not None and fmt.needs_sample else None))
     return 0
+
+
+def _verify_nnr(path: Path, model: nn.Module, space: Space, task: Any, qp: int | None) -> str:
+    """Decode the bitstream into the dense architecture and compare: bytes against the dense model's
+    bitstream at the same qp, and the test metric before coding and after decoding."""
+    from ranksearch.nnr import DEFAULT_QP, decode, encode
+
+    qp = DEFAULT_QP if qp is None else qp
+    decoded = space.build_architecture()
+    reference = decoded.state_dict()
+    tensors = decode(path)
+    if set(tensors) != set(reference):
+        raise RankSearchError(f"{str(path)!r} decodes to tensors {sorted(set(tensors) ^ set(reference))[:4]} that "
+                              f"{space.name}'s model has not or misses; give the bitstream of this space's config.")
+    decoded.load_state_dict({k: torch.from_numpy(tensors[k]).to(v.dtype).reshape(v.shape) for k, v in reference.items()})
+    dense_bytes = len(encode(space.build_model(task), qp=qp))
+    size = path.stat().st_size
+    before = evaluate(model, task.test, task.metric, forward=task.forward)
+    after = evaluate(decoded, task.test, task.metric, forward=task.forward)
+    return (f"verified: {size:,} bytes, the dense model's bitstream at qp {qp} {dense_bytes:,} bytes ({size / dense_bytes:.3f}x); "
+            f"test {task.metric} {before:.4f} before coding, {after:.4f} after decoding ({after - before:+.4f}, "
+            f"{len(task.test):,} samples)")
 
 
 def _config_space(cfg: RankConfig, path: str, name: str | None) -> Space:
@@ -535,7 +584,13 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"spectra": _spectra, "solve": _solve, "search": _search, "worker": _worker, "export": _export, "apply": _apply}
+def _report(args: argparse.Namespace) -> int:
+    print(write_report(args.folder))
+    return 0
+
+
+_COMMANDS = {"spectra": _spectra, "solve": _solve, "search": _search, "worker": _worker, "export": _export, "apply": _apply,
+             "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

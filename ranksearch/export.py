@@ -64,6 +64,7 @@ class SearchResult:
         seed_rule: Rank config of the CE1 rule's trial with its metric (None if it has not run).
         summary: Figures of the run: dense, seed rule, baselines and best metrics, trials, wall time.
         sensitivity: The per-layer sensitivity table the study measured (None without baselines).
+        curves: The layers' plain MSE curves.
     """
 
     config: RankConfig
@@ -72,6 +73,7 @@ class SearchResult:
     seed_rule: RankConfig | None
     summary: dict[str, Any] = field(default_factory=dict)
     sensitivity: Sensitivity | None = None
+    curves: Mapping[str, Curve] | None = None  #: the layers' plain curves (what ``report`` draws the errors from)
 
 
 def _figures(t: FrozenTrial | None) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     table = attrs.get("sensitivity")
     sensitivity = {n: [(int(r), float(v)) for r, v in rows] for n, rows in table.items()} if table else None
     return SearchResult(config=cfg, study=study, model=best_model, seed_rule=config_of(seed_trial) if seed_trial else None,
-                        summary=summary, sensitivity=sensitivity)
+                        summary=summary, sensitivity=sensitivity, curves=curves)
 
 
 def export_study(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], out_dir: str | Path, *,
@@ -186,7 +188,7 @@ def export_study(study: optuna.Study, model: nn.Module, curves: Mapping[str, Cur
     """Write the best trial of ``study`` so far into ``out_dir`` (:func:`write_results`); from any
     machine that has the storage, the artifacts and the dense model, also while workers run."""
     result = collect(study, model, curves, artifacts=artifacts, source=source)
-    write_results(out_dir, result.config, result.model, result.seed_rule, result.summary)
+    write_results(out_dir, result.config, result.model, result.seed_rule, result.summary, result.study, curves)
     return result
 
 
@@ -217,11 +219,17 @@ def _method_label(summary: dict[str, Any]) -> str:
 
 
 def fixed_cost_line(cost: Mapping[str, Any]) -> str:
-    """``12.3 s and 287 evaluations of the model (spectra 1.2 s, factors 0.4 s, dense 0.3 s, sensitivity 10.4 s)``."""
+    """``12.3 s and 287 evaluations of the model (spectra 1.2 s, factors 0.4 s, dense 0.3 s, sensitivity 10.4 s)``,
+    with the passes over the whole validation split they amount to when the probes ran on a subset."""
     parts = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in cost.items() if k.endswith("_s") and k != "total_s")
     kind = f"; sensitivity table {cost['sensitivity_kind']}" if cost.get("sensitivity_kind") else ""
+    samples, of = cost.get("sensitivity_samples"), cost.get("val_samples")
+    if samples and of and samples < of:
+        kind += f" on {samples:,} of {of:,} samples"
     kind += "; resumed: an interrupted setup's share is not counted" if cost.get("resumed") else ""
-    return f"{cost.get('total_s', 0):.1f} s and {cost.get('evaluations', 0)} evaluations of the model ({parts}{kind})"
+    passes = cost.get("split_evaluations")
+    whole = f" ({passes:g} as passes over the whole split)" if passes is not None and passes != cost.get("evaluations") else ""
+    return f"{cost.get('total_s', 0):.1f} s and {cost.get('evaluations', 0)} evaluations of the model{whole} ({parts}{kind})"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -268,14 +276,22 @@ def working_points_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, seed_rule: RankConfig | None,
-                  summary: dict[str, Any]) -> list[Path]:
-    """Write every output file of a search into ``out_dir`` (each one atomically)."""
+                  summary: dict[str, Any], study: optuna.Study | None = None, curves: Mapping[str, Curve] | None = None) -> list[Path]:
+    """Write every output file of a search into ``out_dir`` (each one atomically); with the ``study``
+    and the layers' plain ``curves``, also what ``ranksearch report`` draws from (``trials.json``,
+    ``curves.json``)."""
+    from ranksearch.report import CURVES_FILE, TRIALS_FILE, curves_record, trials_record
+
     out = Path(out_dir)
     meta = {"format": "ranksearch.factorized", "ranks": json.dumps(config.ranks), "model": config.model}
     written = [
         save_state_dict(model.state_dict(), out / "factorized.safetensors", meta),
         save_state_dict(nnr_tensors(model), out / "factorized_nnr.safetensors", meta),
     ]
+    if study is not None:
+        written.append(atomic_write_text(out / TRIALS_FILE, json.dumps(trials_record(study, summary.get("fixed_cost")), indent=1)))
+    if curves is not None:
+        written.append(atomic_write_text(out / CURVES_FILE, json.dumps(curves_record(curves))))
     if seed_rule is not None:
         written.append(seed_rule.save(out / "rank_config_seed_rule.json"))
     written.append(atomic_write_text(out / "summary.md", f"# ranksearch: {config.model}\n\n" + summary_table(summary)))

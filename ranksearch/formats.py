@@ -5,6 +5,9 @@ temporary file beside the target, renamed into place only once it is complete an
 leaves no half-written file) and returns a one-line report. A format's optional packages are checked
 by :func:`check_packages` before any work, with the ``pip install`` line that brings them.
 
+``nnr``: an MPEG NNR bitstream encoded by NNCodec (:mod:`ranksearch.nnr`), each low-rank pair as the
+standard's decomposed G/H tensors with the rank signalled; option ``qp`` (quantization parameter).
+
 ``onnx``: ``torch.onnx.export`` (the ``torch.export``-based exporter, which needs onnxscript) traces the
 model on a sample batch, with a dynamic batch dimension. Each low-rank pair stays two nodes (two
 ``Conv``, two ``Gemm``, or a 1x1 ``Conv`` and a ``ConvTranspose``), never a recomposed dense weight, so
@@ -28,6 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,8 +63,8 @@ class Format:
         packages: (module, distribution) pairs the writer imports; all are checked before any work.
         extra: The ``pip install`` line that brings them.
         needs_sample: Whether the writer traces the model on a sample input batch.
-        write: Writes ``(model, sample, path)`` (model in eval mode) to ``path`` and returns a one-line
-            description of what was written (without the path).
+        write: Writes ``(model, sample, path, **options)`` (model in eval mode) to ``path`` and returns a
+            one-line description of what was written (without the path).
     """
 
     name: str
@@ -68,7 +72,7 @@ class Format:
     packages: tuple[tuple[str, str], ...]
     extra: str
     needs_sample: bool
-    write: Callable[[nn.Module, torch.Tensor | None, Path], str]
+    write: Callable[..., str]
 
 
 def get_format(name: str) -> Format:
@@ -106,7 +110,7 @@ def sample_input(task: Task, n: int = 2) -> torch.Tensor:
     return batch if len(batch) >= n else batch.repeat(n, *([1] * (batch.dim() - 1)))[:n]
 
 
-def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample: torch.Tensor | None = None) -> str:
+def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample: torch.Tensor | None = None, **options: Any) -> str:
     """Write ``model`` (in eval mode; its mode is restored) to ``path`` in format ``fmt``, atomically.
 
     Args:
@@ -114,6 +118,7 @@ def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample
         path: The file to write; replaced only once the new file is complete and checked.
         fmt: A name in :data:`FORMATS`.
         sample: An input batch to trace on (:func:`sample_input`), for formats that need one.
+        options: The format's own (``nnr``: ``qp``).
 
     Returns:
         One line: the path and what was written.
@@ -130,7 +135,7 @@ def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample
     model.eval()
     try:
         with atomic_path(path) as tmp:
-            report = f.write(model, sample, tmp)
+            report = f.write(model, sample, tmp, **options)
     finally:
         model.train(training)
     return f"{path}: {report}"
@@ -192,7 +197,7 @@ def _max_difference(path: Path, model: nn.Module, sample: torch.Tensor) -> float
     return worst
 
 
-def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> str:
+def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> str:  # no options
     import onnx
 
     assert sample is not None  # write_model checks it
@@ -225,9 +230,22 @@ def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> st
             f"onnxruntime = PyTorch to {diff:.2g} on {len(sample)} samples")
 
 
+def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: int | None = None) -> str:
+    from ranksearch.layers import LowRank
+    from ranksearch.nnr import DEFAULT_QP, encode
+
+    qp = DEFAULT_QP if qp is None else qp
+    data = encode(model, path, qp=qp)
+    pairs = sum(isinstance(m, LowRank) for m in model.modules())
+    return (f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp}; {pairs} decomposed layers as G/H with their rank "
+            f"signalled, {count_params(model):,} parameters")
+
+
 FORMATS: dict[str, Format] = {
     "onnx": Format(name="onnx", suffix=".onnx",
                    packages=(("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
                    extra="pip install 'ranksearch[onnx]'", needs_sample=True, write=_write_onnx),
+    "nnr": Format(name="nnr", suffix=".nnr", packages=(("nncodec.nnc_core", "nncodec"),),
+                  extra="pip install --no-deps 'nncodec==2.1.3'", needs_sample=False, write=_write_nnr),
 }
 """Format name -> :class:`Format` (``--format`` of ``ranksearch export --config``)."""

@@ -14,7 +14,7 @@ Tensors are moved to the model's device recursively, through tuples, lists and m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from ranksearch.errors import RankSearchError
 
-__all__ = ["Forward", "batch_len", "call", "to_device"]
+__all__ = ["Forward", "batch_len", "call", "first_samples", "tensors", "to_device"]
 
 #: ``forward(model, batch) -> output``: how a model is called on one batch.
 Forward = Callable[[nn.Module, Any], Any]
@@ -70,3 +70,40 @@ def batch_len(batch: Any) -> int:
         if n:
             return n
     return 0
+
+
+def tensors(output: Any) -> list[torch.Tensor]:
+    """The floating-point tensors in a model's output (a tensor, or nested tuples, lists and mappings,
+    e.g. a Hugging Face ``ModelOutput``), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
+    return [t for v in values for t in tensors(v)]
+
+
+def _head(batch: Any, k: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[:k] if batch.dim() else batch
+    if isinstance(batch, Mapping):
+        items = {key: _head(v, k) for key, v in batch.items()}
+        try:
+            return type(batch)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_head(v, k) for v in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_head(v, k) for v in batch)
+    return batch
+
+
+def first_samples(batches: Iterable[Any], n: int) -> list[Any]:
+    """The batches holding the first ``n`` samples of ``batches`` (the last one cut), all when ``n`` is 0."""
+    out, left = [], n
+    for b in batches:
+        if n and left <= 0:
+            break
+        size = batch_len(b)
+        out.append(_head(b, left) if n and size > left else b)
+        left -= size
+    return out

@@ -156,6 +156,7 @@ def search(
         input_shape: One input sample's shape (no batch dimension) for the configs' multiply-adds
             (default: the task's first validation input; without a task and this, no MACs are recorded).
     """
+    calibration = None if calibration is None else list(calibration)  # read by the factors and the output probes
     settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner)
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"n_trials {n_trials} must be >= 1 (or None with a timeout).")
@@ -177,7 +178,7 @@ def search(
         if unknown := sorted(set(w) - set(views.curves)):
             raise StudyError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
                              "give per-layer log10 weights of this model (a trial's user_attrs['log10w']).")
-    calls = callables_for(model, settings, task, evaluate, retrain)
+    calls = callables_for(model, settings, task, evaluate, retrain, calibration, forward)
     if input_shape is not None:
         calls = dataclasses.replace(calls, input_shape=tuple(int(d) for d in input_shape))
     store = open_storage(storage, out_dir, heartbeat=heartbeat, grace=grace)

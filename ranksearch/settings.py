@@ -25,9 +25,10 @@ __all__ = ["FACTORS", "FORMAT", "FORMAT_VERSION", "GRANULARITIES", "PRIORS", "PR
            "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: fields added since each version, with the values that reproduce a study of that version
-_V3 = {"sensitivity": "measured", "sensitivity_budget": 48}
+_V4 = {"sensitivity_samples": 0}
+_V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
 SAMPLERS = ("local", "tpe", "gp", "random", "cmaes")  #: sampler names, the default first
@@ -38,9 +39,11 @@ PROPOSALS = ("incumbent", "weights")
 GRANULARITIES = ("layer", "group")  #: one searched weight per layer, or per group of similar layers
 PRIORS = ("none", "sensitivity")  #: centre of the searched weights: the seed rule, or the sensitivity-sum allocation
 FACTORS = ("auto", "data-aware", "plain")  #: auto: data-aware when calibration inputs exist
-#: how the sensitivity table is made: measured (each layer at each probe rank; the default), proxy (from the
-#: curves, calibrated on a few evaluations), auto (measured when it fits sensitivity_budget, else the proxy)
-SENSITIVITIES = ("measured", "proxy", "auto")
+#: how the sensitivity table is made: measured (the metric with each layer at each probe rank),
+#: output (the same probes scored by how close the model's outputs stay to the dense model's: no labels, no
+#: metric), proxy (from the curves, calibrated on a few evaluations), auto (measured when it fits
+#: sensitivity_budget, else output on a subset that fits it; the default)
+SENSITIVITIES = ("auto", "measured", "output", "proxy")
 CUSTOM = "custom:"  #: prefix of a sampler/pruner given as an Optuna object from Python (``custom:TPESampler``)
 
 
@@ -79,8 +82,12 @@ class SearchSettings:
         exclude: Layer names or regular expressions kept dense.
         baselines: Enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule.
         sensitivity: One of :data:`SENSITIVITIES`: how the table behind those baselines is made.
-        sensitivity_budget: Most evaluations of the model a measured table may take under ``auto``
-            (larger models get the proxy, calibrated on :data:`~ranksearch.baselines.PROXY_EVALUATIONS`).
+        sensitivity_budget: Under ``auto``: most evaluations of the model (counted in whole validation
+            splits) the table may take; a measured table that needs more is scored by ``output`` on a
+            subset of the validation inputs small enough to fit.
+        sensitivity_samples: Validation samples (a fixed random subset) the sensitivity probes run on
+            (0: the whole split; with your own ``evaluate``, the ``output`` kind runs on the first ones
+            of the calibration inputs).
         retrain: The built-in retrain's recipe (None: the user's own ``retrain`` callable).
         seed: Seeds the sampler (the k-th sampled trial draws from a seed derived from it and k, whichever worker runs it) and every retrain.
     """
@@ -105,8 +112,9 @@ class SearchSettings:
     min_rank: int = 1
     exclude: tuple[str, ...] = ()
     baselines: bool = True
-    sensitivity: str = "measured"
+    sensitivity: str = SENSITIVITIES[0]
     sensitivity_budget: int = 48
+    sensitivity_samples: int = 0
     retrain: RetrainSettings | None = None
     seed: int = 0
 
@@ -144,6 +152,9 @@ class SearchSettings:
         v = self.sensitivity_budget
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"sensitivity_budget {v!r} must be an int >= 0 (evaluations a measured sensitivity table may take).")
+        v = self.sensitivity_samples
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"sensitivity_samples {v!r} must be an int >= 0 (validation samples the sensitivity probes run on; 0: all).")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed {self.seed!r} must be an int >= 0.")
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
@@ -183,13 +194,13 @@ class SearchSettings:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"{origin} are not ranksearch search settings (their 'format' is not {FORMAT!r}).")
         version = data.get("format_version")
-        if version not in (1, 2, 3, FORMAT_VERSION):
+        if version not in (1, 2, 3, 4, FORMAT_VERSION):
             raise ConfigError(f"{origin} have format_version {version!r}; this ranksearch reads 1 to "
                              f"{FORMAT_VERSION}: use the ranksearch version that wrote them.")
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         # version 1 searched log-weights without screening, version 2 screened on the whole validation split,
-        # version 3 measured every sensitivity table in full
-        if (added := {1: _V1, 2: _V2, 3: _V3}.get(version)) is not None:
+        # version 3 measured every sensitivity table in full, version 4 on the whole validation split
+        if (added := {1: _V1, 2: _V2, 3: _V3, 4: _V4}.get(version)) is not None:
             if unknown := sorted(set(added) & set(body)):
                 raise ConfigError(f"{origin}: format_version {version} has no fields {unknown}.")
             body = {**body, **added}

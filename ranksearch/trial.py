@@ -307,11 +307,16 @@ def _report(trial: optuna.Trial, step: int, value: float | None, last: bool = Fa
 def val_subset(task: Task, samples: int) -> Dataset | None:
     """A fixed random subset of ``samples`` validation samples (seed 0: the same in every process), or
     None when ``samples`` is 0 or covers the whole split."""
-    n = len(task.val)  # type: ignore[arg-type]
+    return subset_of(task.val, samples)
+
+
+def subset_of(data: Dataset, samples: int) -> Dataset | None:
+    """:func:`val_subset` of any dataset: ``samples`` of it drawn with seed 0, or None for all of it."""
+    n = len(data)  # type: ignore[arg-type]
     if samples <= 0 or samples >= n:
         return None
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:samples]
-    return Subset(task.val, sorted(order.tolist()))
+    return Subset(data, sorted(order.tolist()))
 
 
 def task_callables(task: Task, settings: RetrainSettings, teacher: nn.Module, seed: int,

@@ -36,7 +36,8 @@ from torch import nn
 
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, fail_dead_trials,
                                  open_storage, retry_trial, settle, wait_until_ready, worker_id)
-from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, proxy_sensitivity,
+from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, output_fidelity,
+                                  proxy_sensitivity,
                                   table_size, uniform_ranks)
 from ranksearch.errors import StudyError
 from ranksearch.export import fixed_cost_line
@@ -48,12 +49,14 @@ from ranksearch.settings import SearchSettings
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params, find_layers
 from ranksearch.task import Task
-from ranksearch.inputs import Forward
-from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, task_callables, val_subset
+from ranksearch.calibrate import calibration_batches
+from ranksearch.inputs import Forward, batch_len, first_samples
+from ranksearch.trial import EXACT_ATTR, Evaluate, Objective, Retrain, Views, build_views, subset_of, task_callables, val_subset
 from ranksearch.weights import state_digest
 
 __all__ = ["FINISHED", "Callables", "InterruptGate", "TrialSeeded", "TrialsFailing", "WorkersFailed", "callables_for", "check_model",
-           "make_pruner", "make_sampler", "objective_for", "run_trials", "run_worker", "set_up", "trial_seed", "views_for"]
+           "make_pruner", "make_sampler", "objective_for", "probe_for", "run_trials", "run_worker", "sensitivity_plan", "set_up",
+           "trial_seed", "views_for"]
 
 _log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  #: the states the trial cap counts
@@ -156,6 +159,9 @@ class Callables:
     metric: str
     quick: tuple[Evaluate, int] | None = None  #: the metric on the screen's validation subset, and its size
     input_shape: tuple[int, ...] | None = None  #: one input sample's shape (the task's), for the cost model
+    val: Any = None  #: the task's validation split (None with the user's own evaluate)
+    inputs: list[Any] | None = None  #: the calibration input batches, when given (the ``output`` probes' fallback)
+    forward: Forward | None = None
 
 
 def sample_shape(task: Task) -> tuple[int, ...] | None:
@@ -168,7 +174,7 @@ def sample_shape(task: Task) -> tuple[int, ...] | None:
 
 
 def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None, evaluate: Evaluate | None,
-                  retrain: Retrain | None) -> Callables:
+                  retrain: Retrain | None, calibration: list[Any] | None = None, forward: Forward | None = None) -> Callables:
     """The built-in ones of a ``task`` (retrain recipe from the settings) or the user's own."""
     if (task is None) == (evaluate is None):
         raise StudyError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
@@ -177,8 +183,14 @@ def callables_for(model: nn.Module, settings: SearchSettings, task: Task | None,
         ev, re, te = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), settings.seed,
                                     settings.screen, subset)
         quick = None if subset is None else (lambda m: evaluate_metric(m, subset, task.metric, forward=task.forward), len(subset))  # type: ignore[arg-type]
-        return Callables(ev, re, te, task.metric, quick, sample_shape(task))
-    return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"))  # type: ignore[arg-type]
+        return Callables(ev, re, te, task.metric, quick, sample_shape(task), task.val, calibration, task.forward)
+    if settings.sensitivity == "output" and not calibration:
+        raise StudyError("sensitivity 'output' runs the model on inputs: give task= (its validation split) or calibration= "
+                         "(input batches), or use sensitivity='measured'.")
+    if settings.sensitivity_samples and (settings.sensitivity in ("measured", "proxy") or not calibration):
+        raise StudyError(f"sensitivity_samples {settings.sensitivity_samples} needs task= (a validation split to take them from); "
+                         "with your own evaluate, use sensitivity='output' with calibration= inputs, or sensitivity_samples=0.")
+    return Callables(evaluate, retrain, None, getattr(evaluate, "__name__", "evaluate"), inputs=calibration, forward=forward)  # type: ignore[arg-type]
 
 
 def views_for(model: nn.Module, settings: SearchSettings, task: Task | None, calibration: Iterable[Any] | None,
@@ -203,12 +215,71 @@ def objective_for(study: optuna.Study, model: nn.Module, views: Views, settings:
                      artifacts=artifacts, n_trials=n_trials, quick=calls.quick)
 
 
-def sensitivity_kind(settings: SearchSettings, views: Views) -> str:
-    """``measured`` or ``proxy``: ``auto`` measures the table when it fits ``settings.sensitivity_budget``."""
-    if settings.sensitivity != "auto":
-        return settings.sensitivity
+#: fewest validation inputs ``auto`` scores output probes on, whatever the budget
+MIN_OUTPUT_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class SensitivityPlan:
+    """How a study's sensitivity table is made: ``kind`` (measured, output or proxy) on ``samples`` of the
+    ``of`` validation samples (or calibration inputs) there are (``samples == of``: all of them; ``of`` 0:
+    the user's evaluate, of unknown size)."""
+
+    kind: str
+    samples: int
+    of: int
+
+    @property
+    def share(self) -> float:
+        """One probe's cost in evaluations on the whole split."""
+        return self.samples / self.of if self.of else 1.0
+
+
+def sensitivity_plan(settings: SearchSettings, views: Views, calls: Callables) -> SensitivityPlan:
+    """The kind and the samples of the table. Measured probes run on the validation split (or the user's
+    evaluate, of unknown size), output probes on its inputs (or on the calibration inputs, which then
+    stand in for the split). ``auto`` measures the metric when the table fits
+    ``settings.sensitivity_budget`` (counted in passes over the split); else it scores output probes on
+    a subset small enough to fit (at least :data:`MIN_OUTPUT_SAMPLES`); with no inputs to run them on
+    (the user's evaluate and no calibration) it measures the whole table and says how to bound it."""
+    val = len(calls.val) if calls.val is not None else 0
+    inputs = val or (sum(batch_len(b) for b in calls.inputs) if calls.inputs else 0)
+    want = settings.sensitivity_samples
+
+    def take(of: int) -> int:
+        return min(want, of) if want and of else of
+
+    measured = SensitivityPlan("measured", take(val), val)
+    if settings.sensitivity in ("measured", "proxy"):
+        return replace(measured, kind=settings.sensitivity)
+    if settings.sensitivity == "output":
+        return SensitivityPlan("output", take(inputs), inputs)
     size = table_size(views.curves, settings.rank_multiple, settings.min_rank)
-    return "measured" if size <= settings.sensitivity_budget else "proxy"
+    if size * measured.share <= settings.sensitivity_budget:
+        return measured
+    if not inputs:
+        _log.warning("the sensitivity table needs %d evaluations of your evaluate (budget %d); give calibration= inputs to "
+                     "score them on a subset (sensitivity 'output'), or sensitivity='proxy' for a cheap, less accurate one",
+                     size, settings.sensitivity_budget)
+        return measured
+    fits = max(MIN_OUTPUT_SAMPLES, math.floor(settings.sensitivity_budget * inputs / max(size, 1)))
+    return SensitivityPlan("output", min(take(inputs), fits), inputs)
+
+
+def probe_for(model: nn.Module, plan: SensitivityPlan, calls: Callables) -> tuple[Evaluate, bool]:
+    """The score the plan's probes take, and whether it is the study's own metric on the whole split
+    (else its value for the dense model must be measured too)."""
+    whole = plan.samples == plan.of
+    if plan.kind == "output":
+        assert calls.val is not None or calls.inputs, "callables_for checks that output probes have inputs"
+        batches = (calibration_batches(calls.val, plan.samples, batch_size=128, seed=0) if calls.val is not None
+                   else first_samples(calls.inputs or [], plan.samples))
+        return output_fidelity(model, batches, calls.forward), False
+    if whole or not plan.of:  # the whole split, or the user's evaluate (callables_for refuses samples without a task)
+        return calls.evaluate, True
+    subset = subset_of(calls.val, plan.samples)
+    metric = calls.metric
+    return (lambda m: evaluate_metric(m, subset, metric, forward=calls.forward)), False
 
 
 def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: SearchSettings, calls: Callables, *,
@@ -256,24 +327,33 @@ def set_up(study: optuna.Study, model: nn.Module, views: Views, settings: Search
                 beat()
                 shown.update(1)
 
-            kind = sensitivity_kind(settings, views)
-            if kind == "proxy":  # a few evaluations, whatever the number of layers: measured again after an interruption
-                table, points = proxy_sensitivity(model, views.curves, views.factors, calls.evaluate, float(attrs.get("dense")["val"]),
+            plan = sensitivity_plan(settings, views, calls)
+            probe, own = probe_for(model, plan, calls)
+            if plan.kind == "proxy":  # a few evaluations, whatever the number of layers: measured again after an interruption
+                reference = float(attrs.get("dense")["val"]) if own else float(probe(copy.deepcopy(model)))
+                table, points = proxy_sensitivity(model, views.curves, views.factors, probe, reference,
                                                   rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
-                measured = len(points)
+                measured = len(points) + (not own)
                 attrs.set("sensitivity_measured", [[n, r] for n, r in points])
             else:
                 with shown:
-                    table = measure_sensitivity(model, views.curves, views.factors, calls.evaluate, known=partial, on_layer=keep,
+                    table = measure_sensitivity(model, views.curves, views.factors, probe, known=partial, on_layer=keep,
                                                 rank_multiple=settings.rank_multiple, min_rank=settings.min_rank)
-            attrs.set("sensitivity_kind", kind)
+                measured += plan.kind == "output"  # the dense model's outputs, computed by the first probe
+            attrs.set("sensitivity_kind", plan.kind)
+            attrs.set("sensitivity_samples", [plan.samples, plan.of])
     if table is not None and attrs.get("sensitivity") is None:
         attrs.set("sensitivity", {n: [[r, v] for r, v in rows] for n, rows in table.items()})
     if attrs.get("fixed_cost") is None:  # stored once, by the process that set the study up
         cost.update(sensitivity_s=round(time.perf_counter() - start, 3), sensitivity_evaluations=measured)
         if (kind := attrs.get("sensitivity_kind")) is not None:
             cost["sensitivity_kind"] = kind
+        share = 1.0
+        if (samples := attrs.get("sensitivity_samples")) is not None:
+            cost["sensitivity_samples"], cost["val_samples"] = samples
+            share = samples[0] / samples[1] if samples[1] else 1.0
         cost["evaluations"] = cost.get("dense_evaluations", 0) + measured
+        cost["split_evaluations"] = round(cost.get("dense_evaluations", 0) + measured * share, 1)  # as whole-split passes
         cost["total_s"] = round(sum(v for k, v in cost.items() if k.endswith("_s")), 3)
         attrs.set("fixed_cost", cost)
         _log.info("fixed cost before the first trial: %s", fixed_cost_line(cost))
@@ -484,7 +564,8 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     study.sampler = sampler or make_sampler(settings)
     study.pruner = pruner or make_pruner(settings)
     check_model(study, settings, model)
-    calls = callables_for(model, settings, task, evaluate, retrain)
+    calibration = None if calibration is None else list(calibration)  # read by the factors and the output probes
+    calls = callables_for(model, settings, task, evaluate, retrain, calibration, forward)
     views = views_for(model, settings, task, calibration, cache_dir, forward)
     wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
     where = artifacts if artifacts is not None else attrs.get("artifacts")

@@ -164,3 +164,36 @@ def test_proxy_sensitivity_fits_each_group_of_similar_layers_apart():
         values = [v for _, v in pred]
         assert values and all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
         assert min(own) - 1e-12 <= min(values) and max(values) <= max(own) + 1e-12
+
+
+def test_output_fidelity_is_one_for_the_dense_model_and_falls_with_the_rank():
+    """The ``output`` probes' score on a real model (torchvision's MobileNetV3-small, random weights):
+    1 for the dense model itself, lower the more a layer is truncated, computed on dict outputs too."""
+    import torch
+    from torchvision.models import mobilenet_v3_small
+
+    from ranksearch.baselines import output_fidelity
+    from ranksearch.spectra import spectra
+    from ranksearch.surgery import factorize
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small(num_classes=10).eval()
+    batches = [torch.randn(4, 3, 64, 64), torch.randn(3, 3, 64, 64)]
+    score = output_fidelity(model, batches)
+    assert score(model) == pytest.approx(1.0, abs=1e-9)
+    name = "classifier.0"
+    top = spectra(model)[name].max_rank
+    values = [score(factorize(model, {name: r})) for r in (1, top // 8, top // 2)]
+    assert values[0] < values[1] < values[2] < 1.0
+
+    class Wrapped(torch.nn.Module):  # a Hugging Face-like output: a mapping of tensors
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.inner(x), "ids": torch.zeros(len(x), dtype=torch.long)}
+
+    wrapped = Wrapped().eval()
+    as_dict = output_fidelity(wrapped, batches)
+    assert as_dict(factorize(wrapped, {f"inner.{name}": 1})) == pytest.approx(values[0], rel=1e-6)

@@ -186,9 +186,9 @@ def test_sample_input_is_the_first_test_inputs():
 
 
 def test_unknown_format():
-    with pytest.raises(RankSearchError, match=r"'nnr'.*\['onnx'\]"):
-        get_format("nnr")
-    assert FORMATS["onnx"].suffix == ".onnx"
+    with pytest.raises(RankSearchError, match=r"'tflite'.*\['nnr', 'onnx'\]"):
+        get_format("tflite")
+    assert FORMATS["onnx"].suffix == ".onnx" and FORMATS["nnr"].suffix == ".nnr"
 
 
 def test_missing_package_names_the_extra(monkeypatch, tmp_path):

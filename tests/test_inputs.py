@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ranksearch import RankConfig, SearchSettings, Task, apply, search
 from ranksearch.calibrate import input_moments
 from ranksearch.errors import ConfigError, RankSearchError
-from ranksearch.inputs import batch_len, call, to_device
+from ranksearch.inputs import batch_len, call, first_samples, tensors, to_device
 from ranksearch.retrain import RetrainSettings, evaluate, fit
 
 Pair = namedtuple("Pair", "a b")
@@ -186,3 +186,13 @@ def test_bert_model_searches_with_dict_batches_and_apply_rebuilds_its_factors(tm
     assert "\n" not in str(e.value)
     plain = apply(bert, loaded, factors="plain")
     assert sum(p.numel() for p in plain.parameters()) == loaded.compressed_params
+
+
+def test_tensors_and_first_samples_read_any_structure():
+    out = {"logits": torch.ones(4, 3), "aux": (torch.zeros(4), torch.arange(4)), "name": "x"}
+    found = tensors(out)
+    assert [t.shape for t in found] == [(4, 3), (4,)]  # the integer tensor and the string are not outputs to compare
+    batches = [{"ids": torch.arange(10).reshape(5, 2), "mask": torch.ones(5, 2)}, {"ids": torch.zeros(5, 2), "mask": torch.ones(5, 2)}]
+    head = first_samples(batches, 7)
+    assert [batch_len(b) for b in head] == [5, 2] and torch.equal(head[1]["ids"], torch.zeros(2, 2))
+    assert first_samples(batches, 0) == batches and [batch_len(b) for b in first_samples([(torch.ones(3, 1), torch.ones(3))], 2)] == [2]

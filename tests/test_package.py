@@ -44,6 +44,7 @@ NEEDED = {
     "numpy": ("1.24", "the solver's numpy API"),
     "safetensors": ("0.4", "safe_open metadata of the factorized weights"),
     "pyyaml": ("6", "yaml.safe_load of the spaces"),
+    "matplotlib": ("3.7", "the report's figures (the Agg backend, MaxNLocator, savefig into a buffer)"),
 }
 
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from ranksearch import RetrainSettings, SearchSettings, count_params, load_space, search, solve
 from ranksearch.cli import main
+from ranksearch.errors import StudyError
 from ranksearch.search import open_storage
 
 RECIPE = RetrainSettings(epochs=1, batch_size=32, lr_start=0.01, lr_end=0.001)
@@ -326,9 +327,51 @@ def test_the_fixed_cost_is_stored_once_and_shown(dense_and_task, tmp_path):
     assert again.study.user_attrs["ranksearch:fixed_cost"] == cost
 
 
+def test_output_probes_on_a_subset_cost_their_share_of_the_split(dense_and_task, tmp_path):
+    """``sensitivity='output'`` scores each probe by how close the outputs stay to the dense model's, on
+    ``sensitivity_samples`` validation inputs; the fixed cost counts them as that share of a pass."""
+    from ranksearch.export import summary_table
+
+    model, task = dense_and_task
+    n_val, k = len(task.val), len(task.val) // 4
+    res = search(model, _s(0.2, sensitivity="output", sensitivity_samples=k), task=task, n_trials=4, out_dir=tmp_path)
+    cost = res.study.user_attrs["ranksearch:fixed_cost"]
+    rows = sum(len(r) for r in res.sensitivity.values())
+    assert cost["sensitivity_kind"] == "output" and cost["sensitivity_evaluations"] == rows + 1  # + the dense outputs
+    assert (cost["sensitivity_samples"], cost["val_samples"]) == (k, n_val)
+    assert cost["split_evaluations"] == pytest.approx(2 + (rows + 1) * k / n_val, abs=0.05)
+    for name, probes in res.sensitivity.items():  # fidelities: below 1, and the largest probe rank keeps the most
+        assert all(v < 1.0 for _, v in probes) and probes[-1][1] >= probes[0][1], (name, probes)
+    assert [t.user_attrs["method"] for t in res.study.trials[:4]] == ["seed_rule", "uniform", "sensitivity", "sensitivity_sum"]
+    assert f"sensitivity table output on {k:,} of {n_val:,} samples" in summary_table(res.summary)
+
+
+def test_the_metric_on_a_subset_is_measured_on_those_samples(dense_and_task):
+    model, task = dense_and_task
+    res = search(model, _s(0.2, sensitivity="measured", sensitivity_samples=37), task=task, n_trials=1)
+    values = [v for rows in res.sensitivity.values() for _, v in rows]
+    assert all(abs(v * 37 - round(v * 37)) < 1e-9 for v in values)  # accuracies on 37 digits
+    assert not all(abs(v * len(task.val) - round(v * len(task.val))) < 1e-9 for v in values)
+    assert res.study.user_attrs["ranksearch:fixed_cost"]["split_evaluations"] == pytest.approx(2 + len(values) * 37 / len(task.val), abs=0.05)
+
+
+def test_probes_that_need_data_say_what_to_give(dense_and_task):
+    model, _ = dense_and_task
+
+    def evaluate(m):
+        return 0.5
+
+    with pytest.raises(StudyError, match="sensitivity_samples 10 needs task="):
+        search(model, SearchSettings(0.3, sensitivity_samples=10), evaluate=evaluate, n_trials=1)
+    with pytest.raises(StudyError, match="sensitivity 'output' runs the model on inputs: give task="):
+        search(model, SearchSettings(0.3, sensitivity="output"), evaluate=evaluate, n_trials=1)
+
+
 def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_trials(tmp_path):
     """vit-mnist's architecture (6 blocks: 36 Linear layers in them) needs about 200 evaluations for a
-    measured table (the default); under ``auto`` it gets the proxy, and the whole fixed cost stays within 30."""
+    measured table. Given inputs, ``auto`` (the default) scores the probes on a subset of them that fits
+    the budget, 30 passes' worth in all; with nothing but the user's evaluate it measures the table (and
+    says how to bound it); the proxy costs 25 evaluations whatever the model."""
     from ranksearch.baselines import table_size
     from ranksearch.spectra import spectra
 
@@ -344,13 +387,22 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
             return float((m.eval()(x).argmax(1) == ref.argmax(1)).float().mean())
 
     assert table_size(spectra(model)) > 150
-    res = search(model, SearchSettings(0.25, sensitivity="auto"), evaluate=agreement, n_trials=5, out_dir=tmp_path)
+    res = search(model, SearchSettings(0.25, sensitivity="proxy"), evaluate=agreement, n_trials=5, out_dir=tmp_path)
     cost = res.study.user_attrs["ranksearch:fixed_cost"]
     assert cost["sensitivity_kind"] == "proxy" and cost["evaluations"] <= 30
     assert cost["evaluations"] == cost["dense_evaluations"] + cost["sensitivity_evaluations"] == 1 + 24
     assert set(res.sensitivity) == set(spectra(model))  # every layer has its row
     methods = [t.user_attrs["method"] for t in res.study.trials]
     assert {"uniform", "sensitivity", "sensitivity_sum"} <= set(methods)
-    for settings in (SearchSettings(0.25), SearchSettings(0.25, sensitivity="auto", sensitivity_budget=10_000)):
-        measured = search(model, settings, evaluate=agreement, n_trials=1)  # the default, and auto within its budget
+    for settings in (SearchSettings(0.25), SearchSettings(0.25, sensitivity="measured", sensitivity_budget=0)):
+        measured = search(model, settings, evaluate=agreement, n_trials=1)  # auto without inputs, and measured whatever the budget
         assert measured.study.user_attrs["ranksearch:fixed_cost"]["sensitivity_kind"] == "measured"
+    inputs = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    calls.clear()
+    given = search(model, SearchSettings(0.25, sensitivity="auto", sensitivity_budget=24), evaluate=agreement, n_trials=1,
+                   calibration=[inputs[:128], inputs[128:]])  # inputs to run output probes on: auto scores them on a subset
+    cost = given.study.user_attrs["ranksearch:fixed_cost"]
+    assert cost["sensitivity_kind"] == "output" and len(calls) == 1 + 2  # the dense model and the trial (before and after): no probe
+    assert cost["sensitivity_samples"] == 30 and cost["val_samples"] == 256  # 24 passes' worth of 199 probes: floor(24 * 256 / 199)
+    assert cost["split_evaluations"] <= 30 and cost["evaluations"] == 1 + 199 + 1
+    assert set(given.sensitivity) == set(res.sensitivity)

@@ -60,11 +60,12 @@ def test_bad_settings_are_refused_by_name(bad, words):
 def test_version_1_settings_keep_their_search():
     """A study stored by version 1 searched log-weights without screening: it still does when read."""
     v1 = {k: v for k, v in SearchSettings(0.2, sampler="tpe", pruner="median").to_dict().items()
-          if k not in ("proposals", "step", "screen", "keep", "screen_samples", "sensitivity", "sensitivity_budget")}
+          if k not in ("proposals", "step", "screen", "keep", "screen_samples", "sensitivity", "sensitivity_budget",
+                    "sensitivity_samples")}
     v1["format_version"] = 1
     s = SearchSettings.from_dict(v1)
     assert (s.proposals, s.screen, s.screen_samples, s.sampler, s.pruner) == ("weights", 0.0, 0, "tpe", "median")
-    assert s.to_dict()["format_version"] == FORMAT_VERSION == 4
+    assert s.to_dict()["format_version"] == FORMAT_VERSION == 5
     with pytest.raises(ValueError, match=r"format_version 1 has no fields \['screen'\]"):
         SearchSettings.from_dict({**v1, "screen": 0.5})
     new = SearchSettings(0.2)
@@ -74,7 +75,7 @@ def test_version_1_settings_keep_their_search():
 def test_version_2_settings_screen_on_the_whole_split():
     """A version-2 study scored its screens on the whole validation split: read back, it still does."""
     v2 = {k: v for k, v in SearchSettings(0.2, keep=0.3).to_dict().items()
-          if k not in ("screen_samples", "sensitivity", "sensitivity_budget")}
+          if k not in ("screen_samples", "sensitivity", "sensitivity_budget", "sensitivity_samples")}
     v2["format_version"] = 2
     s = SearchSettings.from_dict(v2)
     assert (s.screen_samples, s.keep, s.screen) == (0, 0.3, 0.25)
@@ -135,10 +136,21 @@ def test_cli_api_study_and_config_share_the_same_fields(tmp_path):
 
 
 def test_version_3_settings_measure_the_whole_sensitivity_table():
-    v3 = {k: v for k, v in SearchSettings(0.2).to_dict().items() if k not in ("sensitivity", "sensitivity_budget")}
+    v3 = {k: v for k, v in SearchSettings(0.2).to_dict().items() if k not in ("sensitivity", "sensitivity_budget", "sensitivity_samples")}
     v3["format_version"] = 3
     s = SearchSettings.from_dict(v3)
     assert (s.sensitivity, s.screen_samples) == ("measured", 512)
     with pytest.raises(ValueError, match=r"format_version 3 has no fields \['sensitivity'\]"):
         SearchSettings.from_dict({**v3, "sensitivity": "proxy"})
-    assert SearchSettings(0.2).sensitivity == "measured"
+    assert SearchSettings(0.2).sensitivity == "auto"  # measured within the budget, else output probes on a subset
+
+
+def test_version_4_settings_probe_on_the_whole_split():
+    v4 = {k: v for k, v in SearchSettings(0.2, sensitivity="proxy").to_dict().items() if k != "sensitivity_samples"}
+    v4["format_version"] = 4
+    s = SearchSettings.from_dict(v4)
+    assert (s.sensitivity, s.sensitivity_samples) == ("proxy", 0)
+    with pytest.raises(ValueError, match=r"format_version 4 has no fields \['sensitivity_samples'\]"):
+        SearchSettings.from_dict({**v4, "sensitivity_samples": 64})
+    with pytest.raises(ValueError, match="sensitivity_samples -3 must be an int >= 0"):
+        SearchSettings(0.2, sensitivity_samples=-3)
