@@ -235,7 +235,8 @@ def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: in
     from ranksearch.nnr import DEFAULT_QP, encode
 
     qp = DEFAULT_QP if qp is None else qp
-    data = encode(model, path, qp=qp)
+    data = encode(model, qp=qp)
+    path.write_bytes(data)  # path is write_model's temporary file, renamed into place once this returns
     pairs = sum(isinstance(m, LowRank) for m in model.modules())
     return (f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp}; {pairs} decomposed layers as G/H with their rank "
             f"signalled, {count_params(model):,} parameters")

@@ -22,28 +22,33 @@ from torch import nn
 
 from ranksearch.errors import RankSearchError
 
-__all__ = ["Forward", "batch_len", "call", "first_samples", "tensors", "to_device"]
+__all__ = ["Forward", "batch_len", "call", "first_samples", "map_tensors", "tensors", "to_device"]
 
 #: ``forward(model, batch) -> output``: how a model is called on one batch.
 Forward = Callable[[nn.Module, Any], Any]
 
 
-def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
-    """``batch`` with every tensor in it on ``device`` (tuples, lists and mappings keep their type where
-    it can be rebuilt from its items; any other mapping becomes a dict)."""
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it (tuples, lists and mappings keep their type
+    where it can be rebuilt from its items; any other mapping becomes a dict; other leaves stay)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
+        return fn(batch)
     if isinstance(batch, Mapping):
-        items = {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+        items = {k: map_tensors(v, fn) for k, v in batch.items()}
         try:
             return type(batch)(items)  # type: ignore[call-arg]
         except TypeError:
             return items
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(v, device, non_blocking) for v in batch))
+        return type(batch)(*(map_tensors(v, fn) for v in batch))
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+        return type(batch)(map_tensors(v, fn) for v in batch)
     return batch
+
+
+def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """``batch`` with every tensor in it on ``device`` (the structure kept as :func:`map_tensors` does)."""
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def call(model: nn.Module | Callable[..., Any], batch: Any, forward: Forward | None = None) -> Any:
@@ -81,22 +86,6 @@ def tensors(output: Any) -> list[torch.Tensor]:
     return [t for v in values for t in tensors(v)]
 
 
-def _head(batch: Any, k: int) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch[:k] if batch.dim() else batch
-    if isinstance(batch, Mapping):
-        items = {key: _head(v, k) for key, v in batch.items()}
-        try:
-            return type(batch)(items)  # type: ignore[call-arg]
-        except TypeError:
-            return items
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_head(v, k) for v in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_head(v, k) for v in batch)
-    return batch
-
-
 def first_samples(batches: Iterable[Any], n: int) -> list[Any]:
     """The batches holding the first ``n`` samples of ``batches`` (the last one cut), all when ``n`` is 0."""
     out, left = [], n
@@ -104,6 +93,7 @@ def first_samples(batches: Iterable[Any], n: int) -> list[Any]:
         if n and left <= 0:
             break
         size = batch_len(b)
-        out.append(_head(b, left) if n and size > left else b)
+        k = left
+        out.append(map_tensors(b, lambda t: t[:k] if t.dim() else t) if n and size > left else b)
         left -= size
     return out
