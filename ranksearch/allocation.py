@@ -100,7 +100,10 @@ def dense_reasons(model: nn.Module, curves: Mapping[str, Curve], solution: Solut
             out[name] = (f"no rank on the grid (multiples of {rank_multiple}, at least {min_rank}) gives the {c.shape[0]}x"
                          f"{c.shape[1]} weight a pair with fewer parameters and multiply-adds (at most rank {c.max_rank} does)")
         else:
-            out[name] = "kept dense by the allocation: the rank its error bound needs would not save parameters and multiply-adds"
+            top = int(c.ranks(rank_multiple, min_rank)[-1])
+            out[name] = (f"kept dense by the allocation: its largest saving rank on the grid, {top} of {min(c.shape)}, leaves an MSE of "
+                         f"{c.mse[top]:.3g} per weight, above this layer's bound; a rank that meets the bound would not save "
+                         "parameters and multiply-adds")
     return out
 
 

@@ -97,14 +97,17 @@ def output_fidelity(reference: nn.Module, batches: Sequence[Any], forward: Any =
     reference = copy.deepcopy(reference)
     cached: list[list[torch.Tensor]] = []
     energy = [0.0]
+    device = best_device()
+    moved: list[Any] = []  # the batches on the device, moved once for all probes
 
     def outputs(model: nn.Module) -> list[list[torch.Tensor]]:
-        device = best_device()
+        if not moved:
+            moved.extend(to_device(b, device) for b in batches)
         model.to(device).eval()
         out = []
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for b in batches:
-                out.append([t.float().cpu() for t in tensors(call(model, to_device(b, device), forward))])
+            for b in moved:
+                out.append([t.float() for t in tensors(call(model, b, forward))])  # compared where they are
         return out
 
     def score(model: nn.Module) -> float:

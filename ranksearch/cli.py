@@ -38,7 +38,7 @@ from ranksearch.cost import rank_multiple_for
 from ranksearch.errors import RankSearchError
 from ranksearch.export import export_study, summary_table, working_points_table, write_results
 from ranksearch.report import write_report
-from ranksearch.formats import FORMATS, check_packages, get_format, sample_input, write_model
+from ranksearch.formats import FORMATS, check_packages, get_format, sample_input, shaped_input, write_model
 from ranksearch.retrain import best_device, evaluate
 from ranksearch.search import search
 from ranksearch.settings import FACTORS, GRANULARITIES, PRIORS, PROPOSALS, PRUNERS, SAMPLERS, SENSITIVITIES, SearchSettings
@@ -510,10 +510,16 @@ def _export_config(args: argparse.Namespace) -> int:
     space = _config_space(cfg, args.config, args.space)
     if args.data is not None:
         space = replace(space, task_kwargs={**space.task_kwargs, "data_dir": args.data})
-    if fmt.needs_sample and space.task_factory is None:
+    shape = space.input_shape or cfg.cost.get("input_shape")  # without a task, an export traces on inputs of this shape
+    if fmt.needs_sample and space.task_factory is None and not shape:
         raise RankSearchError(f"--format {fmt.name} traces the model on a test batch of the space's data, but space {space.name!r} "
-                              "has no task; add one to its file, or call ranksearch.formats.write_model with a sample from Python.")
-    task = space.build_task() if fmt.needs_sample or args.verify else None  # before the model: a missing --data fails first
+                              "has no task and no input_shape; add either to its file, or call ranksearch.formats.write_model "
+                              "with a sample from Python.")
+    if args.verify and space.task_factory is None:
+        raise RankSearchError(f"--verify evaluates the decoded model on the space's test split, but space {space.name!r} has no task; "
+                              "add one to its file, or leave --verify out.")
+    needs_task = (fmt.needs_sample and space.task_factory is not None) or args.verify
+    task = space.build_task() if needs_task else None  # before the model: a missing --data fails first
     if args.weights is not None:
         model = load_factorized(space.build_architecture(), cfg, args.weights, allow_growth=args.allow_growth)
     else:
@@ -528,7 +534,10 @@ def _export_config(args: argparse.Namespace) -> int:
             assert task is not None
             print(_verify_nnr(Path(args.out), model, space, task, args.qp))
         return 0
-    print(write_model(model, args.out, fmt.name, sample_input(task) if task is not None and fmt.needs_sample else None))
+    sample = None
+    if fmt.needs_sample:
+        sample = sample_input(task) if task is not None else shaped_input(shape)  # type: ignore[arg-type]
+    print(write_model(model, args.out, fmt.name, sample))
     return 0
 
 

@@ -28,7 +28,7 @@ import collections
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from ranksearch.surgery import count_params
 from ranksearch.task import Task
 
 __all__ = ["FORMATS", "LAYER_OPS", "ONNX_TOLERANCE", "Format", "check_packages", "get_format", "onnx_op_counts",
-           "sample_input", "write_model"]
+           "sample_input", "shaped_input", "write_model"]
 
 _log = logging.getLogger(__name__)
 
@@ -108,6 +108,17 @@ def sample_input(task: Task, n: int = 2) -> torch.Tensor:
         items = items[:1]  # inputs of different sizes (e.g. clips of different lengths): one of them
     batch = torch.stack(items)
     return batch if len(batch) >= n else batch.repeat(n, *([1] * (batch.dim() - 1)))[:n]
+
+
+def shaped_input(input_shape: Sequence[int], n: int = 2, seed: int = 0) -> torch.Tensor:
+    """A batch of ``n`` standard-normal inputs of one sample's ``input_shape`` (no batch dimension), from
+    a fixed seed: what an export traces on when the model comes without data (a space with no task but
+    an ``input_shape``, or a config's recorded cost model). Tracing needs the shape only; the parity
+    check then compares the two runtimes on these inputs."""
+    shape = [int(d) for d in input_shape]
+    if not shape or any(d < 1 for d in shape):
+        raise RankSearchError(f"input_shape {list(input_shape)} must list positive ints (one sample, no batch dimension).")
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample: torch.Tensor | None = None, **options: Any) -> str:

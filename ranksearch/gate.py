@@ -6,7 +6,8 @@ A sampled trial's first report (the built-in retrain reports the validation metr
 values every trial of the study had at the same step (pruned ones included, as in asynchronous
 successive halving), and if fewer than ``keep`` of the sampled trials screened so far went on (a
 budget of full retrains: when the incumbent improves, most trials near it rank high at the screen;
-the budget saved by earlier trials carries over), unless its screen is the best of the study so far;
+the budget saved by earlier trials carries over), unless its screen is the best of the study so far
+(failed trials, whose allocations run again, count in neither);
 at each later report (the end of an epoch but the last) it must be in the top
 half of the values there. A trial that has finished its retrain is never pruned. Enqueued
 allocations (the seed rule, the baselines, warm starts) are never pruned: they are the references
@@ -55,9 +56,11 @@ class GatePruner(optuna.pruners.BasePruner):
         value = float(trial.intermediate_values[step])
         screen = step == min(trial.intermediate_values)
         fraction = self.keep if screen else self.later
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        others = [float(t.intermediate_values[step]) for t in trials if step in t.intermediate_values
-                  and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+        # failed trials (interrupted, or their worker died) do not count: their allocation runs again
+        # and is screened again, so a resumed study decides as an uninterrupted one would have
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+                  if t.number != trial.number]
+        others = [float(t.intermediate_values[step]) for t in trials if step in t.intermediate_values]
         values = np.array([*others, value])
         record: dict[str, object] = {"step": int(step), "value": value}
         if len(values) < self.n_min:

@@ -59,9 +59,11 @@ _log = logging.getLogger(__name__)
 
 def resolve_settings(model: nn.Module, settings: SearchSettings | float, *, task: Task | None = None,
                      calibration: Iterable[Any] | None = None, sampler: optuna.samplers.BaseSampler | None = None,
-                     pruner: optuna.pruners.BasePruner | None = None) -> SearchSettings:
+                     pruner: optuna.pruners.BasePruner | None = None,
+                     cache_dir: str | os.PathLike[str] | None = None) -> SearchSettings:
     """The settings a study stores: ``factors="auto"`` and ``rank_multiple="auto"`` resolved, the
-    model's name and weights digest filled in, the retrain recipe of a task defaulted, custom sampler/pruner objects named."""
+    model's name and weights digest filled in, the retrain recipe of a task defaulted, custom sampler/pruner objects named.
+    ``cache_dir``: the spectra cache the search reads its curves from (the CUDA grid needs them too)."""
     s = settings if isinstance(settings, SearchSettings) else SearchSettings(target_ratio=settings)
     digest = state_digest(model.state_dict())
     if s.weights_digest and s.weights_digest != digest:
@@ -73,7 +75,7 @@ def resolve_settings(model: nn.Module, settings: SearchSettings | float, *, task
     elif s.factors == "data-aware" and calibration is None and task is None:
         raise StudyError("factors='data-aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
     if s.rank_multiple == "auto":
-        curves = spectra(model, exclude=s.exclude) if best_device().type == "cuda" else None
+        curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" else None
         changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank)
     if task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
@@ -157,7 +159,8 @@ def search(
             (default: the task's first validation input; without a task and this, no MACs are recorded).
     """
     calibration = None if calibration is None else list(calibration)  # read by the factors and the output probes
-    settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner)
+    settings = resolve_settings(model, settings, task=task, calibration=calibration, sampler=sampler, pruner=pruner,
+                                cache_dir=cache_dir)
     if n_trials is not None and n_trials < 1:
         raise StudyError(f"n_trials {n_trials} must be >= 1 (or None with a timeout).")
     if n_trials is None and timeout is None:

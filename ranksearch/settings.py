@@ -60,8 +60,9 @@ class SearchSettings:
         proposals: One of :data:`PROPOSALS`. ``incumbent``: a sampled trial moves each layer's rank by
             ``2**step`` from the best trial so far (CMA-ES: from the best enqueued allocation, its mean
             moves by itself), then all ranks are scaled together onto the budget.
-        step: Standard deviation (``log2`` units) of the local sampler's steps and CMA-ES's initial step,
-            in the ``incumbent`` space (searched steps range over ``[-1, 1]``: half to twice the rank).
+        step: Standard deviation (``log2`` units) of the local sampler's steps in the ``incumbent`` space
+            (searched steps range over ``[-1, 1]``: half to twice the rank); CMA-ES starts with Optuna's
+            own initial step there, a sixth of the range (1/3).
         screen: Fraction of the first retrain epoch after which the built-in retrain reports the validation
             metric as step 0 (0: no screening report); the ``gate`` pruner screens sampled trials there.
         keep: Fraction of the screened trials the ``gate`` pruner lets go on (the best ones, and never

@@ -17,7 +17,8 @@ from torch import nn
 from ranksearch import RankConfig, apply, load_factorized, load_space, solve
 from ranksearch.cli import main
 from ranksearch.errors import RankSearchError
-from ranksearch.formats import FORMATS, LAYER_OPS, check_packages, get_format, onnx_op_counts, sample_input, write_model
+from ranksearch.formats import (FORMATS, LAYER_OPS, check_packages, get_format, onnx_op_counts, sample_input, shaped_input,
+                                write_model)
 from ranksearch.layers import LowRank
 from ranksearch.surgery import count_params, factorize
 from ranksearch.zoo.codec import GDN
@@ -268,3 +269,51 @@ def test_cli_without_onnx_is_one_line_and_writes_nothing(searched, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ranksearch export: error: Writing --format onnx needs onnx, which is not installed: pip install 'ranksearch[onnx]'."]
     assert list(tmp_path.iterdir()) == []
+
+
+def _taskless_space(tmp_path: Path, input_shape: bool) -> Path:
+    """tiny-digits without its task (an architecture only), with or without its input_shape."""
+    lines = (Path(__file__).parent / "data" / "tiny-digits.yaml").read_text().splitlines()
+    keep, skip = [], False
+    for line in lines:
+        if line.startswith("task:"):
+            skip = True
+            continue
+        if skip and line.startswith("  "):
+            continue
+        skip = False
+        if line.startswith("input_shape") and not input_shape:
+            continue
+        keep.append(line.replace("name: tiny-digits", "name: tiny-notask"))
+    path = tmp_path / "tiny-notask.yaml"
+    path.write_text("\n".join(keep) + "\n")
+    return path
+
+
+def test_shaped_input_is_seeded_and_checks_the_shape():
+    x = shaped_input((1, 8, 8), n=3)
+    assert x.shape == (3, 1, 8, 8) and torch.equal(x, shaped_input([1, 8, 8], n=3)) and x.std() > 0.5
+    with pytest.raises(RankSearchError, match=r"input_shape \[1, 0\] must list positive ints"):
+        shaped_input((1, 0))
+
+
+def test_cli_exports_a_space_without_data_on_inputs_of_its_shape(tmp_path, capsys):
+    space_file = _taskless_space(tmp_path, input_shape=True)
+    rc, out = tmp_path / "rc.json", tmp_path / "model.onnx"
+    assert main(["solve", "--space", str(space_file), "--ratio", "0.3", "--out", str(rc)]) == 0
+    assert main(["export", "--config", str(rc), "--format", "onnx", "--out", str(out)]) == 0
+    assert "batch dynamic" in capsys.readouterr().out
+    cfg = RankConfig.load(rc)
+    model = apply(load_space(str(space_file)).build_model(allow_random=True), cfg)
+    x = _test_inputs("tiny-digits", 0, 5)  # real digits: the graph traced on random inputs of the shape runs them too
+    assert np.abs(_run(out, x) - _torch(model, x)).max() <= 1e-4
+
+
+def test_cli_export_without_data_or_shape_is_one_line(tmp_path, capsys):
+    space_file = _taskless_space(tmp_path, input_shape=False)
+    rc, out = tmp_path / "rc.json", tmp_path / "model.onnx"
+    assert main(["solve", "--space", str(space_file), "--ratio", "0.3", "--out", str(rc)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--config", str(rc), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no task and no input_shape" in err[0] and not out.exists()

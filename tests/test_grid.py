@@ -113,3 +113,20 @@ def test_layers_kept_dense_say_why() -> None:
         m.weight.numel() * p for m, p in zip([net[0], net[1], net[2], net[4], net[5]], [16, 16, 16, 1, 1]))
     for name, layer in cfg.layers.items():
         assert layer.macs_after < layer.macs_before and layer.params_after < layer.params_before
+
+
+@pytest.mark.parametrize("multiple, top", [(1, 11), (4, 8)])
+def test_a_layer_the_allocation_keeps_dense_names_its_largest_saving_rank(multiple: int, top: int) -> None:
+    """The reason says which rank was the most the grid allows and what error it would leave."""
+    from torch import nn
+
+    from ranksearch.allocation import dense_reasons
+    from ranksearch.solver import Solution
+
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))  # 30x20: 600 / 50 = 12, so rank 11 at most saves
+    curves = spectra(net)
+    sol = Solution(ranks={"0": None, "2": 2}, bound=0.0, params=600 + 2 * 40 + 40, original_params=count_params(net))
+    reasons = dense_reasons(net, curves, sol, multiple, 1)
+    assert set(reasons) == {"0"}
+    assert reasons["0"].startswith(f"kept dense by the allocation: its largest saving rank on the grid, {top} of 20, ")
+    assert f"MSE of {curves['0'].mse[top]:.3g} per weight" in reasons["0"]

@@ -142,3 +142,56 @@ def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0] and "Traceback" not in err, err
     assert not (out / "rank_config.json").exists()
+
+
+GATED = SearchSettings(0.2, factors="plain", pruner="gate", sampler="local", keep=0.5, seed=0)
+GATED_TRIALS = 12
+
+
+def _gated_retrain(retrain, kill_after: int | None = None):
+    """``retrain`` (2 epochs, screened at half the first) that, with ``kill_after``, sends SIGINT once
+    the ``kill_after``-th trial got past its screen (its report at the end of epoch 1 went through)."""
+    passed = [0]
+
+    def wrapped(m, report):
+        def rep(step, value, last=False):
+            report(step, value, last)
+            if step == 1:
+                passed[0] += 1
+                if passed[0] == kill_after:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return retrain(m, rep)
+
+    return wrapped
+
+
+def _decisions(study: optuna.Study) -> list[tuple[str, str, str, tuple | None]]:
+    """Per finished trial: method, ranks, state and the gate's budget record (went on, of screened, promoted)."""
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    gate = [(t.user_attrs["gate"]["went_on"], t.user_attrs["gate"]["screened"], t.user_attrs["gate"]["promoted"])
+            if "gate" in t.user_attrs else None for t in done]
+    return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True), t.state.name, g)
+                  for t, g in zip(done, gate))
+
+
+def test_a_trial_interrupted_after_its_screen_does_not_spend_the_gates_budget(setup, tmp_path):
+    """Ctrl-C in a sampled trial that went on past the gate: the resumed study screens its rerun against
+    the same budget, so it prunes and retrains exactly the trials an uninterrupted study does."""
+    model, evaluate, _, _, _ = setup
+    space = load_space("tiny-digits")
+    _, retrain, _ = task_callables(space.build_task(), RetrainSettings(epochs=2, batch_size=32), model, 0, screen=0.5)
+    full = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), n_trials=GATED_TRIALS)
+    expected = _decisions(full.study)
+    went_on = [d for d in expected if d[0] == "searched" and d[3] is not None and d[3][2]]
+    assert went_on, "no sampled trial got past the screen: the test would not interrupt one"
+    enqueued = sum(1 for d in expected if d[0] != "searched")
+    kw = dict(n_trials=GATED_TRIALS, out_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain, kill_after=enqueued + 1), **kw)
+    study = optuna.load_study(study_name="Sequential@0.2", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.user_attrs["method"] == "searched" and failed.user_attrs["gate"]["promoted"] is True
+    resumed = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), resume=True, **kw)
+    assert _decisions(resumed.study) == expected
