@@ -166,11 +166,11 @@ def _gated_retrain(retrain, kill_after: int | None = None):
     return wrapped
 
 
-def _decisions(study: optuna.Study) -> list[tuple[str, str, str, tuple | None]]:
+def _decisions(study: optuna.Study) -> list[tuple[str, str, str, tuple]]:
     """Per finished trial: method, ranks, state and the gate's budget record (went on, of screened, promoted)."""
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     gate = [(t.user_attrs["gate"]["went_on"], t.user_attrs["gate"]["screened"], t.user_attrs["gate"]["promoted"])
-            if "gate" in t.user_attrs else None for t in done]
+            if "gate" in t.user_attrs else () for t in done]
     return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True), t.state.name, g)
                   for t, g in zip(done, gate))
 
@@ -183,12 +183,16 @@ def test_a_trial_interrupted_after_its_screen_does_not_spend_the_gates_budget(se
     _, retrain, _ = task_callables(space.build_task(), RetrainSettings(epochs=2, batch_size=32), model, 0, screen=0.5)
     full = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), n_trials=GATED_TRIALS)
     expected = _decisions(full.study)
-    went_on = [d for d in expected if d[0] == "searched" and d[3] is not None and d[3][2]]
+    went_on = [d for d in expected if d[0] == "searched" and d[3] and d[3][2]]
     assert went_on, "no sampled trial got past the screen: the test would not interrupt one"
-    enqueued = sum(1 for d in expected if d[0] != "searched")
+    passes = 0  # reports at step 1 up to and with the first sampled trial's: where the interrupted run stops
+    for t in sorted(full.study.trials, key=lambda t: t.number):
+        passes += 1 in t.intermediate_values
+        if 1 in t.intermediate_values and t.user_attrs.get("method") == "searched":
+            break
     kw = dict(n_trials=GATED_TRIALS, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain, kill_after=enqueued + 1), **kw)
+        search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain, kill_after=passes), **kw)
     study = optuna.load_study(study_name="Sequential@0.2", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
