@@ -102,8 +102,8 @@ def dense_reasons(model: nn.Module, curves: Mapping[str, Curve], solution: Solut
         else:
             top = int(c.ranks(rank_multiple, min_rank)[-1])
             out[name] = (f"kept dense by the allocation: its largest saving rank on the grid, {top} of {min(c.shape)}, leaves an MSE of "
-                         f"{c.mse[top]:.3g} per weight, above this layer's bound; a rank that meets the bound would not save "
-                         "parameters and multiply-adds")
+                         f"{c.mse[top]:.3g} per weight; the allocation asked this layer for less error, which no rank that saves "
+                         "parameters and multiply-adds gives")
     return out
 
 
