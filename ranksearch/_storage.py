@@ -256,10 +256,10 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
                 raise StudyError(exists_msg) from None
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     attrs = StudyAttrs(study)
-    if created:
-        attrs.set("settings", settings.to_dict())  # type: ignore[union-attr]
-        attrs.set("source", source or {})
+    if created:  # the setup's owner first: a joiner waits for the settings, then sees the setup taken
         attrs.set("setup", {"state": "running", "owner": worker_id(), "at": time.time()})
+        attrs.set("source", source or {})
+        attrs.set("settings", settings.to_dict())  # type: ignore[union-attr]
         return study, True
     deadline = time.monotonic() + wait_s
     while (stored := attrs.settings()) is None:  # its creator writes them right after creating it

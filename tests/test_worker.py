@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ranksearch import RankConfig, SearchSettings, count_params, load_factorized, load_space, search
-from ranksearch._storage import open_storage
+from ranksearch import _storage
+from ranksearch._storage import claim_setup, create_or_join, open_storage
+from ranksearch.errors import StudyError
 from ranksearch.cli import main
 from ranksearch.retrain import RetrainSettings
 from ranksearch.worker import TrialsFailing, trial_seed
@@ -69,6 +72,38 @@ def _kill_inside_a_trial(url: str, name: str, procs: list[subprocess.Popen], dea
                 pids[_owner(t)].send_signal(signal.SIGKILL)
                 return pids[_owner(t)], t.number
         time.sleep(0.05)
+
+
+def test_a_process_joining_while_the_study_is_created_waits_for_its_setup(monkeypatch):
+    """Two processes start one study at once: wherever the joiner looks in between the creator's
+    writes, it waits (for the settings, or for the live creator's setup) and never takes the setup
+    over; else both would enqueue the seed rule and the baselines, which then run twice."""
+    storage, me = optuna.storages.InMemoryStorage(), _storage.worker_id()
+    who = {"id": me}
+    monkeypatch.setattr(_storage, "worker_id", lambda: who["id"])
+    real_set, looks = _storage.StudyAttrs.set, []
+    samplers = dict(sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+
+    def set_then_the_joiner_looks(self, key, value):
+        real_set(self, key, value)
+        if who["id"] != me:  # the joiner's own writes
+            return
+        who["id"] = f"{socket.gethostname()}:joiner"
+        try:
+            study, created = create_or_join(storage, "s", None, resume=True, wait_s=0, **samplers)
+            looks.append((key, created, claim_setup(study)))
+        except StudyError as e:
+            assert "holds no ranksearch settings" in str(e)
+            looks.append((key, False, "waits for the settings"))
+        finally:
+            who["id"] = me
+
+    monkeypatch.setattr(_storage.StudyAttrs, "set", set_then_the_joiner_looks)
+    _, created = create_or_join(storage, "s", SearchSettings(0.2), resume=True, **samplers)
+    assert created and len(looks) == 3, looks
+    assert all(claimed in (False, "waits for the settings") for _, _, claimed in looks), looks
+    assert looks[-1][2] is False  # once the settings are there, the setup is the creator's
+    assert _storage.StudyAttrs(optuna.load_study(study_name="s", storage=storage)).get("setup")["owner"] == me
 
 
 @pytest.mark.parametrize("kind", STORAGES)
