@@ -102,10 +102,44 @@ def _figures(run: dict[str, Any], first: int | None = None) -> dict[str, Any]:
     enq = best([t for t in done if t["method"] != "searched"])
     smp = best([t for t in done if t["method"] == "searched"])
     pick = best(done)
+    oracle = max((t["test"] for t in done if t["method"] == "searched" and t["full"] and t["test"] is not None), default=math.nan)
     wall = max(t["end"] for t in finished) if first is not None else run["wall"]
     return {"enqueued": enq["test"] if enq else math.nan, "sampled": smp["test"] if smp else math.nan,
             "pick": pick["test"], "picked": "sampled" if pick["method"] == "searched" else pick["method"],
-            "trials": len(finished), "full": sum(t["full"] for t in finished), "wall": wall}
+            "oracle": oracle, "trials": len(finished), "full": sum(t["full"] for t in finished), "wall": wall}
+
+
+def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str], label: str, source: str) -> list[str]:
+    """Where the bar's headroom is: per case, the new search's full-length studies, medians over seeds of
+    the best enqueued allocation (on validation), the pick, the sampled trial best *on test* among those
+    retrained fully (an oracle: no search can pick by test) and the dense model, each in test SE from the
+    best enqueued one. A pick can only beat the enqueued allocation by what the oracle shows."""
+    from ranksearch.retrain import evaluate
+
+    lines = [f"## Quality headroom ({label}; from {source}): pick, best sampled on test and dense vs the best enqueued allocation",
+             "",
+             f"Command: `python benchmarks/quality.py --spaces {','.join(order)} --from-raw {source} --label {label}` (the raw "
+             "file is the run's own: every trial's validation and test figures). Cells: test metric, median over the seeds; "
+             "d/SE: minus the best enqueued allocation, in the test split's standard errors. *oracle*: of the sampled trials "
+             "retrained fully, the best on test (a bound on what picking by validation can gain from these trials); "
+             "*dense*: the uncompressed model.",
+             "",
+             "| space | WP | trials | seeds | enqueued | pick (d/SE) | oracle (d/SE) | dense (d/SE) |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["space"], r["wp"]) for r in runs if r["variant"] == "new"}, key=lambda k: (order.index(k[0]), -k[1]))
+    for name, wp in keys:
+        space, task, model = meta[name]
+        per = [_figures(r) for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, "new")]
+        m = {k: statistics.median([f[k] for f in per if not math.isnan(f[k])] or [math.nan]) for k in ("enqueued", "pick", "oracle")}
+        dense = float(evaluate(model, task.test, task.metric))
+        se = _test_se(task, model, task.metric, m["enqueued"])
+
+        def d(x: float) -> str:
+            return f"{x:.4f} ({(x - m['enqueued']) / se:+.2f})"
+
+        lines.append(f"| {name} | {wp} | {per[0]['trials']} | {len(per)} | {m['enqueued']:.4f} | {d(m['pick'])} | "
+                     f"{d(m['oracle'])} | {d(dense)} |")
+    return lines
 
 
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
@@ -171,6 +205,10 @@ def main() -> None:
                       f"{run['variant']}: {run['wall']:.0f} s", flush=True)
                 if args.raw:  # so far, in case the run is stopped
                     Path(args.raw).write_text(json.dumps(runs, indent=1))
+    order = args.spaces.split(",")
+    if args.from_raw:  # the main table's machine and load figures belong to the run that wrote the file: only the headroom
+        publish(_headroom(runs, meta, order, args.label, args.from_raw), args.out)
+        return
     load_after = os.getloadavg()[0]
     for r in runs:
         print(r["space"], r["wp"], r["seed"], r["variant"], _figures(r, 12 if r["variant"] == "new" else None),
@@ -225,6 +263,8 @@ def main() -> None:
                          f"{cell('sampled')} | {cell('pick')} | {'/'.join(f['picked'] for f in per)} | "
                          f"{(m['pick'] - m['enqueued']) / se:+.2f} | {m['full']:.0f} | {m['wall']:.0f}{ratio} |")
     publish(lines, args.out)
+    if args.raw:
+        publish(_headroom(runs, meta, order, args.label, args.raw), args.out)
 
 
 if __name__ == "__main__":

@@ -334,8 +334,8 @@ def _where(out: Path, cfg: RankConfig, storage: str | None) -> str:
 
 
 def _grid(args: argparse.Namespace, space: Space, model: nn.Module, target: float) -> int:
-    """The rank step: ``--rank-multiple N``, or for ``auto`` the space's (CPU) or 8 on CUDA, halved
-    until the target is reachable (:func:`~ranksearch.cost.rank_multiple_for`)."""
+    """The rank step: ``--rank-multiple N``, or for ``auto`` the space's (CPU) or 8 on CUDA, halved on
+    a small model (:func:`~ranksearch.cost.rank_multiple_for`)."""
     if getattr(args, "rank_multiple", "auto") != "auto":
         return space.rank_multiple
     curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude) if best_device().type == "cuda" else None

@@ -268,9 +268,11 @@ def solve_ratio(
 
 
 def _tighten(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float, total: int,
-             slack: float = 1e-3, max_back: int = 32) -> np.ndarray:
+             slack: float = 1e-3, max_back: int = 32, distance: np.ndarray | None = None) -> np.ndarray:
     """While more than ``slack`` of the model is left unspent, try taking up to ``max_back`` rank steps
-    back in one layer and refilling: keep the exchange that leaves the least unspent (small models)."""
+    back in one layer and refilling: keep the exchange that leaves the least unspent (small models);
+    with ``distance`` (per layer and choice), of the exchanges that leave at most ``slack`` the one
+    nearest (least total distance)."""
     rows = np.arange(len(idx))
     last = opts.ranks.shape[1] - 1
 
@@ -293,6 +295,9 @@ def _tighten(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float,
         best = min(moves, key=left, default=idx)
         if left(best) >= left(idx):
             break
+        landed = [m for m in moves if left(m) <= slack * total]
+        if distance is not None and landed:
+            return min(landed, key=lambda m: (float(distance[rows, m].sum()), left(m)))
         idx = best
     return idx
 
@@ -345,9 +350,9 @@ def project_ranks(
     an allowed rank; dense when that is at least ``min(m, n)``), ``c`` the largest whose allocation fits
     ``target_ratio``; what is left is then spent one allowed rank step at a time on the layer furthest
     below its shifted target (in ``log2``), so a step of ``+0.5`` in one layer means the same relative
-    change of its rank, and so of its parameters, whichever layer it is. On a rank grid (``rank_multiple``
-    > 1), should more than :data:`BAND` of the model still be unspent (coarse steps: a grid of 8 on a
-    small model), exchanges (steps back in one layer, then refill) are tried until it is not.
+    change of its rank, and so of its parameters, whichever layer it is. Should more than :data:`BAND` of
+    the model still be unspent (coarse steps: a grid of 8, or one rank of a wide layer of a small
+    model), exchanges (steps back in one layer, then refill) are tried until it is not.
 
     Raises:
         RankSearchError: for a ratio outside (0, 1], a target that is not finite, or an unreachable target.
@@ -399,7 +404,7 @@ def project_ranks(
         j = int(np.argmax(np.where(ok, t + lo - logv[rows, idx], -np.inf)))
         idx[j] += 1
         left -= int(step[j])
-    if rank_multiple > 1 and left > BAND * total_params:  # coarse steps (a grid of 8, small model): exchange to fill the band
+    if left > BAND * total_params:  # coarse steps (a grid of 8, or one rank of a small model): exchange to fill the band
         below = np.maximum(0.0, (t + lo)[:, None] - logv)  # how far each choice is under its layer's target, in log2
-        idx = _tighten(opts, below, idx, budget, total_params, slack=BAND)
+        idx = _tighten(opts, below, idx, budget, total_params, slack=BAND, distance=np.abs((t + lo)[:, None] - logv))
     return _solution(opts, idx, float("nan"), fixed, total_params)

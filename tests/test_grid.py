@@ -15,8 +15,8 @@ import torch
 
 from ranksearch import RetrainSettings, SearchSettings, load_space, search
 from ranksearch.baselines import log_weights_for, probe_ranks, uniform_ranks
-from ranksearch.cost import TENSOR_CORE_MULTIPLE, rank_multiple_for
-from ranksearch.solver import BAND, log2_ranks, project_ranks, reachable_ratio, solve_ratio
+from ranksearch.cost import TENSOR_CORE_MULTIPLE, _lands, rank_multiple_for, typical_rank
+from ranksearch.solver import log2_ranks, project_ranks, reachable_ratio, solve_ratio
 from ranksearch.spectra import spectra
 from ranksearch.surgery import count_params
 
@@ -46,10 +46,9 @@ def test_every_solver_path_is_on_the_auto_grid_and_at_the_working_point(name: st
     total = count_params(model)
     grid = rank_multiple_for(torch.device("cuda"), 1, curves, wp, total)
     assert grid in (1, 2, 4, 8)
-    if grid < TENSOR_CORE_MULTIPLE:  # the coarser grid would not reach the point or not land in the band
+    if grid < TENSOR_CORE_MULTIPLE:  # the coarser grid: over a quarter of the typical rank, or it would not land
         coarse = 2 * grid
-        assert (reachable_ratio(curves, total, coarse) > wp
-                or solve_ratio(curves, wp, total, None, coarse).ratio < wp - BAND)
+        assert 4 * coarse > typical_rank(curves, wp, total) or not _lands(curves, wp, total, coarse, 1)
     _check(solve_ratio(curves, wp, total, None, grid), curves, wp, total, grid)  # the CE1 rule
     fixed = total - sum(c.dense_params for c in curves.values())
     logw = log_weights_for(curves, uniform_ranks(curves, math.floor(wp * total) - fixed))  # a baseline's weights
@@ -72,8 +71,40 @@ def test_auto_is_the_space_setting_on_cpu_and_eight_on_cuda() -> None:
     assert rank_multiple_for(torch.device("cuda"), 1, curves, 0.25, total) == TENSOR_CORE_MULTIPLE
     assert rank_multiple_for(torch.device("cuda"), 1) == TENSOR_CORE_MULTIPLE  # nothing known of the model
     # at 0.03 rank 8 in every layer keeps more than 3% of mnist5k-cnn: the grid halves until it fits
-    step = rank_multiple_for(torch.device("cuda"), 1, curves, 0.03, total)
-    assert step < TENSOR_CORE_MULTIPLE and reachable_ratio(curves, total, step) <= 0.03 < reachable_ratio(curves, total, 2 * step)
+    assert reachable_ratio(curves, total, 8) > 0.03
+    assert rank_multiple_for(torch.device("cuda"), 1, curves, 0.03, total) < TENSOR_CORE_MULTIPLE
+
+
+def test_auto_halves_the_cuda_grid_to_a_quarter_of_the_typical_rank() -> None:
+    """mnist5k-cnn's first FC holds 92% of its weights and keeps rank 1 under the CE1 rule at 0.05:
+    a grid of 8 would make its rank 8 or nothing, so auto takes 1, though 8 reaches and lands there.
+    At 0.25 the typical rank is 45 and the grid stays 8; the step is never above a quarter of it."""
+    model = _random("mnist5k-cnn")
+    curves, total = spectra(model), count_params(model)
+    assert _lands(curves, 0.05, total, 8, 1)  # not the landing: the typical rank
+    assert typical_rank(curves, 0.05, total) == 1
+    assert rank_multiple_for(torch.device("cuda"), 1, curves, 0.05, total) == 1
+    ranks = solve_ratio(curves, 0.25, total, None, 1).ranks
+    assert typical_rank(curves, 0.25, total) == (ranks["12"] or 256) >= 4 * TENSOR_CORE_MULTIPLE  # the first FC's
+    for wp in (0.03, 0.05, 0.1, 0.25, 0.5):
+        step = rank_multiple_for(torch.device("cuda"), 1, curves, wp, total)
+        assert step == 1 or 4 * step <= typical_rank(curves, wp, total)
+
+
+def test_auto_halves_the_cuda_grid_until_random_steps_land() -> None:
+    """At 0.1 the typical rank (8) allows a grid of 2, but there projections of random steps around
+    the CE1 rule miss the band (a step of the first FC is 0.78% of the model): auto goes on to 1,
+    where every projection lands."""
+    model = _random("mnist5k-cnn")
+    curves, total = spectra(model), count_params(model)
+    assert typical_rank(curves, 0.1, total) == 8
+    assert not _lands(curves, 0.1, total, 2, 1)
+    grid = rank_multiple_for(torch.device("cuda"), 1, curves, 0.1, total)
+    assert grid == 1
+    base = log2_ranks(curves, solve_ratio(curves, 0.1, total, None, grid).ranks)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        _check(project_ranks(curves, {n: v + rng.normal(0, 0.5) for n, v in base.items()}, 0.1, total, grid), curves, 0.1, total, grid)
 
 
 def test_a_search_allocates_every_trial_and_probe_on_the_grid(dense_and_task) -> None:

@@ -448,16 +448,34 @@ def test_project_ranks_is_the_identity_on_a_full_allocation() -> None:
 
 
 def test_project_ranks_a_step_moves_budget_towards_its_layer() -> None:
+    """Layers whose rank steps are smaller than the band (on CURVES one rank is 3% of the model, and
+    only the CE1 allocation lands within 0.005: the projection snaps back to it, see the next test)."""
     from ranksearch.solver import log2_ranks, project_ranks
 
-    base = solve_ratio(CURVES, 0.4, TOTAL).ranks
-    logs = log2_ranks(CURVES, base)
+    curves = {"a": _curve((200, 300), 0, decay=0.03), "b": _curve((160, 480), 1, decay=0.05), "c": _curve((400, 120), 2, decay=0.1)}
+    total = sum(c.dense_params for c in curves.values())
+    base = solve_ratio(curves, 0.4, total).ranks
+    logs = log2_ranks(curves, base)
     for layer in ("a", "b", "c"):
-        up = project_ranks(CURVES, {**logs, layer: logs[layer] + 1.0}, 0.4, TOTAL).ranks
-        down = project_ranks(CURVES, {**logs, layer: logs[layer] - 1.0}, 0.4, TOTAL).ranks
+        up = project_ranks(curves, {**logs, layer: logs[layer] + 1.0}, 0.4, total).ranks
+        down = project_ranks(curves, {**logs, layer: logs[layer] - 1.0}, 0.4, total).ranks
         assert _key(up[layer]) > _key(base[layer]) > _key(down[layer])
         others = [n for n in ("a", "b", "c") if n != layer]
         assert all(_key(up[n]) <= _key(base[n]) <= _key(down[n]) for n in others)
+
+
+def test_project_ranks_lands_in_the_band_where_one_rank_is_wider_than_it() -> None:
+    """On CURVES a rank of any layer costs more than 0.005 of the model: a step that the greedy fill
+    leaves short of the band is exchanged into it, nearest to the targets among the allocations that land."""
+    from ranksearch.solver import BAND, log2_ranks, project_ranks
+
+    base = solve_ratio(CURVES, 0.4, TOTAL)
+    assert 0.4 - BAND <= base.ratio <= 0.4
+    logs = log2_ranks(CURVES, base.ranks)
+    for layer in ("a", "b", "c"):
+        for d in (-1.0, -0.5, 0.5, 1.0):
+            got = project_ranks(CURVES, {**logs, layer: logs[layer] + d}, 0.4, TOTAL)
+            assert 0.4 - BAND <= got.ratio <= 0.4, (layer, d, got)
 
 
 def test_project_ranks_scales_proportions_together() -> None:
