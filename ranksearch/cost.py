@@ -29,11 +29,13 @@ from ranksearch.errors import RankSearchError
 from ranksearch.layers import DENSE_TYPES, matrix_shape
 from ranksearch.solver import BAND, Curve, log2_ranks, project_ranks, reachable_ratio, solve_ratio
 
-__all__ = ["TENSOR_CORE_MULTIPLE", "ModelCost", "dense_macs", "model_cost", "positions", "rank_multiple_for", "typical_rank"]
+__all__ = ["GRID_SHARE", "TENSOR_CORE_MULTIPLE", "ModelCost", "dense_macs", "model_cost", "positions", "rank_multiple_for"]
 
 #: rank step for CUDA half / bf16: tensor cores want matrix sizes in multiples of 8 (PyTorch's tuning
 #: guide); one 4096-wide layer of rank 1017 ran 5x slower than at 1016 in a bf16 test
 TENSOR_CORE_MULTIPLE = 8
+#: auto's CUDA grid: one rank step of the widest layer may cost at most this share of the kept parameters
+GRID_SHARE = 0.02
 _log = logging.getLogger(__name__)
 
 
@@ -43,25 +45,28 @@ def rank_multiple_for(device: torch.device, fallback: int = 1, curves: Mapping[s
     CUDA (the retrain runs there under bf16 autocast), else ``fallback`` (the space's setting).
 
     Given the layers' ``curves``, the ``target_ratio`` and the model's ``total_params``, a CUDA step
-    is halved (8, 4, 2, 1), with a warning, until all of these hold:
+    is halved (8, 4, 2, 1), with a warning, until both hold:
 
-    * it is at most a quarter of the *typical rank*: the rank the CE1 rule (grid of 1) gives the layer
-      at the median of the dense weights. A coarser step changes the layers that hold the model by more
-      than a quarter of their rank per step: grids of 8 and 4 cost mnist5k-cnn (typical rank 1) 1.0
-      and 2.2 test standard errors at 0.05 and 0.03; matrices with so few ranks are too small for
-      tensor cores to matter;
-    * the CE1 rule on that grid lands within :data:`~ranksearch.solver.BAND` below the target;
-    * so do projections of seeded random steps around it (what the incumbent space's trials are).
+    * one step in the widest layer (``step * (m + n)``) costs at most :data:`GRID_SHARE` of the
+      parameters the model keeps. On a small model a coarser grid, not the layers' errors, decides
+      the allocation: grids of 8 and 4 cost mnist5k-cnn (one step of its first FC: 62% of what it
+      keeps at 0.05) 1.0 and 2.2 test standard errors at 0.05 and 0.03, a grid of 2 cost dcase-audio
+      2.1 at 0.15; and matrices that small give tensor cores nothing to gain. ResNet50, VGG16 and
+      MobileNetV2 keep 8 at every Table 1 point;
+    * the CE1 rule on that grid, and projections of seeded random steps around it (what the
+      incumbent space's trials are), land within :data:`~ranksearch.solver.BAND` below the target.
     """
     if device.type != "cuda":
         return fallback
     step = TENSOR_CORE_MULTIPLE
-    if curves is not None and target_ratio is not None and total_params is not None:
-        reasons, typical = [], typical_rank(curves, target_ratio, total_params, min_rank)
-        while step > 1 and 4 * step > typical:
+    if curves is not None and target_ratio is not None and total_params is not None and curves:
+        reasons, widest = [], max(sum(c.shape) for c in curves.values())
+        kept = target_ratio * total_params
+        while step > 1 and step * widest > GRID_SHARE * kept:
             step //= 2
         if step < TENSOR_CORE_MULTIPLE:
-            reasons.append(f"the typical rank at {target_ratio:g} is {typical}, under four steps of {2 * step}")
+            reasons.append(f"a step of {2 * step} in the widest layer costs {2 * step * widest / kept:.1%} of the "
+                           f"{kept:,.0f} parameters kept at {target_ratio:g}, over {GRID_SHARE:.0%}")
         fine = step
         while step > 1 and not _lands(curves, target_ratio, total_params, step, min_rank):
             step //= 2
@@ -71,21 +76,6 @@ def rank_multiple_for(device: torch.device, fallback: int = 1, curves: Mapping[s
             _log.warning("rank multiple auto: %d instead of %d (%s): the layers are too small for tensor cores to gain",
                          step, TENSOR_CORE_MULTIPLE, "; ".join(reasons))
     return step
-
-
-def typical_rank(curves: Mapping[str, Curve], target_ratio: float, total_params: int, min_rank: int = 1) -> int:
-    """The rank the CE1 rule (grid of 1) gives the layer at the median of the dense weights (layers in
-    order of that rank; a dense layer counts its full rank); 1 when the target is unreachable."""
-    if reachable_ratio(curves, total_params, 1, min_rank) > target_ratio:
-        return 1
-    ranks = solve_ratio(curves, target_ratio, total_params, None, 1, min_rank).ranks
-    rows = sorted((ranks[n] or min(c.shape), c.dense_params) for n, c in curves.items())
-    half, seen = sum(w for _, w in rows) / 2, 0
-    for rank, weight in rows:
-        seen += weight
-        if seen >= half:
-            return int(rank)
-    return 1
 
 
 def _lands(curves: Mapping[str, Curve], target: float, total: int, step: int, min_rank: int, probes: int = 16) -> bool:
