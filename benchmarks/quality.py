@@ -14,7 +14,10 @@ sum), which are never pruned. Reported per (space, working point), medians over 
 metric of the best enqueued allocation (best on validation among them: what the search returns when
 no sampled trial wins), of the best sampled trial, of the search's pick and which kind it was, the
 difference pick - best enqueued in standard errors of the test split, trials retrained fully, and
-wall time. Writes its section to benchmarks/RESULTS.md.
+wall time. Writes its section to benchmarks/RESULTS.md; with ``--raw`` also a headroom section (the
+pick, the sampled trial best on *test*, an oracle, and the dense model, against the best enqueued
+allocation), which ``--from-raw FILE`` makes again from a kept raw file (benchmarks/raw/) without
+running anything.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/quality.py --spaces mnist5k-cnn,image-compression --seeds 0,1,2
 """
