@@ -56,14 +56,16 @@ def _sync(device: torch.device) -> None:
 
 
 def throughput(model: nn.Module, mode: str, batch: int, steps: int, warmup: int, repeats: int, device: torch.device,
-               size: int) -> Timing:
-    """Training images/s of ``model`` in ``mode`` (median of ``repeats`` timed loops)."""
+               size: int, layout: bool = True) -> Timing:
+    """Training images/s of ``model`` in ``mode`` (median of ``repeats`` timed loops); ``layout``: on CUDA,
+    compiled as ``fit`` compiles there (inductor keeps channels-last, ``compile_for_training(channels_last=True)``);
+    False: inductor's own layout rule, as before issue 13."""
     cuda = device.type == "cuda"
     model.to(device).train()
     if cuda:
         model.to(memory_format=torch.channels_last)
     torch._dynamo.reset()
-    net = compile_for_training(model) if mode == "compiled" else model
+    net = compile_for_training(model, channels_last=cuda and layout) if mode == "compiled" else model
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device)
     if cuda:
@@ -121,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's)")
+    ap.add_argument("--inductor-layout", action="store_true",
+                    help="CUDA, compiled: leave the layout to inductor's own rule (off for most factorized models), "
+                         "instead of keeping channels-last as fit does")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     return ap
 
@@ -157,13 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         layers = find_layers(dense).eligible
         top = {n: max(c.ranks.get(n, 1) for c in configs.values()) for n in layers}
         factors = layer_factors(layers, top)  # one SVD per layer for all the configs
-        ref = {m: throughput(dense, m, args.batch, args.steps, args.warmup, args.repeats, device, args.size) for m in args.modes}
+        ref = {m: throughput(dense, m, args.batch, args.steps, args.warmup, args.repeats, device, args.size,
+                            not args.inductor_layout) for m in args.modes}
         rows.append((arch, "dense", "-", count_params(dense), ref, ref))
         print(rows[-1], flush=True)
         for (wp, k), cfg in configs.items():
             small = factorize(dense, cfg.ranks, factors)
             modes = [m for m in args.modes if m == "eager" or (k in compile_multiples and (compile_wps is None or wp in compile_wps))]
-            res = {m: throughput(small, m, args.batch, args.steps, args.warmup, args.repeats, device, args.size) for m in modes}
+            res = {m: throughput(small, m, args.batch, args.steps, args.warmup, args.repeats, device, args.size,
+                            not args.inductor_layout) for m in modes}
             rows.append((arch, f"{wp:g}", str(k), cfg.compressed_params, res, ref))
             print(rows[-1], flush=True)
     load_after, wall = os.getloadavg(), time.perf_counter() - start
@@ -175,11 +182,13 @@ def _publish(args: argparse.Namespace, device: torch.device, rows: list, load_be
     name = torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     command = " ".join(["python benchmarks/gpu_retrain.py", *sys.argv[1:]])
     lines = [
-        f"## Retrain throughput ({', '.join(args.models.split(','))}; {' and '.join(args.modes)}; {name}): dense vs factorized, "
+        f"## Retrain throughput ({', '.join(args.models.split(','))}; {' and '.join(args.modes)}; {name}"
+        f"{'; inductor layout rule' if cuda and args.inductor_layout else ''}): dense vs factorized, "
         f"eager vs compiled ({datetime.date.today()})",
         "",
         f"Command: `{command}`  ",
-        f"torch {torch.__version__}, {'bf16 autocast, channels-last' if cuda else 'fp32, contiguous (as fit trains on a CPU)'}, "
+        f"torch {torch.__version__}, {'bf16 autocast, channels-last' if cuda else 'fp32, contiguous (as fit trains on a CPU)'}"
+        f"{' (compiled: inductor layout rule)' if cuda and args.inductor_layout else ' (compiled: channels-last kept)' if cuda else ''}, "
         f"synthetic {args.size}x{args.size} inputs, batch {args.batch}, SGD; images/s are medians of {args.repeats} runs of "
         f"{args.steps} steps after {args.warmup} warm-up steps; compiled = `ranksearch.retrain.compile_for_training` "
         f"(torch.compile, inductor, dynamic=False), its first call timed apart (*compile s*). Ranks: CE1 seed rule at each "

@@ -80,7 +80,7 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def compile_for_training(model: nn.Module, how: Forward | None = None) -> Callable[[Any], torch.Tensor]:
+def compile_for_training(model: nn.Module, how: Forward | None = None, *, channels_last: bool = False) -> Callable[[Any], torch.Tensor]:
     """``model``'s forward through ``torch.compile`` (inductor), as :func:`fit` trains it: a function of
     the batch that calls ``model`` itself, so its parameters, buffers and ``training`` flag are the model's
     and training through it trains ``model``.
@@ -95,12 +95,21 @@ def compile_for_training(model: nn.Module, how: Forward | None = None) -> Callab
     of a module caches the graphs of all modules on one shared frame, so in a search, whose trials each
     bring new shapes, training would silently turn eager at the fifth trial (with a short last batch; the
     ninth without).
+
+    ``channels_last`` (what :func:`fit` passes on CUDA, where it trains channels-last): inductor keeps
+    activations channels-last too (``force_layout_optimization``). Its own rule for training graphs
+    (``GraphLowering.decide_layout_opt``) refuses the layout for a whole graph as soon as one convolution
+    has ``out * 2 <= in`` and a kernel larger than 1x1, which the first layer of every factorized k x k
+    convolution of rank at most half its input channels has (the dense ResNet50 has none); then every
+    activation that inductor writes is contiguous, and each convolution of the channels-last model
+    reads it in the other layout. On a CPU with oneDNN inductor lays out channels-last anyway.
     """
     def forward(x: Any) -> torch.Tensor:
         return call(model, x, how)
 
     forward.__code__ = forward.__code__.replace()  # a copy: Dynamo keys its cache by code object
-    return torch.compile(forward, dynamic=False)
+    layout = {"options": {"force_layout_optimization": True}} if channels_last else {}
+    return torch.compile(forward, dynamic=False, **layout)
 
 
 def _loader(data: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
@@ -165,7 +174,7 @@ def fit(
     loader = _loader(task.train, settings.batch_size, True, seed, device)
     steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
     total = max(1, steps_per_epoch * settings.epochs)
-    net = compile_for_training(model, task.forward) if settings.compile else (lambda batch: call(model, batch, task.forward))
+    net = compile_for_training(model, task.forward, channels_last=cuda) if settings.compile else (lambda batch: call(model, batch, task.forward))
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=settings.lr_start, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)

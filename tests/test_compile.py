@@ -90,6 +90,40 @@ def test_compiled_factorized_model_matches_eager_forward_and_backward(channels_l
     assert reads == []  # nothing in tracing or in the graphs rebuilds the dense G @ H weight
 
 
+class _Bottleneck(nn.Module):
+    """A ResNet-style 3x3 conv whose factorized first layer (rank 8 of 32 input channels) is one of
+    the convolutions (``out * 2 <= in``, kernel > 1) for which inductor refuses channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compile_for_training_keeps_channels_last_layout_for_factorized_convs(channels_last: bool, monkeypatch) -> None:
+    # inductor's decision on the real training graph, taken as on CUDA (oneDNN off: on a CPU with oneDNN
+    # inductor always lays out channels-last); fit asks for channels_last on CUDA, where it trains so
+    from torch._inductor.graph import GraphLowering
+
+    decisions: list[bool] = []
+    decide = GraphLowering.decide_layout_opt
+    monkeypatch.setattr(GraphLowering, "decide_layout_opt",
+                        staticmethod(lambda gm, *, is_inference: decisions.append(decide(gm, is_inference=is_inference)) or decisions[-1]))
+    torch.manual_seed(0)
+    model = factorize(_Bottleneck(), {"conv": 8}).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 8, 8).to(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    with torch.backends.mkldnn.flags(enabled=False):
+        compile_for_training(model, channels_last=channels_last)(x).sum().backward()
+    assert decisions and set(decisions) == {channels_last}
+    assert model.conv.h.weight.grad is not None
+
+
 def test_factorized_model_compiles_to_one_graph() -> None:
     torch._dynamo.reset()
     report = torch._dynamo.explain(_factorized())(torch.randn(2, 6, 10, 10))
