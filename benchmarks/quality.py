@@ -13,8 +13,10 @@ Both start with the same enqueued allocations (seed rule, uniform, AIMET-style g
 sum), which are never pruned. Reported per (space, working point), medians over the seeds: the test
 metric of the best enqueued allocation (best on validation among them: what the search returns when
 no sampled trial wins), of the best sampled trial, of the search's pick and which kind it was, the
-difference pick - best enqueued in standard errors of the test split, trials retrained fully, and
-wall time. Writes its section to benchmarks/RESULTS.md; with ``--raw`` also a headroom section (the
+difference pick - best enqueued in standard errors of the test split, the same difference paired (both
+models scored on the same test samples, divided by the standard error of the per-sample differences: the
+statistic for "is the pick better on this test split"; both trials' retrained weights are kept for it in
+a temporary artifact store), trials retrained fully, and wall time. Writes its section to benchmarks/RESULTS.md; with ``--raw`` also a headroom section (the
 pick, the sampled trial best on *test*, an oracle, and the dense model, against the best enqueued
 allocation), which ``--from-raw FILE`` makes again from a kept raw file (benchmarks/raw/) without
 running anything.
@@ -32,6 +34,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -81,35 +84,108 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
     from ranksearch import search
 
     space, task, model = _load(name)
-    t0 = time.time()
-    res = search(model, _settings(space, wp, seed, _grid(options, model, space, wp)), task=task, n_trials=trials,
-                 sensitivity=sensitivity)
-    rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
-             "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
-             "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
-            for t in res.study.trials]
-    return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": time.time() - t0, "trials": rows,
-            "settings": res.config.search["settings"]}
+    with tempfile.TemporaryDirectory() as arts:  # the trials' weights (best so far), for the paired figures
+        t0 = time.time()
+        res = search(model, _settings(space, wp, seed, _grid(options, model, space, wp)), task=task, n_trials=trials,
+                     sensitivity=sensitivity, artifacts=arts)
+        wall = time.time() - t0
+        rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
+                 "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
+                 "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
+                for t in res.study.trials]
+        paired = {str(first): _paired(res.study, model, task, arts, rows, first) for first in (12, None)}
+    return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": wall, "trials": rows,
+            "settings": res.config.search["settings"], "paired": paired}
+
+
+def _per_sample(model: Any, data: Any, metric: str, forward: Any) -> Any:
+    """The test metric of each sample (correct or not; PSNR in dB), as ``ranksearch.retrain.evaluate`` scores them."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from ranksearch.inputs import call
+
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=256):
+            out = call(model, x, forward).float()
+            if metric == "accuracy":
+                values.append((out.argmax(1) == y).double())
+            elif metric == "psnr":
+                values.append(-10 * torch.log10(((out.clamp(0, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)).double())
+            else:
+                raise ValueError(f"no per-sample {metric}")
+    return np.concatenate([v.numpy() for v in values])
+
+
+def _paired(study: Any, model: Any, task: Any, arts: str, rows: list[dict[str, Any]], first: int | None) -> dict[str, Any] | None:
+    """The pick minus the best enqueued allocation on the same test samples (among the first ``first``
+    finished trials): mean difference and its standard error, stdev(differences) / sqrt(n). Both trials
+    were the best so far when they finished, so their retrained weights are in the artifact store."""
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+    from ranksearch.surgery import factorize
+    from ranksearch.weights import load_state_dict
+
+    enq, pick = _chosen(rows, first)
+    if enq is None:
+        return None
+    values = {}
+    for number in {enq["number"], pick["number"]}:
+        t = study.trials[number]
+        twin = t.user_attrs.get("same_as")
+        weights = t.user_attrs.get("weights") or (study.trials[int(twin)].user_attrs.get("weights") if twin is not None else None)
+        if weights is None:  # not the best so far when it finished (with several workers): no figure
+            return None
+        small = factorize(model, t.user_attrs["ranks"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.safetensors"
+            download_artifact(artifact_store=FileSystemArtifactStore(arts), file_path=str(path), artifact_id=weights)
+            small.load_state_dict(load_state_dict(path))
+        values[number] = _per_sample(small, task.test, task.metric, task.forward)
+        if abs(values[number].mean() - t.user_attrs["test"]) > 1e-4 * max(1.0, abs(t.user_attrs["test"])):
+            raise AssertionError(f"trial {number}: per-sample mean {values[number].mean()} is not its test {t.user_attrs['test']}")
+    d = values[pick["number"]] - values[enq["number"]]
+    return {"enqueued": enq["number"], "pick": pick["number"], "mean": float(d.mean()),
+            "se": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
+
+
+def _finished(trials: list[dict[str, Any]], first: int | None) -> list[dict[str, Any]]:
+    """The first ``first`` trials that finished (complete or pruned), in order; all of them for None."""
+    finished = sorted((t for t in trials if t["state"] in ("COMPLETE", "PRUNED")), key=lambda t: t["number"])
+    return finished if first is None else finished[:first]
+
+
+def _best(ts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(ts, key=lambda t: (t["val"], -t["number"]), default=None)
+
+
+def _chosen(trials: list[dict[str, Any]], first: int | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(best enqueued allocation, the search's pick) on validation among the first ``first`` finished trials."""
+    done = [t for t in _finished(trials, first) if t["state"] == "COMPLETE"]
+    return _best([t for t in done if t["method"] != "searched"]), _best(done)  # type: ignore[return-value]
 
 
 def _figures(run: dict[str, Any], first: int | None = None) -> dict[str, Any]:
     """Best enqueued / best sampled / pick among the first ``first`` finished trials of a study."""
-    finished = sorted((t for t in run["trials"] if t["state"] in ("COMPLETE", "PRUNED")), key=lambda t: t["number"])
-    if first is not None:
-        finished = finished[:first]
+    finished = _finished(run["trials"], first)
     done = [t for t in finished if t["state"] == "COMPLETE"]
-
-    def best(ts: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return max(ts, key=lambda t: (t["val"], -t["number"]), default=None)
-
-    enq = best([t for t in done if t["method"] != "searched"])
-    smp = best([t for t in done if t["method"] == "searched"])
-    pick = best(done)
+    enq, pick = _chosen(run["trials"], first)
+    smp = _best([t for t in done if t["method"] == "searched"])
     oracle = max((t["test"] for t in done if t["method"] == "searched" and t["full"] and t["test"] is not None), default=math.nan)
     wall = max(t["end"] for t in finished) if first is not None else run["wall"]
     return {"enqueued": enq["test"] if enq else math.nan, "sampled": smp["test"] if smp else math.nan,
             "pick": pick["test"], "picked": "sampled" if pick["method"] == "searched" else pick["method"],
             "oracle": oracle, "trials": len(finished), "full": sum(t["full"] for t in finished), "wall": wall}
+
+
+def _paired_z(run: dict[str, Any], first: int | None) -> float:
+    """The paired difference of a study in its standard errors (0 for the same trial; nan if not recorded)."""
+    p = run.get("paired", {}).get(str(first))
+    if not p:
+        return math.nan
+    return 0.0 if p["pick"] == p["enqueued"] or p["se"] == 0 else p["mean"] / p["se"]
 
 
 def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str], label: str, source: str) -> list[str]:
@@ -224,8 +300,9 @@ def main() -> None:
         return statistics.median(xs) if xs else math.nan
 
     cmd = (f"python benchmarks/quality.py --spaces {args.spaces} --seeds {args.seeds} --trials {args.trials}"
-           + (f" --wps {args.wps}" if args.wps else "") + (f" --new '{args.new}' --label {args.label}" if new else "")
-           + (" --no-today" if args.no_today else ""))
+           + (f" --wps {args.wps}" if args.wps else "") + (f" --new '{args.new}'" if new else "")
+           + (f" --label {args.label}" if args.label != "defaults" else "") + (" --no-today" if args.no_today else "")
+           + (f" --raw {args.raw}" if args.raw else ""))
     used = next((r["settings"] for r in runs if r["variant"] == "new"), {})
     shown = {k: used.get(k) for k in ("proposals", "sampler", "pruner", "step", "screen", "keep", "screen_samples", "prior",
                                     "factors", "rank_multiple")}
@@ -242,19 +319,24 @@ def main() -> None:
         "validation; *pick*: the search's result (best on validation of all); *picked*: its kind per seed; *d/SE*: "
         "(median pick - median enqueued) / the test split's standard error; *full*: trials retrained fully (median); "
         "*wall*: median seconds per study (12 trials of the new search: until its 12th trial finished), and its ratio to "
-        "today's 12 trials.",
+        "today's 12 trials; *paired*: per seed, the pick minus the best enqueued allocation on the same test samples, "
+        "divided by the standard error of that difference (stdev of the per-sample differences / sqrt(n)), median (per "
+        "seed in brackets; 0 where the pick is the enqueued allocation).",
         "",
-        "| space | WP | metric | test SE | trials | search | enqueued | sampled | pick | picked | d/SE | full | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| space | WP | metric | test SE | trials | search | enqueued | sampled | pick | picked | d/SE | paired d/SE | full | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (args.spaces.split(",").index(k[0]), -k[1]))
     for name, wp in keys:
         space, task, model = meta[name]
         today = [r["wall"] for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, "today")]
         for label, variant, first in (("today", "today", None), (args.label, "new", 12), (args.label, "new", None)):
-            per = [_figures(r, first) for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, variant)]
+            cases = [r for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, variant)]
+            per = [_figures(r, first) for r in cases]
             if not per:
                 continue
+            z = [_paired_z(r, first) for r in cases]
+            paired = f"{med(z):+.2f} ({'/'.join(f'{v:+.1f}' for v in z)})" if variant == "new" else "-"
             m = {k: med([f[k] for f in per]) for k in ("enqueued", "sampled", "pick", "full", "wall")}
             se = _test_se(task, model, task.metric, m["enqueued"])
             ratio = f" ({m['wall'] / med(today):.2f}x)" if today else ""
@@ -264,7 +346,7 @@ def main() -> None:
 
             lines.append(f"| {name} | {wp} | {task.metric} | {se:.4f} | {per[0]['trials']} | {label} | {cell('enqueued')} | "
                          f"{cell('sampled')} | {cell('pick')} | {'/'.join(f['picked'] for f in per)} | "
-                         f"{(m['pick'] - m['enqueued']) / se:+.2f} | {m['full']:.0f} | {m['wall']:.0f}{ratio} |")
+                         f"{(m['pick'] - m['enqueued']) / se:+.2f} | {paired} | {m['full']:.0f} | {m['wall']:.0f}{ratio} |")
     publish(lines, args.out)
     if args.raw:
         publish(_headroom(runs, meta, order, args.label, args.raw), args.out)

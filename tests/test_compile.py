@@ -118,7 +118,8 @@ def test_compile_for_training_keeps_channels_last_layout_for_factorized_convs(ch
     model = factorize(_Bottleneck(), {"conv": 8}).to(memory_format=torch.channels_last)
     x = torch.randn(2, 32, 8, 8).to(memory_format=torch.channels_last)
     torch._dynamo.reset()
-    with torch.backends.mkldnn.flags(enabled=False):
+    # no cache: a graph compiled before (this run, or an earlier one on disk) is loaded without a decision
+    with torch.backends.mkldnn.flags(enabled=False), torch._inductor.config.patch(force_disable_caches=True):
         compile_for_training(model, channels_last=channels_last)(x).sum().backward()
     assert decisions and set(decisions) == {channels_last}
     assert model.conv.h.weight.grad is not None
