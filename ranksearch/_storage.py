@@ -160,6 +160,14 @@ def _check_driver(url: str) -> None:
             raise StorageError(f"Storage {_redact(url)!r} needs the {module} driver, which is not installed: {hint}.") from None
 
 
+def release(storage: BaseStorage) -> None:
+    """Close a database storage's pooled connections (its engine reconnects when used again): a process
+    that runs many searches would otherwise keep each one's idle connections until the server refuses
+    new clients. Other storages hold none."""
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
+
+
 def _rdb(url: str, heartbeat: int, grace: int, tries: int = 5) -> RDBStorage:
     """An RDB storage with heartbeats; workers that start together may race to create the schema
     (one gets an integrity error), so creation is retried."""

@@ -35,7 +35,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, open_storage,
+from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, open_storage, release,
                                  storage_url, wait_until_ready)
 from ranksearch.baselines import Sensitivity
 from ranksearch.errors import StudyError
@@ -223,7 +223,10 @@ def search(
             objective_for(study, model, views, settings, calls, None, None).retrain_again(best)
         return best.eval()
 
-    result = collect(study, model, views.plain_curves, artifacts=arts, rebuild=rebuild, source=source, factors=views.plain_factors)
+    try:
+        result = collect(study, model, views.plain_curves, artifacts=arts, rebuild=rebuild, source=source, factors=views.plain_factors)
+    finally:
+        release(store)
     if result.sensitivity is None:
         result.sensitivity = table[0]
     return result

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch._storage import (GRACE_S, HEARTBEAT_S, StudyAttrs, artifact_store, create_or_join, fail_dead_trials,
-                                 open_storage, retry_trial, settle, wait_until_ready, worker_id)
+                                 open_storage, release, retry_trial, settle, wait_until_ready, worker_id)
 from ranksearch.baselines import (Sensitivity, additive_ranks, greedy_ranks, log_weights_for, measure_sensitivity, output_fidelity,
                                   proxy_sensitivity,
                                   table_size, uniform_ranks)
@@ -571,4 +571,7 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     where = artifacts if artifacts is not None else attrs.get("artifacts")
     objective = objective_for(study, model, views, settings, calls, artifact_store(where) if where is not None else None, n_trials)
     _log.info("worker %s joined study %s", worker_id(), study_name)
-    return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
+    try:
+        return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
+    finally:
+        release(storage)

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from ranksearch import RankConfig, SearchSettings, count_params, load_factorized, load_space, search
 from ranksearch import _storage
-from ranksearch._storage import claim_setup, create_or_join, open_storage
+from ranksearch._storage import claim_setup, create_or_join, open_storage, release
 from ranksearch.errors import StudyError
 from ranksearch.cli import main
 from ranksearch.retrain import RetrainSettings
@@ -46,10 +46,13 @@ def _load(url: str, name: str) -> optuna.Study:
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(url)  # polled in loops: its connections are closed at once, not when collected
     try:
-        return _load(url, name).get_trials()
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
     except KeyError:  # not created yet
         return []
+    finally:
+        release(storage)
 
 
 def _owner(t: optuna.trial.FrozenTrial) -> str:
@@ -104,6 +107,20 @@ def test_a_process_joining_while_the_study_is_created_waits_for_its_setup(monkey
     assert all(claimed in (False, "waits for the settings") for _, _, claimed in looks), looks
     assert looks[-1][2] is False  # once the settings are there, the setup is the creator's
     assert _storage.StudyAttrs(optuna.load_study(study_name="s", storage=storage)).get("setup")["owner"] == me
+
+
+@pytest.mark.parametrize("kind", ["sqlite", *STORAGES[1:]])
+def test_release_closes_pooled_connections_and_the_study_stays_usable(kind, tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else POSTGRES)
+    study = optuna.create_study(storage=storage, study_name=f"r-{uuid.uuid4().hex[:8]}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert storage.engine.pool.checkedin() >= 1  # idle connections kept by the pool
+    release(storage)
+    assert storage.engine.pool.checkedin() == 0
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # reconnects
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    release(storage)
+    release(open_storage(str(tmp_path / "j.journal")))  # a journal file holds no connection: nothing to do
 
 
 @pytest.mark.parametrize("kind", STORAGES)
