@@ -98,55 +98,27 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
             "settings": res.config.search["settings"], "paired": paired}
 
 
-def _per_sample(model: Any, data: Any, metric: str, forward: Any) -> Any:
-    """The test metric of each sample (correct or not; PSNR in dB), as ``ranksearch.retrain.evaluate`` scores them."""
-    import numpy as np
-    from torch.utils.data import DataLoader
-
-    from ranksearch.inputs import call
-
-    model.eval()
-    values = []
-    with torch.no_grad():
-        for x, y in DataLoader(data, batch_size=256):
-            out = call(model, x, forward).float()
-            if metric == "accuracy":
-                values.append((out.argmax(1) == y).double())
-            elif metric == "psnr":
-                values.append(-10 * torch.log10(((out.clamp(0, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)).double())
-            else:
-                raise ValueError(f"no per-sample {metric}")
-    return np.concatenate([v.numpy() for v in values])
-
-
 def _paired(study: Any, model: Any, task: Any, arts: str, rows: list[dict[str, Any]], first: int | None) -> dict[str, Any] | None:
     """The pick minus the best enqueued allocation on the same test samples (among the first ``first``
     finished trials): mean difference and its standard error, stdev(differences) / sqrt(n). Both trials
     were the best so far when they finished, so their retrained weights are in the artifact store."""
-    from optuna.artifacts import FileSystemArtifactStore, download_artifact
-
-    from ranksearch.surgery import factorize
-    from ranksearch.weights import load_state_dict
+    from ranksearch._storage import artifact_store
+    from ranksearch.export import trial_model
+    from ranksearch.retrain import sample_scores
 
     enq, pick = _chosen(rows, first)
     if enq is None:
         return None
-    values = {}
+    scores = {}
     for number in {enq["number"], pick["number"]}:
         t = study.trials[number]
-        twin = t.user_attrs.get("same_as")
-        weights = t.user_attrs.get("weights") or (study.trials[int(twin)].user_attrs.get("weights") if twin is not None else None)
-        if weights is None:  # not the best so far when it finished (with several workers): no figure
+        small = trial_model(study, t, model, artifact_store(arts))
+        if small is None:  # not the best so far when it finished (with several workers): no figure
             return None
-        small = factorize(model, t.user_attrs["ranks"])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "weights.safetensors"
-            download_artifact(artifact_store=FileSystemArtifactStore(arts), file_path=str(path), artifact_id=weights)
-            small.load_state_dict(load_state_dict(path))
-        values[number] = _per_sample(small, task.test, task.metric, task.forward)
-        if abs(values[number].mean() - t.user_attrs["test"]) > 1e-4 * max(1.0, abs(t.user_attrs["test"])):
-            raise AssertionError(f"trial {number}: per-sample mean {values[number].mean()} is not its test {t.user_attrs['test']}")
-    d = values[pick["number"]] - values[enq["number"]]
+        scores[number] = sample_scores(small, task.test, task.metric, forward=task.forward).numpy()
+        if abs(scores[number].mean() - t.user_attrs["test"]) > 1e-4 * max(1.0, abs(t.user_attrs["test"])):
+            raise AssertionError(f"trial {number}: per-sample mean {scores[number].mean()} is not its test {t.user_attrs['test']}")
+    d = scores[pick["number"]] - scores[enq["number"]]
     return {"enqueued": enq["number"], "pick": pick["number"], "mean": float(d.mean()),
             "se": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
 
@@ -224,15 +196,12 @@ def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str]
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
     """Standard error of the metric on the test split: binomial for accuracies (at ``p``), else the
     spread of the dense model's per-sample values over sqrt(n)."""
-    from torch.utils.data import Subset
-
-    from ranksearch.retrain import evaluate
+    from ranksearch.retrain import sample_scores
 
     n = len(task.test)
     if metric in ("accuracy", "top5"):
         return math.sqrt(max(p * (1 - p), 1e-12) / n)
-    values = [evaluate(model, Subset(task.test, [i]), metric) for i in range(n)]  # the metric's own code, per sample
-    return statistics.stdev(values) / math.sqrt(n)
+    return statistics.stdev(sample_scores(model, task.test, metric).tolist()) / math.sqrt(n)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from ranksearch.solver import Curve, Solution
 from ranksearch.surgery import count_params, factorize
 from ranksearch.weights import load_state_dict, save_state_dict
 
-__all__ = ["BASELINES", "SearchResult", "collect", "export_study", "nnr_tensors", "summary_table",
+__all__ = ["BASELINES", "SearchResult", "collect", "export_study", "nnr_tensors", "summary_table", "trial_model",
            "working_points_table", "write_results"]
 
 _log = logging.getLogger(__name__)
@@ -97,6 +97,26 @@ def _weights_of(study: optuna.Study, t: FrozenTrial) -> str | None:
     return None
 
 
+def trial_model(study: optuna.Study, t: FrozenTrial, model: nn.Module, artifacts: Any,
+                factors: Mapping[str, Factors] | None = None) -> nn.Module | None:
+    """Trial ``t``'s retrained factorized model (eval mode) from the artifact store, or None when it
+    uploaded no weights (it was not the best so far when it finished). ``factors`` only shape the layers
+    (default: an SVD per layer); the weights are the trial's."""
+    weights = _weights_of(study, t)
+    if weights is None:
+        return None
+    small = factorize(model, t.user_attrs["ranks"], factors)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        try:
+            download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=weights)
+        except ArtifactNotFound:
+            raise StudyError(f"Trial {t.number}'s weights (artifact {weights}) are not in the artifact folder given; "
+                             "pass --artifacts with the folder the workers wrote to.") from None
+        small.load_state_dict(load_state_dict(path))
+    return small.eval()
+
+
 def _solution(t: FrozenTrial, curves: Mapping[str, Curve], total: int) -> Solution:
     return Solution({n: t.user_attrs["ranks"].get(n) for n in curves}, float("nan"), int(t.user_attrs["params"]), total)
 
@@ -134,19 +154,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
         _log.warning("the best trial %d has no weights; exporting trial %d (%.4f against %.4f)", best.number, chosen.number,
                      chosen.value, best.value)
         best, weights = chosen, _weights_of(study, chosen)
-    if weights is not None:
-        best_model = factorize(model, best.user_attrs["ranks"], factors)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "weights.safetensors"
-            try:
-                download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=weights)
-            except ArtifactNotFound:
-                raise StudyError(f"Trial {best.number}'s weights (artifact {weights}) are not in the artifact folder given; "
-                                 "pass --artifacts with the folder the workers wrote to.") from None
-            best_model.load_state_dict(load_state_dict(path))
-        best_model.eval()
-    else:
-        best_model = rebuild(best)  # type: ignore[misc]
+    best_model = trial_model(study, best, model, artifacts, factors) if weights is not None else rebuild(best)  # type: ignore[misc]
     seed_trial = _first(study, "seed_rule")
     metric: dict[str, Any] = {"name": attrs.get("metric") or "metric", "dense": attrs.get("dense") or {},
                               "seed_rule": _figures(seed_trial), "searched": _figures(best)}

@@ -22,7 +22,7 @@ from ranksearch.errors import RankSearchError
 from ranksearch.inputs import Forward, call, to_device
 from ranksearch.task import Task
 
-__all__ = ["RetrainSettings", "best_device", "compile_for_training", "evaluate", "fit"]
+__all__ = ["RetrainSettings", "best_device", "compile_for_training", "evaluate", "fit", "sample_scores"]
 
 _log = logging.getLogger(__name__)
 
@@ -224,21 +224,28 @@ def evaluate(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 
              forward: Forward | None = None) -> float:
     """``metric`` of ``model`` on ``data``: accuracy or top-5 in [0, 1], or mean PSNR in dB on [0, 1] images
     (each input batch called as :func:`ranksearch.inputs.call` does, ``forward`` when given)."""
+    scores = sample_scores(model, data, metric, batch_size=batch_size, device=device, forward=forward)
+    return float(scores.sum()) / max(1, len(scores))
+
+
+def sample_scores(model: nn.Module, data: Dataset, metric: str, *, batch_size: int = 256, device: torch.device | None = None,
+                  forward: Forward | None = None) -> torch.Tensor:
+    """The ``metric`` of each sample of ``data`` (1 or 0 for accuracy and top-5, PSNR in dB), on the CPU, in
+    order: :func:`evaluate` is their mean, and two models scored on the same data can be compared sample by
+    sample (a paired difference)."""
+    if metric not in ("accuracy", "top5", "psnr"):
+        raise RankSearchError(f"metric {metric!r} is not supported; use accuracy, top5 or psnr.")
     device = device or best_device()
     model.to(device).eval()
-    total, count = 0.0, 0
+    scores = []
     for x, y in _loader(data, batch_size, False, 0, device):
         x, y = to_device(x, device, True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = call(model, x, forward).float()
         if metric == "accuracy":
-            total += (out.argmax(1) == y).sum()
+            scores.append(out.argmax(1) == y)
         elif metric == "top5":
-            total += (out.topk(min(5, out.shape[1]), 1).indices == y[:, None]).any(1).sum()
-        elif metric == "psnr":
-            mse = ((out.clamp(0, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-            total += (-10 * torch.log10(mse)).sum()
+            scores.append((out.topk(min(5, out.shape[1]), 1).indices == y[:, None]).any(1))
         else:
-            raise RankSearchError(f"metric {metric!r} is not supported; use accuracy, top5 or psnr.")
-        count += len(y)
-    return float(total) / max(1, count)
+            scores.append(-10 * torch.log10(((out.clamp(0, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)))
+    return torch.cat(scores).double().cpu() if scores else torch.zeros(0, dtype=torch.float64)

@@ -406,3 +406,19 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
     assert cost["sensitivity_samples"] == 30 and cost["val_samples"] == 256  # 24 passes' worth of 199 probes: floor(24 * 256 / 199)
     assert cost["split_evaluations"] <= 30 and cost["evaluations"] == 1 + 199 + 1
     assert set(given.sensitivity) == set(res.sensitivity)
+
+
+def test_search_leaves_no_idle_database_connections_and_trial_model_gives_the_trials_weights(dense_and_task, tmp_path):
+    from ranksearch.export import trial_model
+    from ranksearch.retrain import evaluate, sample_scores
+
+    model, task = dense_and_task
+    res = search(model, _s(0.3), task=task, n_trials=2, storage=f"sqlite:///{tmp_path / 's.db'}", artifacts=tmp_path / "a")
+    rdb = getattr(res.study._storage, "_backend", res.study._storage)
+    assert isinstance(rdb, optuna.storages.RDBStorage) and rdb.engine.pool.checkedin() == 0  # released at the end
+    best = res.study.best_trial
+    again = trial_model(res.study, best, model, optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "a")))
+    scores = sample_scores(again, task.test, "accuracy")
+    assert scores.shape == (len(task.test),) and set(scores.tolist()) <= {0.0, 1.0}
+    assert float(scores.mean()) == pytest.approx(best.user_attrs["test"]) == pytest.approx(evaluate(again, task.test, "accuracy"))
+    assert res.study.trials[1].value is not None  # the released storage reconnects when read again
