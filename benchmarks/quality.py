@@ -91,7 +91,8 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
         wall = time.time() - t0
         rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
                  "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
-                 "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs}
+                 "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs,
+                 "ranks": t.user_attrs.get("ranks"), "factors": t.user_attrs.get("factors")}
                 for t in res.study.trials]
         paired = {str(first): _paired(res.study, model, task, arts, rows, first) for first in (12, None)}
     return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": wall, "trials": rows,
@@ -173,24 +174,46 @@ def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str]
              "file is the run's own: every trial's validation and test figures). Cells: test metric, median over the seeds; "
              "d/SE: minus the best enqueued allocation, in the test split's standard errors. *oracle*: of the sampled trials "
              "retrained fully, the best on test (a bound on what picking by validation can gain from these trials); "
+             "*oracle, all seeds*: the same over every seed's trials, and how many of them were retrained fully; "
+             "*retrain noise*: the standard deviation over seeds of one enqueued allocation's test metric (the one "
+             "best in median), in test SE: what retraining the same ranks with another seed moves; "
              "*dense*: the uncompressed model.",
              "",
-             "| space | WP | trials | seeds | enqueued | pick (d/SE) | oracle (d/SE) | dense (d/SE) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| space | WP | trials | seeds | enqueued | pick (d/SE) | oracle (d/SE) | oracle, all seeds (d/SE; of n) | "
+             "retrain noise | dense (d/SE) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["space"], r["wp"]) for r in runs if r["variant"] == "new"}, key=lambda k: (order.index(k[0]), -k[1]))
     for name, wp in keys:
         space, task, model = meta[name]
-        per = [_figures(r) for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, "new")]
+        cases = [r for r in runs if (r["space"], r["wp"], r["variant"]) == (name, wp, "new")]
+        per = [_figures(r) for r in cases]
         m = {k: statistics.median([f[k] for f in per if not math.isnan(f[k])] or [math.nan]) for k in ("enqueued", "pick", "oracle")}
         dense = float(evaluate(model, task.test, task.metric))
         se = _test_se(task, model, task.metric, m["enqueued"])
+        full = [t["test"] for r in cases for t in r["trials"]
+                if t["method"] == "searched" and t["full"] and t["test"] is not None]
+        noise = _retrain_noise(cases)
 
         def d(x: float) -> str:
             return f"{x:.4f} ({(x - m['enqueued']) / se:+.2f})"
 
         lines.append(f"| {name} | {wp} | {per[0]['trials']} | {len(per)} | {m['enqueued']:.4f} | {d(m['pick'])} | "
-                     f"{d(m['oracle'])} | {d(dense)} |")
+                     f"{d(m['oracle'])} | {d(max(full, default=math.nan))}; of {len(full)} | {noise / se:.2f} | {d(dense)} |")
     return lines
+
+
+def _retrain_noise(cases: list[dict[str, Any]]) -> float:
+    """Standard deviation over seeds of the test metric of the enqueued allocation best in median (the
+    enqueued allocations are the same ranks in every seed's study: only the retrain's seed differs)."""
+    by: dict[str, list[float]] = {}
+    for r in cases:
+        for t in r["trials"]:
+            if t["method"] != "searched" and t["state"] == "COMPLETE" and t["test"] is not None:
+                by.setdefault(t["method"], []).append(t["test"])
+    by = {k: v for k, v in by.items() if len(v) > 1}
+    if not by:
+        return math.nan
+    return statistics.stdev(max(by.values(), key=statistics.median))
 
 
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:

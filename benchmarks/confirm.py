@@ -1,0 +1,160 @@
+"""Better allocations, or lucky retrains? The best allocations on test, retrained again with other seeds.
+
+The headroom table of ``benchmarks/quality.py`` bounds what a search can gain by the sampled trial best
+*on test* (the oracle). That bound is itself a winner: the best of many retrains, each moved by its
+retrain's seed. This script reads a ``quality.py --raw`` file (whose trials carry their ranks) and, per
+(space, working point):
+
+* the *baseline*: the enqueued allocation best in median test metric over the studies' seeds (the
+  enqueued allocations are the same ranks in every seed's study);
+* the *winners*: the ``--top`` sampled allocations best on test over all seeds' trials retrained fully;
+
+retrains each again, exactly as a trial does (same factors, recipe, distillation teacher, screen), with
+``--repeats`` seeds no study used, and scores them on test. First it retrains the first winner with its own
+study's seed and checks that this gives its recorded test figure (the retrain is deterministic on CPU).
+
+Reported per winner, in standard errors of the test split: the difference to the baseline as selected (its
+study figure minus the baseline's median), and as confirmed (its mean over the new seeds minus the
+baseline's mean over the same seeds), with the standard error of that mean difference over seeds. A winner
+whose advantage vanishes with new seeds was chosen for a lucky retrain, not for its ranks.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/confirm.py --raw benchmarks/raw/quality_wide-random.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+from quality import _load, _test_se  # benchmarks/quality.py
+
+FIRST_SEED = 100  #: new retrain seeds are FIRST_SEED, FIRST_SEED + 1, ... (the studies use 0, 1, 2)
+
+
+def _allocations(runs: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(baseline, winners) of one case's studies: trials with their ranks, kind, study seed and test figure."""
+    enqueued: dict[str, list[dict[str, Any]]] = {}
+    sampled = []
+    for r in runs:
+        for t in r["trials"]:
+            if t["state"] != "COMPLETE" or t.get("ranks") is None or t["test"] is None:
+                continue
+            row = {**t, "seed": r["seed"], "settings": r["settings"]}
+            if t["method"] != "searched":
+                enqueued.setdefault(t["method"], []).append(row)
+            elif t["full"]:
+                sampled.append(row)
+    if not enqueued:
+        raise SystemExit("the raw file's trials carry no ranks: make it again with this quality.py (--raw)")
+    method = max(enqueued, key=lambda m: statistics.median(t["test"] for t in enqueued[m]))
+    rows = enqueued[method]
+    base = {**rows[0], "test": statistics.median(t["test"] for t in rows)}
+    return base, sorted(sampled, key=lambda t: -t["test"])[:top]
+
+
+def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[float]:
+    """Test metric of ``alloc``'s ranks retrained once per seed, as a trial of its study retrains."""
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    from ranksearch import SearchSettings
+    from ranksearch.retrain import RetrainSettings
+    from ranksearch.surgery import factorize
+    from ranksearch.trial import task_callables, val_subset
+    from ranksearch.worker import views_for
+
+    space, task, model = _load(name)
+    settings = SearchSettings.from_dict(alloc["settings"])
+    views = views_for(model, settings, task, None, None)
+    _, factors = views.of(alloc["factors"])
+    out = []
+    for seed in seeds:
+        _, retrain, test = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), seed,
+                                          settings.screen, val_subset(task, settings.screen_samples))
+        small = factorize(model, {n: int(r) for n, r in alloc["ranks"].items()}, factors)
+        retrain(small, report=lambda step, value, last=False: None)
+        out.append(float(test(small)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", required=True, help="a quality.py --raw file whose trials carry their ranks")
+    ap.add_argument("--top", type=int, default=3, help="sampled allocations best on test to retrain again, per case")
+    ap.add_argument("--repeats", type=int, default=4, help="new retrain seeds per allocation")
+    ap.add_argument("--jobs", type=int, default=2, help="retrains at once, one thread each")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    runs = [r for r in json.loads(Path(args.raw).read_text()) if r["variant"] == "new"]
+    order = list(dict.fromkeys(r["space"] for r in runs))
+    keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (order.index(k[0]), -k[1]))
+    seeds = list(range(FIRST_SEED, FIRST_SEED + args.repeats))
+    load_before = os.getloadavg()[0]
+    t0 = time.time()
+    cases, jobs = {}, []
+    for key in keys:
+        base, winners = _allocations([r for r in runs if (r["space"], r["wp"]) == key], args.top)
+        cases[key] = (base, winners)
+        if winners:  # the reproduction check: the first winner with its own study's seed
+            jobs.append((key[0], winners[0], [winners[0]["seed"]]))
+        jobs += [(key[0], a, seeds) for a in (base, *winners)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(_retrain, *zip(*jobs)))
+    done = iter(results)
+    lines = [f"## Confirm (from {args.raw}): the best allocations on test, retrained with {args.repeats} new seeds "
+             f"({datetime.date.today()})", "",
+             f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/confirm.py --raw {args.raw} --top {args.top} "
+             f"--repeats {args.repeats}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} retrains at once with 1 thread each, "
+             f"torch {torch.__version__}; load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; "
+             f"{time.time() - t0:.0f} s in all.  ",
+             "Per case: the *baseline* is the enqueued allocation best in median test metric over the studies' seeds; the "
+             f"*winners* are the {args.top} sampled allocations best on test among all seeds' trials retrained fully (what "
+             "the headroom table's oracle picks). Each is retrained again as its study's trials are, with seeds "
+             f"{seeds[0]}..{seeds[-1]}. Cells in standard errors of the test split: *as selected*: its study's test "
+             "figure minus the baseline's median; *confirmed*: its mean over the new seeds minus the baseline's mean over "
+             "the same seeds, +- the standard error of that mean difference over seeds; *reproduced*: the first winner "
+             "retrained with its own study's seed gives its recorded test figure.",
+             "",
+             "| space | WP | test SE | allocation | study seed, trial | as selected | new seeds: test (mean) | confirmed d/SE | reproduced |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key in keys:
+        name, wp = key
+        base, winners = cases[key]
+        space, task, model = _load(name)
+        se = _test_se(task, model, task.metric, base["test"])
+        check = next(done) if winners else None
+        b = next(done)
+        lines.append(f"| {name} | {wp} | {se:.4f} | baseline ({base['method']}) | all | 0 | "
+                     f"{'/'.join(f'{v:.4f}' for v in b)} ({statistics.mean(b):.4f}) | 0 | - |")
+        for i, w in enumerate(winners):
+            v = next(done)
+            diffs = [x - y for x, y in zip(v, b)]
+            sd = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+            rep = "-"
+            if i == 0 and check is not None:
+                ok = abs(check[0] - w["test"]) <= 1e-4 * max(1.0, abs(w["test"]))
+                rep = f"{'yes' if ok else 'NO'} ({check[0]:.4f})"
+            lines.append(f"| {name} | {wp} | {se:.4f} | winner {i + 1} | {w['seed']}, {w['number']} | "
+                         f"{(w['test'] - base['test']) / se:+.2f} | {'/'.join(f'{x:.4f}' for x in v)} ({statistics.mean(v):.4f}) | "
+                         f"{statistics.mean(diffs) / se:+.2f} +- {sd / se:.2f} | {rep} |")
+    publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
