@@ -66,8 +66,8 @@ def _allocations(runs: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], 
     return base, sorted(sampled, key=lambda t: -t["test"])[:top]
 
 
-def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[float]:
-    """Test metric of ``alloc``'s ranks retrained once per seed, as a trial of its study retrains."""
+def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[tuple[float, float]]:
+    """(validation, test) metric of ``alloc``'s ranks retrained once per seed, as a trial of its study retrains."""
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     from ranksearch import SearchSettings
@@ -85,17 +85,20 @@ def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[float]:
         _, retrain, test = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), seed,
                                           settings.screen, val_subset(task, settings.screen_samples))
         small = factorize(model, {n: int(r) for n, r in alloc["ranks"].items()}, factors)
-        retrain(small, report=lambda step, value, last=False: None)
-        out.append(float(test(small)))
+        val = retrain(small, report=lambda step, value, last=False: None)
+        out.append((float(val), float(test(small))))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", required=True, help="a quality.py --raw file whose trials carry their ranks")
-    ap.add_argument("--top", type=int, default=3, help="sampled allocations best on test to retrain again, per case")
+    ap.add_argument("--top", type=int, default=3, help="sampled allocations best on test to retrain again, per case (0: no confirm section)")
     ap.add_argument("--repeats", type=int, default=4, help="new retrain seeds per allocation")
     ap.add_argument("--jobs", type=int, default=2, help="retrains at once, one thread each")
+    ap.add_argument("--select", type=int, default=0,
+                    help="also the pick under noise: per study, this many trials best on validation retrained with "
+                         "--repeats new seeds, chosen by their mean validation (0: not)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -103,6 +106,14 @@ def main() -> None:
     runs = [r for r in json.loads(Path(args.raw).read_text()) if r["variant"] == "new"]
     order = list(dict.fromkeys(r["space"] for r in runs))
     keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (order.index(k[0]), -k[1]))
+    if args.top > 0:
+        _confirm(runs, keys, args)
+    if args.select:
+        publish(_select(runs, keys, args), args.out)
+
+
+def _confirm(runs: list[dict[str, Any]], keys: list[tuple[str, float]], args: argparse.Namespace) -> None:
+    """The baseline and the winners of each case retrained with new seeds: the confirm section."""
     seeds = list(range(FIRST_SEED, FIRST_SEED + args.repeats))
     load_before = os.getloadavg()[0]
     t0 = time.time()
@@ -114,7 +125,7 @@ def main() -> None:
             jobs.append((key[0], winners[0], [winners[0]["seed"]]))
         jobs += [(key[0], a, seeds) for a in (base, *winners)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(_retrain, *zip(*jobs)))
+        results = [[t for _, t in r] for r in pool.map(_retrain, *zip(*jobs))]
     done = iter(results)
     lines = [f"## Confirm (from {args.raw}): the best allocations on test, retrained with {args.repeats} new seeds "
              f"({datetime.date.today()})", "",
@@ -154,6 +165,60 @@ def main() -> None:
                          f"{(w['test'] - base['test']) / se:+.2f} | {'/'.join(f'{x:.4f}' for x in v)} ({statistics.mean(v):.4f}) | "
                          f"{statistics.mean(diffs) / se:+.2f} +- {sd / se:.2f} | {rep} |")
     publish(lines, args.out)
+
+
+def _select(runs: list[dict[str, Any]], keys: list[tuple[str, float]], args: argparse.Namespace) -> list[str]:
+    """The pick under noise: per study, its ``--select`` trials best on validation retrained with
+    ``--repeats`` new seeds each, and the one with the best mean validation over all its retrains (the
+    study's and the new ones) picked; its test figure is its study's retrain (the weights a search exports)."""
+    seeds = list(range(FIRST_SEED, FIRST_SEED + args.repeats))
+    jobs, tops = [], {}
+    for r in runs:
+        done = [t for t in r["trials"] if t["state"] == "COMPLETE" and t["full"] and t.get("ranks") is not None]
+        top = sorted(done, key=lambda t: (-t["val"], t["number"]))[:args.select]
+        tops[(r["space"], r["wp"], r["seed"])] = top
+        jobs += [(r["space"], {**t, "settings": r["settings"]}, seeds) for t in top]
+    t0, load_before = time.time(), os.getloadavg()[0]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = iter(list(pool.map(_retrain, *zip(*jobs))))
+    lines = [f"## Pick under noise (from {args.raw}): the top {args.select} on validation retrained with "
+             f"{args.repeats} new seeds, chosen by their mean validation ({datetime.date.today()})", "",
+             f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/confirm.py --raw {args.raw} --top {args.top} "
+             f"--repeats {args.repeats} --select {args.select}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} retrains at once with 1 thread each, "
+             f"torch {torch.__version__}; load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; "
+             f"{time.time() - t0:.0f} s.  ",
+             "Per study (seed) of each case, at its last trial: *pick*: the trial best on validation (the search's result); "
+             f"*under noise*: of the {args.select} trials best on validation, the one whose mean validation over its "
+             f"study's retrain and {args.repeats} new ones (seeds {seeds[0]}..{seeds[-1]}) is best; its test figure is its "
+             "study's retrain, the weights a search would export. Cells: test metric, median over seeds (per seed); d/SE "
+             "against the best enqueued allocation (on validation) in the test split's standard errors; *cost*: the "
+             "extra retrains per study.",
+             "",
+             "| space | WP | test SE | enqueued | pick (d/SE) | under noise (d/SE) | chosen trials | cost |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in keys:
+        cases = [r for r in runs if (r["space"], r["wp"]) == key]
+        enq, pick, noisy, chosen = [], [], [], []
+        for r in cases:
+            done = [t for t in r["trials"] if t["state"] == "COMPLETE"]
+            enq.append(max((t for t in done if t["method"] != "searched"), key=lambda t: (t["val"], -t["number"]))["test"])
+            top = tops[(r["space"], r["wp"], r["seed"])]
+            pick.append(top[0]["test"])
+            means = [statistics.mean([t["val"], *(v for v, _ in next(results))]) for t in top]
+            best = top[max(range(len(top)), key=lambda i: (means[i], -top[i]["number"]))]
+            noisy.append(best["test"])
+            chosen.append(f"{top[0]['number']}->{best['number']}")
+        space, task, model = _load(key[0])
+        m = {k: statistics.median(v) for k, v in (("enq", enq), ("pick", pick), ("noisy", noisy))}
+        se = _test_se(task, model, task.metric, m["enq"])
+
+        def cell(k: str, v: list[float]) -> str:
+            return f"{m[k]:.4f} ({'/'.join(f'{x:.4f}' for x in v)}) ({(m[k] - m['enq']) / se:+.2f})"
+
+        lines.append(f"| {key[0]} | {key[1]} | {se:.4f} | {m['enq']:.4f} | {cell('pick', pick)} | {cell('noisy', noisy)} | "
+                     f"{', '.join(chosen)} | {args.select * args.repeats} |")
+    return lines
 
 
 if __name__ == "__main__":
