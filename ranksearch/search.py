@@ -185,51 +185,51 @@ def search(
     if input_shape is not None:
         calls = dataclasses.replace(calls, input_shape=tuple(int(d) for d in input_shape))
     store = open_storage(storage, out_dir, heartbeat=heartbeat, grace=grace)
-    name = study_name or f"{settings.model}@{settings.target_ratio:g}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, created = create_or_join(store, name, settings, resume=resume, sampler=sampler or make_sampler(settings),
-                                    pruner=pruner or make_pruner(settings), source=source)
-    attrs = StudyAttrs(study)
-    where = artifacts
-    if created:
-        where = where if where is not None else (Path(out_dir) / "artifacts" if out_dir is not None else None)
-        attrs.set("created_at", time.time())
-        attrs.set("n_trials", n_trials)  # the default cap of workers that join
-        if where is not None:
-            attrs.set("artifacts", str(Path(where).resolve()))
-    elif where is None:  # a joining process uploads where the study's other workers do
-        where = attrs.get("artifacts")
-    table: list[Sensitivity | None] = [sensitivity]
+    try:  # however the search ends, a database storage's pooled connections are closed
+        name = study_name or f"{settings.model}@{settings.target_ratio:g}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study, created = create_or_join(store, name, settings, resume=resume, sampler=sampler or make_sampler(settings),
+                                        pruner=pruner or make_pruner(settings), source=source)
+        attrs = StudyAttrs(study)
+        where = artifacts
+        if created:
+            where = where if where is not None else (Path(out_dir) / "artifacts" if out_dir is not None else None)
+            attrs.set("created_at", time.time())
+            attrs.set("n_trials", n_trials)  # the default cap of workers that join
+            if where is not None:
+                attrs.set("artifacts", str(Path(where).resolve()))
+        elif where is None:  # a joining process uploads where the study's other workers do
+            where = attrs.get("artifacts")
+        table: list[Sensitivity | None] = [sensitivity]
 
-    def setup() -> None:
-        table[0] = set_up(study, model, views, settings, calls, sensitivity=sensitivity, warm_start=warm, progress=progress)
+        def setup() -> None:
+            table[0] = set_up(study, model, views, settings, calls, sensitivity=sensitivity, warm_start=warm, progress=progress)
 
-    if created:
-        setup()
-    else:
-        wait_until_ready(study, on_orphan=setup)
-    arts = artifact_store(where) if where is not None else None
-    if workers > 1:
-        url = storage_url(storage if isinstance(storage, str) else None, out_dir)
-        _spawn(url, name, n_trials, timeout, where, workers, gpus, heartbeat, grace, source)  # type: ignore[arg-type]
-    else:
-        objective = objective_for(study, model, views, settings, calls, arts, n_trials)
-        run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
+        if created:
+            setup()
+        else:
+            wait_until_ready(study, on_orphan=setup)
+        arts = artifact_store(where) if where is not None else None
+        if workers > 1:
+            url = storage_url(storage if isinstance(storage, str) else None, out_dir)
+            _spawn(url, name, n_trials, timeout, where, workers, gpus, heartbeat, grace, source)  # type: ignore[arg-type]
+        else:
+            objective = objective_for(study, model, views, settings, calls, arts, n_trials)
+            run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
 
-    def rebuild(t: FrozenTrial) -> nn.Module:  # the weights were not uploaded: retrain again, same seed
-        _, factors = views.of(t.user_attrs.get("factors", views.kind))
-        best = factorize(model, t.user_attrs["ranks"], factors)
-        if calls.retrain is not None:
-            objective_for(study, model, views, settings, calls, None, None).retrain_again(best)
-        return best.eval()
+        def rebuild(t: FrozenTrial) -> nn.Module:  # the weights were not uploaded: retrain again, same seed
+            _, factors = views.of(t.user_attrs.get("factors", views.kind))
+            best = factorize(model, t.user_attrs["ranks"], factors)
+            if calls.retrain is not None:
+                objective_for(study, model, views, settings, calls, None, None).retrain_again(best)
+            return best.eval()
 
-    try:
         result = collect(study, model, views.plain_curves, artifacts=arts, rebuild=rebuild, source=source, factors=views.plain_factors)
+        if result.sensitivity is None:
+            result.sensitivity = table[0]
+        return result
     finally:
         release(store)
-    if result.sensitivity is None:
-        result.sensitivity = table[0]
-    return result
 
 
 def worker_commands(url: str, name: str, n_trials: int | None, timeout: float | None, artifacts: Any, workers: int,

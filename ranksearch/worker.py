@@ -554,24 +554,24 @@ def run_worker(model: nn.Module, storage: Any, study_name: str, *, task: Task | 
     """
     probe = optuna.samplers.RandomSampler()
     storage = open_storage(storage, heartbeat=heartbeat, grace=grace)
-    study, _ = create_or_join(storage, study_name, None, resume=True, sampler=probe, pruner=optuna.pruners.NopPruner())
-    attrs = StudyAttrs(study)
-    settings = attrs.settings()
-    assert settings is not None
-    n_trials = n_trials if n_trials is not None else attrs.get("n_trials")  # default: the creator's cap
-    if n_trials is None and timeout is None:
-        raise StudyError(f"Study {study_name!r} records no trial cap; give n_trials (--trials) or timeout (--timeout).")
-    study.sampler = sampler or make_sampler(settings)
-    study.pruner = pruner or make_pruner(settings)
-    check_model(study, settings, model)
-    calibration = None if calibration is None else list(calibration)  # read by the factors and the output probes
-    calls = callables_for(model, settings, task, evaluate, retrain, calibration, forward)
-    views = views_for(model, settings, task, calibration, cache_dir, forward)
-    wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
-    where = artifacts if artifacts is not None else attrs.get("artifacts")
-    objective = objective_for(study, model, views, settings, calls, artifact_store(where) if where is not None else None, n_trials)
-    _log.info("worker %s joined study %s", worker_id(), study_name)
-    try:
+    try:  # however the worker ends, a database storage's pooled connections are closed
+        study, _ = create_or_join(storage, study_name, None, resume=True, sampler=probe, pruner=optuna.pruners.NopPruner())
+        attrs = StudyAttrs(study)
+        settings = attrs.settings()
+        assert settings is not None
+        n_trials = n_trials if n_trials is not None else attrs.get("n_trials")  # default: the creator's cap
+        if n_trials is None and timeout is None:
+            raise StudyError(f"Study {study_name!r} records no trial cap; give n_trials (--trials) or timeout (--timeout).")
+        study.sampler = sampler or make_sampler(settings)
+        study.pruner = pruner or make_pruner(settings)
+        check_model(study, settings, model)
+        calibration = None if calibration is None else list(calibration)  # read by the factors and the output probes
+        calls = callables_for(model, settings, task, evaluate, retrain, calibration, forward)
+        views = views_for(model, settings, task, calibration, cache_dir, forward)
+        wait_until_ready(study, on_orphan=lambda: set_up(study, model, views, settings, calls, progress=progress))
+        where = artifacts if artifacts is not None else attrs.get("artifacts")
+        objective = objective_for(study, model, views, settings, calls, artifact_store(where) if where is not None else None, n_trials)
+        _log.info("worker %s joined study %s", worker_id(), study_name)
         return run_trials(study, objective, n_trials=n_trials, timeout=timeout, grace=grace, progress=progress)
     finally:
         release(storage)

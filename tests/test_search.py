@@ -422,3 +422,21 @@ def test_search_leaves_no_idle_database_connections_and_trial_model_gives_the_tr
     assert scores.shape == (len(task.test),) and set(scores.tolist()) <= {0.0, 1.0}
     assert float(scores.mean()) == pytest.approx(best.user_attrs["test"]) == pytest.approx(evaluate(again, task.test, "accuracy"))
     assert res.study.trials[1].value is not None  # the released storage reconnects when read again
+
+
+def test_a_search_or_worker_that_fails_still_closes_its_database_connections(dense_and_task, tmp_path):
+    from ranksearch.worker import run_worker
+
+    model, task = dense_and_task
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    search(model, _s(0.3), task=task, n_trials=1, storage=storage, study_name="s")
+    storage.get_all_studies()  # a connection back in the pool
+    assert storage.engine.pool.checkedin() >= 1
+    with pytest.raises(StudyError, match="already exists"):  # fails after opening the storage, before any trial
+        search(model, _s(0.3), task=task, n_trials=1, storage=storage, study_name="s")
+    assert storage.engine.pool.checkedin() == 0
+    storage.get_all_studies()
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # not the study's dense model
+    with pytest.raises(StudyError):
+        run_worker(other, storage, "s", task=task, n_trials=2)
+    assert storage.engine.pool.checkedin() == 0
