@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
-from quality import _load, _test_se  # benchmarks/quality.py
+from quality import _chosen, _load, _test_se  # benchmarks/quality.py
 
 FIRST_SEED = 100  #: new retrain seeds are FIRST_SEED, FIRST_SEED + 1, ... (the studies use 0, 1, 2)
 
@@ -62,8 +63,20 @@ def _allocations(runs: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], 
         raise SystemExit("the raw file's trials carry no ranks: make it again with this quality.py (--raw)")
     method = max(enqueued, key=lambda m: statistics.median(t["test"] for t in enqueued[m]))
     rows = enqueued[method]
+    if any(t["ranks"] != rows[0]["ranks"] for t in rows):  # its figures over seeds are one allocation's only if so
+        raise SystemExit(f"the enqueued allocation {method!r} has other ranks in some seeds' studies: no common baseline")
     base = {**rows[0], "test": statistics.median(t["test"] for t in rows)}
     return base, sorted(sampled, key=lambda t: -t["test"])[:top]
+
+
+@functools.lru_cache(maxsize=4)
+def _study_views(name: str, settings_json: str) -> tuple[Any, Any, Any]:
+    """(task, dense model, views) of a study, once per process: a pool worker retrains many allocations of it."""
+    from ranksearch import SearchSettings
+    from ranksearch.worker import views_for
+
+    _, task, model = _load(name)
+    return task, model, views_for(model, SearchSettings.from_dict(json.loads(settings_json)), task, None, None)
 
 
 def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[tuple[float, float]]:
@@ -74,11 +87,9 @@ def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[tuple[f
     from ranksearch.retrain import RetrainSettings
     from ranksearch.surgery import factorize
     from ranksearch.trial import task_callables, val_subset
-    from ranksearch.worker import views_for
 
-    space, task, model = _load(name)
+    task, model, views = _study_views(name, json.dumps(alloc["settings"], sort_keys=True))
     settings = SearchSettings.from_dict(alloc["settings"])
-    views = views_for(model, settings, task, None, None)
     _, factors = views.of(alloc["factors"])
     out = []
     for seed in seeds:
@@ -103,7 +114,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    runs = [r for r in json.loads(Path(args.raw).read_text()) if r["variant"] == "new"]
+    try:
+        runs = [r for r in json.loads(Path(args.raw).read_text()) if r["variant"] == "new"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"--raw {args.raw}: not a quality.py --raw file ({type(e).__name__}: {e}); give one that run wrote") from None
     order = list(dict.fromkeys(r["space"] for r in runs))
     keys = sorted({(r["space"], r["wp"]) for r in runs}, key=lambda k: (order.index(k[0]), -k[1]))
     if args.top > 0:
@@ -172,15 +186,18 @@ def _select(runs: list[dict[str, Any]], keys: list[tuple[str, float]], args: arg
     ``--repeats`` new seeds each, and the one with the best mean validation over all its retrains (the
     study's and the new ones) picked; its test figure is its study's retrain (the weights a search exports)."""
     seeds = list(range(FIRST_SEED, FIRST_SEED + args.repeats))
-    jobs, tops = [], {}
+    jobs, tops, order = [], {}, []
     for r in runs:
         done = [t for t in r["trials"] if t["state"] == "COMPLETE" and t["full"] and t.get("ranks") is not None]
         top = sorted(done, key=lambda t: (-t["val"], t["number"]))[:args.select]
         tops[(r["space"], r["wp"], r["seed"])] = top
         jobs += [(r["space"], {**t, "settings": r["settings"]}, seeds) for t in top]
+        order += [(r["space"], r["wp"], r["seed"])] * len(top)
     t0, load_before = time.time(), os.getloadavg()[0]
+    retrained: dict[tuple[Any, ...], list[list[tuple[float, float]]]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = iter(list(pool.map(_retrain, *zip(*jobs))))
+        for study, res in zip(order, pool.map(_retrain, *zip(*jobs))):
+            retrained.setdefault(study, []).append(res)
     lines = [f"## Pick under noise (from {args.raw}): the top {args.select} on validation retrained with "
              f"{args.repeats} new seeds, chosen by their mean validation ({datetime.date.today()})", "",
              f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/confirm.py --raw {args.raw} --top {args.top} "
@@ -201,14 +218,15 @@ def _select(runs: list[dict[str, Any]], keys: list[tuple[str, float]], args: arg
         cases = [r for r in runs if (r["space"], r["wp"]) == key]
         enq, pick, noisy, chosen = [], [], [], []
         for r in cases:
-            done = [t for t in r["trials"] if t["state"] == "COMPLETE"]
-            enq.append(max((t for t in done if t["method"] != "searched"), key=lambda t: (t["val"], -t["number"]))["test"])
-            top = tops[(r["space"], r["wp"], r["seed"])]
-            pick.append(top[0]["test"])
-            means = [statistics.mean([t["val"], *(v for v, _ in next(results))]) for t in top]
+            best_enqueued, chosen_pick = _chosen(r["trials"], None)
+            enq.append(best_enqueued["test"])
+            pick.append(chosen_pick["test"])
+            study = (r["space"], r["wp"], r["seed"])
+            top = tops[study]
+            means = [statistics.mean([t["val"], *(v for v, _ in again)]) for t, again in zip(top, retrained[study])]
             best = top[max(range(len(top)), key=lambda i: (means[i], -top[i]["number"]))]
             noisy.append(best["test"])
-            chosen.append(f"{top[0]['number']}->{best['number']}")
+            chosen.append(f"{chosen_pick['number']}->{best['number']}")
         space, task, model = _load(key[0])
         m = {k: statistics.median(v) for k, v in (("enq", enq), ("pick", pick), ("noisy", noisy))}
         se = _test_se(task, model, task.metric, m["enq"])
