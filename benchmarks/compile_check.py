@@ -21,13 +21,12 @@ from collections.abc import Callable
 
 import torch
 import torchvision
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from torch import nn
 
-from ranksearch.allocation import apply, solve
-from ranksearch.spaces import cache_root, load_space
-from ranksearch.zoo import codec, mnist_cnn
-
-from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+from ranksearch.core._allocation import apply, solve
+from ranksearch.spaces._space import cache_root, load_space
+from ranksearch.spaces.zoo import codec, mnist_cnn
 
 #: space name -> (dense model factory, input shape of one batch)
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {

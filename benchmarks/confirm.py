@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from quality import _chosen, _load, _test_se  # benchmarks/quality.py
 
@@ -73,7 +72,7 @@ def _allocations(runs: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], 
 def _study_views(name: str, settings_json: str) -> tuple[Any, Any, Any]:
     """(task, dense model, views) of a study, once per process: a pool worker retrains many allocations of it."""
     from ranksearch import SearchSettings
-    from ranksearch.worker import views_for
+    from ranksearch.study._worker import views_for
 
     _, task, model = _load(name)
     return task, model, views_for(model, SearchSettings.from_dict(json.loads(settings_json)), task, None, None)
@@ -84,9 +83,9 @@ def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[tuple[f
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     from ranksearch import SearchSettings
-    from ranksearch.retrain import RetrainSettings
-    from ranksearch.surgery import factorize
-    from ranksearch.trial import task_callables, val_subset
+    from ranksearch.core._retrain import RetrainSettings
+    from ranksearch.core._surgery import factorize
+    from ranksearch.study._objective import task_callables, val_subset
 
     task, model, views = _study_views(name, json.dumps(alloc["settings"], sort_keys=True))
     settings = SearchSettings.from_dict(alloc["settings"])

@@ -15,14 +15,13 @@ import platform
 from pathlib import Path
 
 import torch
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 from ranksearch import count_params, factorize, load_space, spectra
-from ranksearch.calibrate import calibration_batches, input_moments, whitened
-from ranksearch.retrain import evaluate
-from ranksearch.solver import solve_ratio
-from ranksearch.surgery import find_layers, layer_factors
-
-from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+from ranksearch.core._calibrate import calibration_batches, input_moments, whitened
+from ranksearch.core._retrain import evaluate
+from ranksearch.core._solver import solve_ratio
+from ranksearch.core._surgery import find_layers, layer_factors
 
 
 def main() -> None:

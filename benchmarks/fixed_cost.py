@@ -19,7 +19,6 @@ import platform
 from pathlib import Path
 
 import torch
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 
@@ -34,7 +33,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from ranksearch import SearchSettings, load_space, search
-    from ranksearch.surgery import find_layers
+    from ranksearch.core._surgery import find_layers
 
     options = json.loads(args.settings)
     load_before = os.getloadavg()[0]

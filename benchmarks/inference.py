@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 INPUT_SHAPES = {"resnet50": (3, 224, 224), "vgg16": (3, 224, 224), "mobilenet_v2": (3, 224, 224)}
@@ -77,8 +76,8 @@ def _time(sessions: dict[str, Any], x: torch.Tensor, repeats: int, warmup: int =
 
 def _space_rows(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[str], dict[str, Any]]:
     from ranksearch import apply, count_params, load_space, solve
-    from ranksearch.formats import LAYER_OPS, onnx_op_counts, write_model
-    from ranksearch.spaces import cache_root
+    from ranksearch.results._formats import LAYER_OPS, onnx_op_counts, write_model
+    from ranksearch.spaces._space import cache_root
 
     space = load_space(name)
     task, x_big, source = _inputs(space, args.batch)

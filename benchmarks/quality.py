@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 TODAY = dict(proposals="weights", sampler="tpe", pruner="median", screen=0.0, screen_samples=0)  #: the search before issue 12
@@ -62,8 +61,8 @@ def _grid(options: dict[str, Any], model: Any, space: Any, wp: float) -> dict[st
     if options.get("rank_multiple") != "cuda":
         return options
     from ranksearch import count_params
-    from ranksearch.cost import rank_multiple_for
-    from ranksearch.spectra import spectra
+    from ranksearch.core._cost import rank_multiple_for
+    from ranksearch.core._spectra import spectra
 
     curves = spectra(model, exclude=space.exclude)
     return {**options, "rank_multiple": rank_multiple_for(torch.device("cuda"), 1, curves, wp, count_params(model), space.min_rank)}
@@ -103,9 +102,9 @@ def _paired(study: Any, model: Any, task: Any, arts: str, rows: list[dict[str, A
     """The pick minus the best enqueued allocation on the same test samples (among the first ``first``
     finished trials): mean difference and its standard error, stdev(differences) / sqrt(n). Both trials
     were the best so far when they finished, so their retrained weights are in the artifact store."""
-    from ranksearch._storage import artifact_store
-    from ranksearch.export import trial_model
-    from ranksearch.retrain import sample_scores
+    from ranksearch.core._retrain import sample_scores
+    from ranksearch.results._export import trial_model
+    from ranksearch.study._storage import artifact_store
 
     enq, pick = _chosen(rows, first)
     if enq is None:
@@ -166,7 +165,7 @@ def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str]
     the best enqueued allocation (on validation), the pick, the sampled trial best *on test* among those
     retrained fully (an oracle: no search can pick by test) and the dense model, each in test SE from the
     best enqueued one. A pick can only beat the enqueued allocation by what the oracle shows."""
-    from ranksearch.retrain import evaluate
+    from ranksearch.core._retrain import evaluate
 
     lines = [f"## Quality headroom ({label}; from {source}): pick, best sampled on test and dense vs the best enqueued allocation",
              "",
@@ -219,7 +218,7 @@ def _retrain_noise(cases: list[dict[str, Any]]) -> float:
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
     """Standard error of the metric on the test split: binomial for accuracies (at ``p``), else the
     spread of the dense model's per-sample values over sqrt(n)."""
-    from ranksearch.retrain import sample_scores
+    from ranksearch.core._retrain import sample_scores
 
     n = len(task.test)
     if metric in ("accuracy", "top5"):

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 from ranksearch import SearchSettings, load_space, search
 
-from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
-
-#: name -> keyword arguments of ranksearch.search (plus "distill": the retrain's distillation weight)
+#: name -> keyword arguments of ranksearch._api (plus "distill": the retrain's distillation weight)
 VARIANTS: dict[str, dict] = {
     # issue 12's comparison (48 trials, gate pruner): the default, CMA-ES from the best baseline, the old space, TPE with the sensitivity prior
     "incumbent-local": dict(proposals="incumbent", sampler="local", pruner="gate", factors="data-aware"),

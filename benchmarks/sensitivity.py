@@ -20,7 +20,6 @@ import platform
 from pathlib import Path
 
 import torch
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
 

@@ -2,7 +2,7 @@
 
 Baseline in the same run: the plain CE1 rule (weights all 1). Also times the allocations read from a
 sensitivity table (AIMET-style greedy bisection, ranksearch's sensitivity-sum knapsack) on a table of
-the real size (every layer at its :func:`~ranksearch.baselines.probe_ranks`) with synthetic scores
+the real size (every layer at its :func:`~ranksearch.study._baselines.probe_ranks`) with synthetic scores
 (the timing depends on the table's shape, not on how the scores were measured).
 Writes a section to benchmarks/RESULTS.md.
 
@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-
-from ranksearch.baselines import additive_ranks, greedy_ranks, probe_ranks
-from ranksearch.solver import solve_ratio
-from ranksearch.spectra import spectra
-from ranksearch.surgery import count_params
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
+from ranksearch.core._solver import solve_ratio
+from ranksearch.core._spectra import spectra
+from ranksearch.core._surgery import count_params
+from ranksearch.study._baselines import additive_ranks, greedy_ranks, probe_ranks
 
 
 def main() -> None:

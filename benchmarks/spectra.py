@@ -5,9 +5,9 @@ eligible weight matrices (``nn.Linear`` weights; ``nn.Conv2d`` with ``groups == 
 ``(out, in * kh * kw)``; grouped/depthwise convs skipped) are timed side by side:
 
 (a) per-layer ``torch.linalg.svdvals`` on float32 (baseline),
-(b) ``ranksearch.decompose.singular_values`` per layer,
-(c) ``ranksearch.spectra(model, cache_dir=TMP)`` on an empty cache, and
-(d) its second call on the filled cache (both only when ``ranksearch.spectra`` exists).
+(b) ``ranksearch.core._decompose.singular_values`` per layer,
+(c) ``ranksearch.core._spectra(model, cache_dir=TMP)`` on an empty cache, and
+(d) its second call on the filled cache (both only when ``ranksearch.core._spectra`` exists).
 
 Totals are medians over repeats; the errors are ``max |s - s_ref| / s_max`` over all layers, against
 the float32 baseline and (unless ``--no-f64-reference``) a float64 SVD. A markdown section with the
@@ -46,19 +46,18 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from torch import nn
-
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG_LAYER = 50_000_000  # entries; a model with such a layer gets 1 baseline repeat by default
 
 
 def load_decompose() -> tuple[types.ModuleType, str]:
-    """Import ``ranksearch.decompose``, from its file path if the package ``__init__`` fails."""
+    """Import ``ranksearch.core._decompose``, from its file path if the package ``__init__`` fails."""
     sys.path.insert(0, str(ROOT))
     try:
-        return importlib.import_module("ranksearch.decompose"), "ranksearch.decompose"
+        return importlib.import_module("ranksearch.core._decompose"), "ranksearch.core._decompose"
     except Exception as e:  # broken package __init__: load the module file alone
         path = ROOT / "ranksearch" / "decompose.py"
         spec = importlib.util.spec_from_file_location("_ranksearch_decompose", path)
@@ -69,7 +68,7 @@ def load_decompose() -> tuple[types.ModuleType, str]:
 
 
 def load_spectra() -> tuple[Callable[..., Any] | None, str]:
-    """``ranksearch.spectra`` as a callable, or None with the reason it is unavailable."""
+    """``ranksearch.core._spectra`` as a callable, or None with the reason it is unavailable."""
     try:
         package = importlib.import_module("ranksearch")
     except Exception as e:
@@ -80,8 +79,8 @@ def load_spectra() -> tuple[Callable[..., Any] | None, str]:
     if isinstance(fn, types.ModuleType):  # the submodule rather than a re-exported function
         fn = getattr(fn, "spectra", None)
     if not callable(fn):
-        return None, "ranksearch.spectra is not callable"
-    return fn, "ranksearch.spectra"
+        return None, "ranksearch.core._spectra is not callable"
+    return fn, "ranksearch.core._spectra"
 
 
 def machine(device: torch.device) -> str:
@@ -158,7 +157,7 @@ def bench_model(name: str, args: argparse.Namespace, decompose: types.ModuleType
     if not args.no_f64_reference:
         ref = {k: torch.linalg.svdvals(w.double()).cpu().numpy() for k, w in mats.items()}
         err64 = f"{max_err(b_vals, ref):.1e}"
-    c = d = "n/a (no ranksearch.spectra)"
+    c = d = "n/a (no ranksearch.core._spectra)"
     if spectra is not None:
         first, second = [], []
         for _ in range(args.repeats):

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import optuna
 import torch
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from optuna.trial import TrialState
 
-from ranksearch._storage import open_storage
-
-from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+from ranksearch.study._storage import open_storage
 
 
 def run(space: str, ratio: float, workers: int, trials: int, gpus: str | None, folder: Path) -> dict:

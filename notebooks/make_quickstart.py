@@ -11,7 +11,7 @@ From Python: spectra, the CE1 rule (one MSE bound), a short Optuna search, expor
 embedded default space `mnist5k-cnn` (a VGG16 in miniature on 5,000 real MNIST digits; its dense weights
 are trained on first use and cached)."""),
     ("code", """import ranksearch
-from ranksearch.retrain import evaluate
+from ranksearch.core import evaluate
 
 space = ranksearch.load_space("mnist5k-cnn")
 task = space.build_task()
@@ -31,12 +31,12 @@ print("accuracy before retrain:", evaluate(ranksearch.apply(dense, rule), task.t
     ("code", """import dataclasses, tempfile
 out = tempfile.mkdtemp()
 recipe = dataclasses.replace(space.retrain, epochs=1)
-result = ranksearch.search(dense, target_ratio=0.10, task=task, retrain_settings=recipe, n_trials=3, out_dir=out, seed=0)
-print(result.summary["seed_rule"], result.summary["searched"], sep="\\n")"""),
+settings = ranksearch.SearchSettings(target_ratio=0.10, retrain=recipe, seed=0)  # what the study searches
+result = ranksearch.search(dense, settings, task=task, run=ranksearch.RunOptions(n_trials=3, out_dir=out))  # writes the results folder
+from ranksearch.results import summary_table
+print(summary_table(result.summary).markdown())"""),
     ("md", "## Export, reload, re-apply"),
-    ("code", """from ranksearch.export import write_results
-write_results(out, result.config, result.model, result.seed_rule, result.summary)
-config = ranksearch.RankConfig.load(f"{out}/rank_config.json")
+    ("code", """config = ranksearch.RankConfig.load(f"{out}/rank_config.json")
 small = ranksearch.load_factorized(dense, config, f"{out}/factorized.safetensors")
 assert ranksearch.count_params(small) == config.compressed_params
 print(config.achieved_ratio, config.ranks, evaluate(small, task.test, task.metric))"""),

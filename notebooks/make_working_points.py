@@ -57,7 +57,7 @@ for name in SEED_MODELS:
 Each working point's factorized model (plain truncated SVD of the weights, no retrain) encoded by NNCodec
 at qp -38, each pair as the standard's decomposed G/H tensors with the rank signalled, against the dense
 model encoded at the same qp. Needs NNCodec: `pip install --no-deps 'nncodec==2.1.3'`."""),
-    ("code", """from ranksearch.nnr import DEFAULT_QP, decode, encode
+    ("code", """from ranksearch.results import DEFAULT_QP, decode_nnr as decode, encode_nnr as encode
 
 for name in ["dcase-audio", "image-compression"]:
     space, model, configs = solved[name]

@@ -5,84 +5,55 @@ Public API::
     curves = ranksearch.spectra(model)                      # per-layer singular values and MSE curves
     config = ranksearch.solve(model, target_ratio=0.25)     # one global MSE bound (the NNR CE1 rule)
     settings = ranksearch.SearchSettings(target_ratio=0.25, seed=0)  # what the study searches
-    result = ranksearch.search(model, settings, evaluate=..., retrain=..., n_trials=20)
+    result = ranksearch.search(model, settings, evaluate=..., retrain=..., run=ranksearch.RunOptions(n_trials=20))
     result.config.save("rank_config.json")
     small = ranksearch.apply(model, ranksearch.RankConfig.load("rank_config.json"))
+
+The layers below (``ranksearch.core``: maths and surgery; ``ranksearch.study``: the Optuna study;
+``ranksearch.results``: results, tables, files, formats; ``ranksearch.spaces``: the shipped spaces) export
+more. Every name is imported on first use, so ``import ranksearch`` loads neither torch nor optuna.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-# Public name -> the module that defines it. Imported on first use (PEP 562), so that
-# ``import ranksearch.solver`` (pure numpy) loads neither torch nor optuna.
-_API = {
-    "Curve": "solver",
-    "Solution": "solver",
-    "LayerRank": "config",
-    "RankConfig": "config",
-    "RetrainSettings": "retrain",
-    "SearchResult": "export",
-    "export_study": "export",
-    "SearchSettings": "settings",
-    "Space": "spaces",
-    "load_space": "spaces",
-    "Task": "task",
-    "apply": "allocation",
-    "load_factorized": "allocation",
-    "solve": "allocation",
-    "count_params": "surgery",
-    "factorize": "surgery",
-    "search": "search",
-    "spectra": "spectra",
-    "run_worker": "worker",
+from ranksearch._lazy import exports
+from ranksearch.errors import ConfigError, RankSearchError, SpaceError, StorageError, StudyError
+
+_NAMES = {
+    "search": "_api", "run_worker": "_api", "search_points": "_points",
+    "SearchSettings": "study._settings", "RunOptions": "study._settings", "Components": "study._settings",
+    "Method": "study._vocab", "FactorKind": "study._vocab", "Factors": "study._vocab", "Sampler": "study._vocab",
+    "Pruner": "study._vocab", "SensitivityKind": "study._vocab", "Proposals": "study._vocab", "Granularity": "study._vocab",
+    "Prior": "study._vocab", "TrialRecord": "study._record", "StudyRecord": "study._record",
+    "SearchResult": "results._collect", "Summary": "results._summary", "export_study": "results._export",
+    "write_model": "results._formats", "write_report": "results._report",
+    "Curve": "core._solver", "Solution": "core._solver", "LayerRank": "core._config", "RankConfig": "core._config",
+    "RetrainSettings": "core._retrain", "Task": "core._task", "apply": "core._allocation", "load_factorized": "core._allocation",
+    "solve": "core._allocation", "count_params": "core._surgery", "factorize": "core._surgery", "spectra": "core._spectra",
+    "Space": "spaces._space", "load_space": "spaces._space",
 }
-
-__all__ = sorted(_API)
-
-__version__ = "0.1.0"
+__all__ = sorted([*_NAMES, "ConfigError", "RankSearchError", "SpaceError", "StorageError", "StudyError"])
+__version__ = "0.2.0"
+__getattr__, __dir__ = exports(__name__, _NAMES)
 
 if TYPE_CHECKING:
-    from ranksearch.allocation import apply, load_factorized, solve
-    from ranksearch.config import LayerRank, RankConfig
-    from ranksearch.export import SearchResult, export_study
-    from ranksearch.retrain import RetrainSettings
-    from ranksearch.search import search
-    from ranksearch.settings import SearchSettings
-    from ranksearch.solver import Curve, Solution
-    from ranksearch.spaces import Space, load_space
-    from ranksearch.spectra import spectra
-    from ranksearch.surgery import count_params, factorize
-    from ranksearch.task import Task
-    from ranksearch.worker import run_worker
-
-
-# ``search`` and ``spectra`` are functions and submodules both; importing the submodule must not rebind
-# the package's name (the import system sets it on the package), so the name keeps meaning the function.
-_SHADOWED = {name for name, module in _API.items() if name == module}
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return  # the submodule stays reachable in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ranksearch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ranksearch.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    from ranksearch._api import run_worker, search
+    from ranksearch._points import search_points
+    from ranksearch.core._allocation import apply, load_factorized, solve
+    from ranksearch.core._config import LayerRank, RankConfig
+    from ranksearch.core._retrain import RetrainSettings
+    from ranksearch.core._solver import Curve, Solution
+    from ranksearch.core._spectra import spectra
+    from ranksearch.core._surgery import count_params, factorize
+    from ranksearch.core._task import Task
+    from ranksearch.results._collect import SearchResult
+    from ranksearch.results._export import export_study
+    from ranksearch.results._formats import write_model
+    from ranksearch.results._report import write_report
+    from ranksearch.results._summary import Summary
+    from ranksearch.spaces._space import Space, load_space
+    from ranksearch.study._record import StudyRecord, TrialRecord
+    from ranksearch.study._settings import Components, RunOptions, SearchSettings
+    from ranksearch.study._vocab import FactorKind, Factors, Granularity, Method, Prior, Proposals, Pruner, Sampler, SensitivityKind

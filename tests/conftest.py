@@ -20,8 +20,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def dense_and_task():
     """The tiny digits model (tests/tinyspace.py) trained briefly, and its task: for search tests."""
     import tinyspace
+
     from ranksearch import RetrainSettings
-    from ranksearch.retrain import fit
+    from ranksearch.core._retrain import fit
 
     torch.manual_seed(0)
     task = tinyspace.task()

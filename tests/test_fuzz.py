@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ranksearch.config import RankConfig
+from ranksearch.core._config import RankConfig
 from ranksearch.errors import RankSearchError
-from ranksearch.settings import SearchSettings
-from ranksearch.spaces import load_space, parse_space
+from ranksearch.spaces._space import load_space, parse_space
+from ranksearch.study._settings import SearchSettings
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),

@@ -12,9 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ranksearch import SearchSettings, load_space, search
-from ranksearch.retrain import RetrainSettings, evaluate as metric
-from ranksearch.trial import task_callables
+from ranksearch import Components, RunOptions, SearchSettings, load_space, search
+from ranksearch.core._retrain import RetrainSettings
+from ranksearch.core._retrain import evaluate as metric
+from ranksearch.study._callables import task_callables
 
 SETTINGS = SearchSettings(0.2, factors="plain", pruner="none", seed=0)
 TRIALS = 7
@@ -38,7 +39,7 @@ def setup():
     space = load_space("tiny-digits")
     task = space.build_task()
     model = space.build_model(task)
-    _, retrain, _ = task_callables(task, RetrainSettings(epochs=1, batch_size=32), model, 0)
+    retrain = task_callables(task, RetrainSettings(epochs=1, batch_size=32), model, 0).retrain
 
     calls = [0]
 
@@ -46,7 +47,7 @@ def setup():
         calls[0] += 1
         return metric(m, task.val, "accuracy")
 
-    full = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, n_trials=TRIALS, sampler=Interrupting())
+    full = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=TRIALS), given=Components(sampler=Interrupting()))
     return model, evaluate, retrain, _finished(full.study), calls
 
 
@@ -78,7 +79,7 @@ def _interrupting(fn, at: int, with_report: bool = False):
 def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
     model, evaluate, retrain, expected, calls = setup
     full_calls = calls[0]
-    kw = dict(n_trials=TRIALS, out_dir=tmp_path)
+    run = RunOptions(n_trials=TRIALS, out_dir=tmp_path)
     ev, re, sampler = evaluate, retrain, Interrupting()
     if moment == "setup":  # inside the sensitivity measurement, second layer: no trial has run
         ev = _interrupting(evaluate, 5)  # 1: dense, 2-3: layer 0's two probes (ranks 1, 2), 4-: layer 2's
@@ -87,7 +88,7 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
     else:  # while Optuna creates trial 4, outside any objective
         sampler = Interrupting(at=4)
     with pytest.raises(KeyboardInterrupt):
-        search(model, SETTINGS, evaluate=ev, retrain=re, sampler=sampler, **kw)
+        search(model, SETTINGS, evaluate=ev, retrain=re, run=run, given=Components(sampler=sampler))
     study = optuna.load_study(study_name="Sequential@0.2", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -100,7 +101,7 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
         waiting = study.get_trials(states=(TrialState.WAITING,))
         assert [t.system_attrs.get("failed_trial") for t in waiting].count(failed[0].number) == 1
     before = calls[0]
-    resumed = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, sampler=Interrupting(), resume=True, **kw)
+    resumed = search(model, SETTINGS, evaluate=evaluate, retrain=retrain, run=run.replace(resume=True), given=Components(sampler=Interrupting()))
     assert not resumed.study.get_trials(states=(TrialState.RUNNING,))
     assert _finished(resumed.study) == expected
     if moment == "setup":  # neither the dense metric nor the first layer's row is measured again
@@ -180,8 +181,8 @@ def test_a_trial_interrupted_after_its_screen_does_not_spend_the_gates_budget(se
     the same budget, so it prunes and retrains exactly the trials an uninterrupted study does."""
     model, evaluate, _, _, _ = setup
     space = load_space("tiny-digits")
-    _, retrain, _ = task_callables(space.build_task(), RetrainSettings(epochs=2, batch_size=32), model, 0, screen=0.5)
-    full = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), n_trials=GATED_TRIALS)
+    retrain = task_callables(space.build_task(), RetrainSettings(epochs=2, batch_size=32), model, 0, screen=0.5).retrain
+    full = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), run=RunOptions(n_trials=GATED_TRIALS))
     expected = _decisions(full.study)
     went_on = [d for d in expected if d[0] == "searched" and d[3] and d[3][2]]
     assert went_on, "no sampled trial got past the screen: the test would not interrupt one"
@@ -190,12 +191,12 @@ def test_a_trial_interrupted_after_its_screen_does_not_spend_the_gates_budget(se
         passes += 1 in t.intermediate_values
         if 1 in t.intermediate_values and t.user_attrs.get("method") == "searched":
             break
-    kw = dict(n_trials=GATED_TRIALS, out_dir=tmp_path)
+    run = RunOptions(n_trials=GATED_TRIALS, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain, kill_after=passes), **kw)
+        search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain, kill_after=passes), run=run)
     study = optuna.load_study(study_name="Sequential@0.2", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert failed.user_attrs["method"] == "searched" and failed.user_attrs["gate"]["promoted"] is True
-    resumed = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), resume=True, **kw)
+    resumed = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), run=run.replace(resume=True))
     assert _decisions(resumed.study) == expected

@@ -16,10 +16,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from ranksearch import RetrainSettings, SearchSettings, count_params, load_space, search, solve
+from ranksearch import Components, RetrainSettings, RunOptions, SearchSettings, count_params, load_space, search, solve
 from ranksearch.cli import main
 from ranksearch.errors import StudyError
-from ranksearch.search import open_storage
+from ranksearch.study._storage import open_storage
 
 RECIPE = RetrainSettings(epochs=1, batch_size=32, lr_start=0.01, lr_end=0.001)
 
@@ -30,7 +30,7 @@ def _s(ratio, **kw):
 
 def test_search_hits_ratio_and_runs_the_seed_rule_first(dense_and_task, tmp_path):
     model, task = dense_and_task
-    res = search(model, _s(0.2), task=task, n_trials=4, out_dir=tmp_path)
+    res = search(model, _s(0.2), task=task, run=RunOptions(n_trials=4, out_dir=tmp_path))
     trials = res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) == 4
     first = res.study.trials[0]
@@ -41,9 +41,9 @@ def test_search_hits_ratio_and_runs_the_seed_rule_first(dense_and_task, tmp_path
         assert t.system_attrs["constraints:ratio_over_target"] <= 0
     assert res.config.achieved_ratio <= 0.2
     assert res.config.compressed_params == count_params(res.model)
-    assert res.summary["searched"]["trial"] == res.config.search["best_trial"]
-    assert res.summary["searched"]["val"] == res.study.best_value
-    assert res.config.search["settings"]["factors"] == "data-aware"  # a task gives calibration inputs: data-aware by default
+    assert res.summary.best.trial == res.config.search["best_trial"]
+    assert res.summary.best.val == res.study.best_value
+    assert res.config.search["settings"]["factors"] == "data_aware"  # a task gives calibration inputs: data-aware by default
     factors = {t.user_attrs["method"]: t.user_attrs["factors"] for t in trials}
     assert factors["seed_rule"] == "plain" and factors.get("uniform") == "data_aware"
     uploaded = [t for t in trials if "weights" in t.user_attrs]  # each trial that matched or beat the best so far
@@ -58,7 +58,7 @@ def test_search_hits_ratio_and_runs_the_seed_rule_first(dense_and_task, tmp_path
 
 def test_sequential_search_is_deterministic(dense_and_task):
     model, task = dense_and_task
-    runs = [search(model, _s(0.3, seed=7), task=task, n_trials=3) for _ in range(2)]
+    runs = [search(model, _s(0.3, seed=7), task=task, run=RunOptions(n_trials=3)) for _ in range(2)]
     a, b = ([(t.params, t.value, t.user_attrs["ranks"]) for t in r.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
             for r in runs)
     assert len(a) == 3
@@ -70,7 +70,7 @@ def test_user_callables_get_reports_and_pruning(dense_and_task, caplog):
 
     caplog.set_level(logging.INFO, logger="ranksearch")
     model, task = dense_and_task
-    from ranksearch.retrain import evaluate as metric
+    from ranksearch.core._retrain import evaluate as metric
 
     calls: list[int] = []
 
@@ -83,10 +83,9 @@ def test_user_callables_get_reports_and_pruning(dense_and_task, caplog):
             calls.append(step)
             report(step, evaluate(m) - (1.0 if late else 0.0))
 
-    res = search(model, SearchSettings(0.3, seed=1, factors="plain", baselines=False), evaluate=evaluate, retrain=retrain,
-                 n_trials=12)
+    res = search(model, SearchSettings(0.3, seed=1, factors="plain", baselines=False), evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=12))
     assert len(calls) >= 10 and res.config.achieved_ratio <= 0.3
-    assert res.summary["name"] == "evaluate"
+    assert res.summary.metric == "evaluate"
     pruned = res.study.get_trials(states=(TrialState.PRUNED,))
     assert pruned and all(len(t.intermediate_values) < 3 for t in pruned)  # stopped before its last report
     logged = [r.getMessage() for r in caplog.records]
@@ -95,7 +94,7 @@ def test_user_callables_get_reports_and_pruning(dense_and_task, caplog):
 
 def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
     model, task = dense_and_task
-    from ranksearch.retrain import evaluate as metric
+    from ranksearch.core._retrain import evaluate as metric
 
     evaluated: list[int] = []
 
@@ -106,7 +105,7 @@ def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
     def retrain(m: torch.nn.Module) -> float:
         return 0.25  # "the validation metric after retraining"
 
-    res = search(model, SearchSettings(0.3, baselines=False), evaluate=evaluate, retrain=retrain, n_trials=3)
+    res = search(model, SearchSettings(0.3, baselines=False), evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=3))
     done = res.study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.value for t in done] == [0.25] * len(done)
     retrained = [t for t in done if "same_as" not in t.user_attrs]  # a twin reuses its value: no evaluation at all
@@ -115,34 +114,34 @@ def test_retrain_that_returns_its_score_is_not_evaluated_again(dense_and_task):
 
 def test_task_trial_value_is_the_validation_metric_of_the_returned_model(dense_and_task):
     model, task = dense_and_task
-    from ranksearch.retrain import evaluate as metric
+    from ranksearch.core._retrain import evaluate as metric
 
     two_epochs = RetrainSettings(epochs=2, batch_size=32, lr_start=0.01, lr_end=0.001)  # the last epoch's score counts
-    res = search(model, SearchSettings(0.3, retrain=two_epochs, baselines=False), task=task, n_trials=2)
+    res = search(model, SearchSettings(0.3, retrain=two_epochs, baselines=False), task=task, run=RunOptions(n_trials=2))
     assert res.study.best_value == pytest.approx(metric(res.model, task.val, "accuracy"))
 
 
 def test_existing_study_needs_resume(dense_and_task, tmp_path):
     model, task = dense_and_task
-    search(model, _s(0.3), task=task, n_trials=1, out_dir=tmp_path)
+    search(model, _s(0.3), task=task, run=RunOptions(n_trials=1, out_dir=tmp_path))
     with pytest.raises(ValueError, match="--resume"):
-        search(model, _s(0.3), task=task, n_trials=2, out_dir=tmp_path)
+        search(model, _s(0.3), task=task, run=RunOptions(n_trials=2, out_dir=tmp_path))
     with pytest.raises(ValueError, match="spread=3.0.*spread=1.0"):  # a resume must not mix other settings in
-        search(model, _s(0.3, spread=1.0), task=task, n_trials=2, out_dir=tmp_path, resume=True)
-    res = search(model, _s(0.3), task=task, n_trials=2, out_dir=tmp_path, resume=True)
+        search(model, _s(0.3, spread=1.0), task=task, run=RunOptions(n_trials=2, out_dir=tmp_path, resume=True))
+    res = search(model, _s(0.3), task=task, run=RunOptions(n_trials=2, out_dir=tmp_path, resume=True))
     assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
 
 
 def test_bad_search_arguments(dense_and_task):
     model, task = dense_and_task
     with pytest.raises(ValueError, match="unreachable"):
-        search(model, 0.001, task=task, n_trials=1)
+        search(model, 0.001, task=task, run=RunOptions(n_trials=1))
     with pytest.raises(ValueError, match="target_ratio"):
-        search(model, 1.0, task=task, n_trials=1)
+        search(model, 1.0, task=task, run=RunOptions(n_trials=1))
     with pytest.raises(ValueError, match="either task"):
-        search(model, 0.3, n_trials=1)
+        search(model, 0.3, run=RunOptions(n_trials=1))
     with pytest.raises(ValueError, match="n_trials"):
-        search(model, 0.3, task=task, n_trials=0)
+        search(model, 0.3, task=task, run=RunOptions(n_trials=0))
 
 
 def _finished(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -205,17 +204,17 @@ def _all(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none"), ("cmaes", "median")])
 def test_other_samplers_and_pruners(dense_and_task, sampler, pruner):
     model, task = dense_and_task
-    res = search(model, _s(0.3, sampler=sampler, pruner=pruner, baselines=False), task=task, n_trials=4)
+    res = search(model, _s(0.3, sampler=sampler, pruner=pruner, baselines=False), task=task, run=RunOptions(n_trials=4))
     assert res.config.search["settings"]["sampler"] == sampler and res.config.search["settings"]["pruner"] == pruner
     assert res.config.achieved_ratio <= 0.3
     with pytest.raises(ValueError, match="sampler"):
-        search(model, _s(0.3, sampler="cmaes-ish"), task=task, n_trials=1)
+        search(model, _s(0.3, sampler="cmaes-ish"), task=task, run=RunOptions(n_trials=1))
 
 
 def test_optuna_objects_as_sampler_and_pruner(dense_and_task):
     model, task = dense_and_task
     sampler = optuna.samplers.RandomSampler(seed=5)
-    res = search(model, _s(0.3, baselines=False), task=task, n_trials=3, sampler=sampler, pruner=optuna.pruners.NopPruner())
+    res = search(model, _s(0.3, baselines=False), task=task, run=RunOptions(n_trials=3), given=Components(sampler=sampler, pruner=optuna.pruners.NopPruner()))
     assert res.study.sampler is sampler
     assert res.config.search["settings"]["sampler"] == "custom:RandomSampler"
     assert res.config.search["settings"]["pruner"] == "custom:NopPruner"
@@ -223,12 +222,12 @@ def test_optuna_objects_as_sampler_and_pruner(dense_and_task):
 
 def test_group_granularity_and_exact_baseline_trials(dense_and_task):
     """One searched weight per group; the enqueued baselines allocate exactly as their methods do."""
-    from ranksearch.baselines import greedy_ranks, log_weights_for, uniform_ranks
-    from ranksearch.solver import solve_ratio
-    from ranksearch.spectra import spectra
+    from ranksearch.core._solver import solve_ratio
+    from ranksearch.core._spectra import spectra
+    from ranksearch.study._baselines import greedy_ranks, log_weights_for, uniform_ranks
 
     model, task = dense_and_task
-    res = search(model, _s(0.2, granularity="group", factors="plain", prior="sensitivity"), task=task, n_trials=5)
+    res = search(model, _s(0.2, granularity="group", factors="plain", prior="sensitivity"), task=task, run=RunOptions(n_trials=5))
     first = res.study.trials[0]
     assert sorted(first.params) == ["log2r:Conv2d", "log2r:Linear"]
     assert res.config.search["settings"]["granularity"] == "group" and res.config.search["settings"]["prior"] == "sensitivity"
@@ -243,7 +242,7 @@ def test_group_granularity_and_exact_baseline_trials(dense_and_task):
         # the solver spends what the baseline leaves unused, so ranks only grow (missing: dense)
         assert all(by_method[method].get(n, math.inf) >= r for n, r in ranks.items())
     with pytest.raises(ValueError, match="granularity"):
-        search(model, _s(0.2, granularity="block"), task=task, n_trials=1)
+        search(model, _s(0.2, granularity="block"), task=task, run=RunOptions(n_trials=1))
 
 
 def test_resumed_study_runs_its_queued_baselines_exactly(dense_and_task, tmp_path):
@@ -251,9 +250,9 @@ def test_resumed_study_runs_its_queued_baselines_exactly(dense_and_task, tmp_pat
     with their exact allocations, which ride in the queued trials."""
     model, task = dense_and_task
     s = _s(0.2, factors="plain", pruner="none", spread=0.2)  # params clip
-    fresh = search(model, s, task=task, n_trials=4)
-    search(model, s, task=task, n_trials=1, out_dir=tmp_path)
-    resumed = search(model, s, task=task, n_trials=4, out_dir=tmp_path, resume=True)
+    fresh = search(model, s, task=task, run=RunOptions(n_trials=4))
+    search(model, s, task=task, run=RunOptions(n_trials=1, out_dir=tmp_path))
+    resumed = search(model, s, task=task, run=RunOptions(n_trials=4, out_dir=tmp_path, resume=True))
     assert resumed.sensitivity == fresh.sensitivity  # read back from the study, not measured again
 
     def by_method(res):
@@ -264,15 +263,14 @@ def test_resumed_study_runs_its_queued_baselines_exactly(dense_and_task, tmp_pat
 
 
 def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_task):
-    from ranksearch.solver import solve_ratio
-    from ranksearch.spectra import spectra
+    from ranksearch.core._solver import solve_ratio
+    from ranksearch.core._spectra import spectra
 
     model, task = dense_and_task
     curves = spectra(model)
     names = list(curves)
     warm = {n: (-2.5 if i == 2 else 0.0) for i, n in enumerate(names)}  # outside the searched range of +-1
-    res = search(model, _s(0.3, factors="plain", baselines=False, spread=1.0, proposals="weights"), task=task, n_trials=3,
-                 warm_start=[warm])
+    res = search(model, _s(0.3, factors="plain", baselines=False, spread=1.0, proposals="weights"), task=task, run=RunOptions(n_trials=3), given=Components(warm_start=[warm]))
     trial = next(t for t in res.study.trials if t.user_attrs["method"] == "warm_start")
 
     def ranks(logw):
@@ -289,7 +287,7 @@ def test_warm_start_allocates_exactly_and_trials_record_log_weights(dense_and_ta
 def test_warm_start_for_another_model_is_refused_before_any_study(dense_and_task, tmp_path):
     model, task = dense_and_task
     with pytest.raises(ValueError, match="warm_start names layers"):
-        search(model, _s(0.3), task=task, n_trials=1, out_dir=tmp_path, warm_start=[{"features.99": 1.0}])
+        search(model, _s(0.3), task=task, run=RunOptions(n_trials=1, out_dir=tmp_path), given=Components(warm_start=[{"features.99": 1.0}]))
     assert not (tmp_path / "study.journal").exists()
 
 
@@ -300,41 +298,41 @@ def test_progress_bar_and_one_log_line_per_trial(dense_and_task, capsys, caplog)
 
     model, task = dense_and_task
     caplog.set_level(logging.INFO, logger="ranksearch")
-    res = search(model, _s(0.3, baselines=False), task=task, n_trials=4, progress=True)
+    res = search(model, _s(0.3, baselines=False), task=task, run=RunOptions(n_trials=4, progress=True))
     err = capsys.readouterr().err
     assert "trials: 100%" in err and "4/4" in err
     for t in res.study.trials:
-        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number}") and r.name == "ranksearch.trial"]
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number}") and r.name == "ranksearch.study._objective"]
         assert len(lines) == 1 and f"[{t.user_attrs['method']}]" in lines[0], lines
-        gate = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number} ") and r.name == "ranksearch.gate"]
+        gate = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"trial {t.number} ") and r.name == "ranksearch.study._gate"]
         assert len(gate) == ("gate" in t.user_attrs), gate
 
 
 def test_the_fixed_cost_is_stored_once_and_shown(dense_and_task, tmp_path):
     model, task = dense_and_task
-    res = search(model, _s(0.2), task=task, n_trials=5, out_dir=tmp_path)
+    res = search(model, _s(0.2), task=task, run=RunOptions(n_trials=5, out_dir=tmp_path))
     cost = res.study.user_attrs["ranksearch:fixed_cost"]
     rows = sum(len(r) for r in res.sensitivity.values())
     assert cost["sensitivity_evaluations"] == rows > 0 and cost["dense_evaluations"] == 2  # val and test
     assert cost["evaluations"] == rows + 2
     parts = [cost[k] for k in ("spectra_s", "factors_s", "dense_s", "sensitivity_s")]
     assert all(v >= 0 for v in parts) and cost["total_s"] == pytest.approx(sum(parts), abs=0.01)
-    from ranksearch.export import summary_table
+    from ranksearch.results import summary_table
 
     assert f"Fixed cost before the first trial (stored once in the study): {cost['total_s']:.1f} s and {rows + 2} evaluations" \
-        in summary_table(res.summary)
-    again = search(model, _s(0.2), task=task, n_trials=6, out_dir=tmp_path, resume=True)  # resuming measures nothing again
+        in summary_table(res.summary).markdown()
+    again = search(model, _s(0.2), task=task, run=RunOptions(n_trials=6, out_dir=tmp_path, resume=True))  # resuming measures nothing again
     assert again.study.user_attrs["ranksearch:fixed_cost"] == cost
 
 
 def test_output_probes_on_a_subset_cost_their_share_of_the_split(dense_and_task, tmp_path):
     """``sensitivity='output'`` scores each probe by how close the outputs stay to the dense model's, on
     ``sensitivity_samples`` validation inputs; the fixed cost counts them as that share of a pass."""
-    from ranksearch.export import summary_table
+    from ranksearch.results import summary_table
 
     model, task = dense_and_task
     n_val, k = len(task.val), len(task.val) // 4
-    res = search(model, _s(0.2, sensitivity="output", sensitivity_samples=k), task=task, n_trials=4, out_dir=tmp_path)
+    res = search(model, _s(0.2, sensitivity="output", sensitivity_samples=k), task=task, run=RunOptions(n_trials=4, out_dir=tmp_path))
     cost = res.study.user_attrs["ranksearch:fixed_cost"]
     rows = sum(len(r) for r in res.sensitivity.values())
     assert cost["sensitivity_kind"] == "output" and cost["sensitivity_evaluations"] == rows + 1  # + the dense outputs
@@ -343,12 +341,12 @@ def test_output_probes_on_a_subset_cost_their_share_of_the_split(dense_and_task,
     for name, probes in res.sensitivity.items():  # fidelities: below 1, and the largest probe rank keeps the most
         assert all(v < 1.0 for _, v in probes) and probes[-1][1] >= probes[0][1], (name, probes)
     assert [t.user_attrs["method"] for t in res.study.trials[:4]] == ["seed_rule", "uniform", "sensitivity", "sensitivity_sum"]
-    assert f"sensitivity table output on {k:,} of {n_val:,} samples" in summary_table(res.summary)
+    assert f"sensitivity table output on {k:,} of {n_val:,} samples" in summary_table(res.summary).markdown()
 
 
 def test_the_metric_on_a_subset_is_measured_on_those_samples(dense_and_task):
     model, task = dense_and_task
-    res = search(model, _s(0.2, sensitivity="measured", sensitivity_samples=37), task=task, n_trials=1)
+    res = search(model, _s(0.2, sensitivity="measured", sensitivity_samples=37), task=task, run=RunOptions(n_trials=1))
     values = [v for rows in res.sensitivity.values() for _, v in rows]
     assert all(abs(v * 37 - round(v * 37)) < 1e-9 for v in values)  # accuracies on 37 digits
     assert not all(abs(v * len(task.val) - round(v * len(task.val))) < 1e-9 for v in values)
@@ -362,9 +360,9 @@ def test_probes_that_need_data_say_what_to_give(dense_and_task):
         return 0.5
 
     with pytest.raises(StudyError, match="sensitivity_samples 10 needs task="):
-        search(model, SearchSettings(0.3, sensitivity_samples=10), evaluate=evaluate, n_trials=1)
+        search(model, SearchSettings(0.3, sensitivity_samples=10), evaluate=evaluate, run=RunOptions(n_trials=1))
     with pytest.raises(StudyError, match="sensitivity 'output' runs the model on inputs: give task="):
-        search(model, SearchSettings(0.3, sensitivity="output"), evaluate=evaluate, n_trials=1)
+        search(model, SearchSettings(0.3, sensitivity="output"), evaluate=evaluate, run=RunOptions(n_trials=1))
 
 
 def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_trials(tmp_path):
@@ -372,8 +370,8 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
     measured table. Given inputs, ``auto`` (the default) scores the probes on a subset of them that fits
     the budget, 30 passes' worth in all; with nothing but the user's evaluate it measures the table (and
     says how to bound it); the proxy costs 25 evaluations whatever the model."""
-    from ranksearch.baselines import table_size
-    from ranksearch.spectra import spectra
+    from ranksearch.core._spectra import spectra
+    from ranksearch.study._baselines import table_size
 
     model = load_space("vit-mnist").build_architecture().eval()
     x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -387,7 +385,7 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
             return float((m.eval()(x).argmax(1) == ref.argmax(1)).float().mean())
 
     assert table_size(spectra(model)) > 150
-    res = search(model, SearchSettings(0.25, sensitivity="proxy"), evaluate=agreement, n_trials=5, out_dir=tmp_path)
+    res = search(model, SearchSettings(0.25, sensitivity="proxy"), evaluate=agreement, run=RunOptions(n_trials=5, out_dir=tmp_path))
     cost = res.study.user_attrs["ranksearch:fixed_cost"]
     assert cost["sensitivity_kind"] == "proxy" and cost["evaluations"] <= 30
     assert cost["evaluations"] == cost["dense_evaluations"] + cost["sensitivity_evaluations"] == 1 + 24
@@ -395,12 +393,11 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
     methods = [t.user_attrs["method"] for t in res.study.trials]
     assert {"uniform", "sensitivity", "sensitivity_sum"} <= set(methods)
     for settings in (SearchSettings(0.25), SearchSettings(0.25, sensitivity="measured", sensitivity_budget=0)):
-        measured = search(model, settings, evaluate=agreement, n_trials=1)  # auto without inputs, and measured whatever the budget
+        measured = search(model, settings, evaluate=agreement, run=RunOptions(n_trials=1))  # auto without inputs, and measured whatever the budget
         assert measured.study.user_attrs["ranksearch:fixed_cost"]["sensitivity_kind"] == "measured"
     inputs = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     calls.clear()
-    given = search(model, SearchSettings(0.25, sensitivity="auto", sensitivity_budget=24), evaluate=agreement, n_trials=1,
-                   calibration=[inputs[:128], inputs[128:]])  # inputs to run output probes on: auto scores them on a subset
+    given = search(model, SearchSettings(0.25, sensitivity="auto", sensitivity_budget=24), evaluate=agreement, calibration=[inputs[:128], inputs[128:]], run=RunOptions(n_trials=1))  # inputs to run output probes on: auto scores them on a subset
     cost = given.study.user_attrs["ranksearch:fixed_cost"]
     assert cost["sensitivity_kind"] == "output" and len(calls) == 1 + 2  # the dense model and the trial (before and after): no probe
     assert cost["sensitivity_samples"] == 30 and cost["val_samples"] == 256  # 24 passes' worth of 199 probes: floor(24 * 256 / 199)
@@ -409,11 +406,11 @@ def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_tria
 
 
 def test_search_leaves_no_idle_database_connections_and_trial_model_gives_the_trials_weights(dense_and_task, tmp_path):
-    from ranksearch.export import trial_model
-    from ranksearch.retrain import evaluate, sample_scores
+    from ranksearch.core._retrain import evaluate, sample_scores
+    from ranksearch.results import trial_model
 
     model, task = dense_and_task
-    res = search(model, _s(0.3), task=task, n_trials=2, storage=f"sqlite:///{tmp_path / 's.db'}", artifacts=tmp_path / "a")
+    res = search(model, _s(0.3), task=task, run=RunOptions(n_trials=2, storage=f"sqlite:///{tmp_path / 's.db'}", artifacts=tmp_path / "a"))
     rdb = getattr(res.study._storage, "_backend", res.study._storage)
     assert isinstance(rdb, optuna.storages.RDBStorage) and rdb.engine.pool.checkedin() == 0  # released at the end
     best = res.study.best_trial
@@ -425,18 +422,18 @@ def test_search_leaves_no_idle_database_connections_and_trial_model_gives_the_tr
 
 
 def test_a_search_or_worker_that_fails_still_closes_its_database_connections(dense_and_task, tmp_path):
-    from ranksearch.worker import run_worker
+    from ranksearch import run_worker
 
     model, task = dense_and_task
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    search(model, _s(0.3), task=task, n_trials=1, storage=storage, study_name="s")
+    search(model, _s(0.3), task=task, run=RunOptions(n_trials=1, storage=storage, study_name="s"))
     storage.get_all_studies()  # a connection back in the pool
     assert storage.engine.pool.checkedin() >= 1
     with pytest.raises(StudyError, match="already exists"):  # fails after opening the storage, before any trial
-        search(model, _s(0.3), task=task, n_trials=1, storage=storage, study_name="s")
+        search(model, _s(0.3), task=task, run=RunOptions(n_trials=1, storage=storage, study_name="s"))
     assert storage.engine.pool.checkedin() == 0
     storage.get_all_studies()
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # not the study's dense model
     with pytest.raises(StudyError):
-        run_worker(other, storage, "s", task=task, n_trials=2)
+        run_worker(other, RunOptions(storage=storage, study_name="s", n_trials=2), task=task)
     assert storage.engine.pool.checkedin() == 0

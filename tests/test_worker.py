@@ -17,20 +17,21 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from ranksearch import RankConfig, SearchSettings, count_params, load_factorized, load_space, search
-from ranksearch import _storage
-from ranksearch._storage import claim_setup, create_or_join, open_storage, release
-from ranksearch.errors import StudyError
+from ranksearch import RankConfig, RunOptions, SearchSettings, count_params, load_factorized, load_space, search
 from ranksearch.cli import main
-from ranksearch.retrain import RetrainSettings
-from ranksearch.worker import TrialsFailing, trial_seed
+from ranksearch.core._retrain import RetrainSettings
+from ranksearch.errors import StudyError
+from ranksearch.study import _join, _storage
+from ranksearch.study._join import claim_setup, create_or_join
+from ranksearch.study._loop import TrialsFailing
+from ranksearch.study._samplers import trial_seed
+from ranksearch.study._storage import open_storage, release
 
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 POSTGRES = os.environ.get("RANKSEARCH_TEST_POSTGRES")
 STORAGES = ["journal", pytest.param("postgres", marks=pytest.mark.skipif(not POSTGRES, reason="RANKSEARCH_TEST_POSTGRES is not set"))]
 ENQUEUED = ("seed_rule", "uniform", "sensitivity", "sensitivity_sum")
@@ -83,12 +84,13 @@ def test_a_process_joining_while_the_study_is_created_waits_for_its_setup(monkey
     over; else both would enqueue the seed rule and the baselines, which then run twice."""
     storage, me = optuna.storages.InMemoryStorage(), _storage.worker_id()
     who = {"id": me}
-    monkeypatch.setattr(_storage, "worker_id", lambda: who["id"])
-    real_set, looks = _storage.StudyAttrs.set, []
+    monkeypatch.setattr(_join, "worker_id", lambda: who["id"])
+    real_write, looks = _join.write_study, []
     samplers = dict(sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
 
-    def set_then_the_joiner_looks(self, key, value):
-        real_set(self, key, value)
+    def set_then_the_joiner_looks(study, patch):
+        real_write(study, patch)
+        key = next(iter(patch.to_attrs()))
         if who["id"] != me:  # the joiner's own writes
             return
         who["id"] = f"{socket.gethostname()}:joiner"
@@ -101,12 +103,12 @@ def test_a_process_joining_while_the_study_is_created_waits_for_its_setup(monkey
         finally:
             who["id"] = me
 
-    monkeypatch.setattr(_storage.StudyAttrs, "set", set_then_the_joiner_looks)
+    monkeypatch.setattr(_join, "write_study", set_then_the_joiner_looks)
     _, created = create_or_join(storage, "s", SearchSettings(0.2), resume=True, **samplers)
     assert created and len(looks) == 3, looks
     assert all(claimed in (False, "waits for the settings") for _, _, claimed in looks), looks
     assert looks[-1][2] is False  # once the settings are there, the setup is the creator's
-    assert _storage.StudyAttrs(optuna.load_study(study_name="s", storage=storage)).get("setup")["owner"] == me
+    assert _storage.read_study(optuna.load_study(study_name="s", storage=storage)).setup["owner"] == me
 
 
 @pytest.mark.parametrize("kind", ["sqlite", *STORAGES[1:]])
@@ -231,7 +233,7 @@ def test_worker_with_other_weights_is_refused(tmp_path, capsys):
     model = load_space("tiny-digits").build_model()
     with torch.no_grad():
         next(model.parameters()).add_(0.01)
-    from ranksearch.weights import save_state_dict
+    from ranksearch.core._weights import save_state_dict
 
     other = save_state_dict(model.state_dict(), tmp_path / "other.safetensors")
     capsys.readouterr()
@@ -263,15 +265,14 @@ def tiny():
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path):
     model, task = tiny
     calls: list[int] = []
-    from ranksearch.retrain import evaluate as metric
+    from ranksearch.core._retrain import evaluate as metric
 
     def retrain(m: torch.nn.Module) -> None:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    res = search(model, SearchSettings(0.2, factors="plain", baselines=False), evaluate=lambda m: metric(m, task.val, "accuracy"),
-                 retrain=retrain, n_trials=6, out_dir=tmp_path)
+    res = search(model, SearchSettings(0.2, factors="plain", baselines=False), evaluate=lambda m: metric(m, task.val, "accuracy"), retrain=retrain, run=RunOptions(n_trials=6, out_dir=tmp_path))
     assert len(calls) >= 3  # the failing retrain was not the last one: the study went on after it
     failed = res.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["error"] == "RuntimeError: CUDA out of memory (simulated)"
@@ -282,20 +283,20 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path):
         raise ValueError("bad batch")
 
     with pytest.raises(TrialsFailing, match="3 trials in a row failed.*bad batch"):
-        search(model, SearchSettings(0.3, factors="plain", baselines=False), evaluate=lambda m: 0.5, retrain=broken, n_trials=5)
+        search(model, SearchSettings(0.3, factors="plain", baselines=False), evaluate=lambda m: 0.5, retrain=broken, run=RunOptions(n_trials=5))
 
 
 def test_ctrl_c_requeues_the_running_trial_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     model, task = tiny
     settings = SearchSettings(0.2, factors="plain", retrain=RetrainSettings(epochs=1, batch_size=32), pruner="none")
-    full = search(model, settings, task=task, n_trials=6)
-    from ranksearch.trial import task_callables
+    full = search(model, settings, task=task, run=RunOptions(n_trials=6))
+    from ranksearch.study._callables import task_callables
 
-    _, plain_retrain, _ = task_callables(task, settings.retrain, model, settings.seed)  # type: ignore[arg-type]
+    plain_retrain = task_callables(task, settings.retrain, model, settings.seed).retrain  # type: ignore[arg-type]
     count: list[int] = []
 
     def evaluate(m: torch.nn.Module) -> float:
-        from ranksearch.retrain import evaluate as metric
+        from ranksearch.core._retrain import evaluate as metric
 
         return metric(m, task.val, "accuracy")
 
@@ -306,14 +307,14 @@ def test_ctrl_c_requeues_the_running_trial_and_resume_matches_an_uninterrupted_r
         return plain_retrain(m, report)
 
     with pytest.raises(KeyboardInterrupt):
-        search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, n_trials=6, out_dir=tmp_path)
+        search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=6, out_dir=tmp_path))
     study = _load(str(tmp_path / "study.journal"), f"{settings.model or 'Sequential'}@0.2")
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 1 and interrupted[0].user_attrs["interrupted"] is True
     assert study.trials[-1].state == TrialState.WAITING  # its allocation, queued again
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    resumed = search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, n_trials=6, out_dir=tmp_path,
-                     resume=True)
+    resumed = search(model, settings.replace(retrain=None), evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=6, out_dir=tmp_path,
+                     resume=True))
 
     def runs(res):
         done = res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -323,17 +324,19 @@ def test_ctrl_c_requeues_the_running_trial_and_resume_matches_an_uninterrupted_r
     assert len(resumed.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
 
 
-def test_worker_commands_share_cores_and_place_gpus_round_robin(monkeypatch):
-    from ranksearch.search import worker_commands
+def test_worker_commands_share_cores_and_place_gpus_round_robin(monkeypatch, tmp_path):
+    from ranksearch._workers import worker_commands
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    cmds = worker_commands("s.journal", "n@0.1", 48, None, "/shared/a", 8, ["0", "1", "2"], 5, 20, {"weights": "/w.pt"})
+    run = RunOptions(n_trials=48, storage=str(tmp_path / "s.journal"), workers=8, gpus=("0", "1", "2"), source={"weights": "/w.pt"})
+    cmds = worker_commands(run, "n@0.1", "/shared/a")
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["0", "1", "2", "0", "1", "2", "0", "1"]
     assert all(env["OMP_NUM_THREADS"] == "2" for _, env in cmds)
     for cmd, _ in cmds:
-        flags = dict(zip(cmd[4::2], cmd[5::2]))
-        assert flags["--threads"] == "2" and flags["--trials"] == "48"
-        assert flags["--weights"] == "/w.pt" and flags["--artifacts"] == "/shared/a" and flags["--storage"] == "s.journal"
+        assert cmd[1:3] == ["-m", "ranksearch._from_space"]  # a Python process of the library, not the CLI
+        job = json.loads(cmd[3])
+        assert job["threads"] == 2 and job["n_trials"] == 48 and job["study_name"] == "n@0.1"
+        assert job["weights"] == "/w.pt" and job["artifacts"] == "/shared/a" and job["storage"] == str(tmp_path / "s.journal")
     assert len({trial_seed(0, n) for n in range(1000)}) == 1000  # every sampled trial draws from its own seed
     assert trial_seed(0, 7) == trial_seed(0, 7) != trial_seed(1, 7)  # whichever process runs it
 

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ranksearch.task import Task
+from ranksearch.core._task import Task
 
 
 def build_model(width: int = 8) -> nn.Module:

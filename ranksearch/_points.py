@@ -1,0 +1,83 @@
+"""Several working points in one run: each gets its own study and folder, and hands the next its
+sensitivity table and its best allocation (a warm start)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ranksearch._api import search
+from ranksearch._io import atomic_write_text
+from ranksearch.core._inputs import Forward
+from ranksearch.core._task import Task
+from ranksearch.errors import RankSearchError
+from ranksearch.results._collect import SearchResult
+from ranksearch.results._export import report_if_possible
+from ranksearch.results._tables import working_points_table
+from ranksearch.study._callables import Evaluate, Retrain
+from ranksearch.study._settings import Components, RunOptions, SearchSettings
+
+__all__ = ["point_options", "search_points"]
+
+_log = logging.getLogger(__name__)
+
+
+def point_options(run: RunOptions, ratio: float, several: bool) -> RunOptions:
+    """One working point's run options: with several points, its own folder (``ratio-R``), study name
+    (``NAME@R``) and artifact folder under the given ones, and no report of its own."""
+    if not several:
+        return run
+    tag = f"{ratio:g}"
+    return run.replace(out_dir=Path(run.out_dir) / f"ratio-{tag}" if run.out_dir is not None else None,
+                       study_name=f"{run.study_name}@{tag}" if run.study_name else None,
+                       artifacts=Path(run.artifacts) / f"ratio-{tag}" if isinstance(run.artifacts, (str, Path)) else run.artifacts,
+                       report=False)
+
+
+def search_points(
+    model: nn.Module,
+    points: Sequence[SearchSettings | float],
+    *,
+    task: Task | None = None,
+    evaluate: Evaluate | None = None,
+    retrain: Retrain | None = None,
+    calibration: Iterable[Any] | None = None,
+    forward: Forward | None = None,
+    run: RunOptions | None = None,
+    given: Components | None = None,
+) -> list[SearchResult]:
+    """:func:`~ranksearch.search` at each working point in turn (settings, or just target ratios), sharing
+    the spectra, the sensitivity table and the best allocation found so far (enqueued as a warm start at
+    the next point). With ``run.out_dir`` each point writes its results into ``ratio-R/`` and the folder
+    gets one ``summary.md`` table and one report for all of them.
+    """
+    run = run or RunOptions()
+    given = given or Components()
+    settings = [p if isinstance(p, SearchSettings) else SearchSettings(target_ratio=p) for p in points]
+    if not settings:
+        raise RankSearchError("search_points needs at least one working point.")
+    if len({f"{s.target_ratio:g}" for s in settings}) != len(settings):  # 0.1 and 0.100000001 would share a study and a folder
+        raise RankSearchError(f"working points {[s.target_ratio for s in settings]} repeat a ratio; give each once.")
+    calibration = None if calibration is None else list(calibration)
+    several = len(settings) > 1
+    results: list[SearchResult] = []
+    sensitivity, warm = given.sensitivity, list(given.warm_start)
+    for s in settings:
+        here = point_options(run, s.target_ratio, several)
+        point = Components(given.sampler, given.pruner, sensitivity, warm, given.input_shape)
+        result = search(model, s, task=task, evaluate=evaluate, retrain=retrain, calibration=calibration, forward=forward,
+                        run=here, given=point)
+        results.append(result)
+        best = result.best_log10w  # none for the seed rule: enqueued anyway
+        sensitivity, warm = result.sensitivity, [best] if best is not None else []
+    if several and run.out_dir is not None:
+        out = Path(run.out_dir)
+        table = working_points_table([r.summary for r in results]).markdown()
+        atomic_write_text(out / "summary.md", f"# ranksearch: {results[0].config.model}, {len(results)} working points\n\n{table}")
+        if run.report:
+            report_if_possible(out)
+    return results

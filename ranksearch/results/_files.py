@@ -1,0 +1,158 @@
+"""A results folder: what a search writes (:func:`write_results`) and what the report reads back (:func:`load_runs`).
+
+Files in the folder:
+
+* ``rank_config.json``: the best allocation (:class:`~ranksearch.core.RankConfig`); written last, so its
+  presence means the rest is there.
+* ``rank_config_seed_rule.json``: the CE1 rule's allocation at the same ratio, for comparison.
+* ``factorized.safetensors``: the retrained factorized model's ``state_dict`` (:func:`ranksearch.load_factorized`).
+* ``factorized_nnr.safetensors``: the same weights in the NNR / NNCodec naming, where a low-rank layer
+  is two tensors ``<layer>.weight_G`` (m x r) and ``<layer>.weight_H`` (r x n) and its bias stays
+  ``<layer>.bias``; every other tensor keeps the dense model's name.
+* ``summary.md``: the summary table (:func:`~ranksearch.results._tables.summary_table`).
+* ``trials.json``, ``curves.json``: every trial's figures and the layers' error curves, which the report draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from ranksearch._io import atomic_write_text
+from ranksearch.core._config import RankConfig
+from ranksearch.core._layers import LowRank
+from ranksearch.core._solver import Curve
+from ranksearch.core._weights import save_state_dict
+from ranksearch.errors import RankSearchError
+from ranksearch.results._summary import Summary
+from ranksearch.results._tables import summary_table
+from ranksearch.study._record import TrialRecord
+
+__all__ = ["CURVES_FILE", "TRIALS_FILE", "Run", "curves_record", "load_runs", "nnr_tensors", "trials_record", "write_results"]
+
+TRIALS_FILE = "trials.json"
+CURVES_FILE = "curves.json"
+_CURVE_POINTS = 200  #: ranks kept per layer in curves.json (log-spaced; the chosen ranks' errors are in the configs)
+
+
+def nnr_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of a factorized model with each low-rank pair as ``weight_G`` / ``weight_H``."""
+    out: dict[str, torch.Tensor] = {}
+    pairs = {n: m for n, m in model.named_modules() if isinstance(m, LowRank)}
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(f"{n}.") for n in pairs):
+            out[key] = value
+    for name, pair in pairs.items():
+        g, h = pair.matrices()
+        out[f"{name}.weight_G"] = g.detach().contiguous()
+        out[f"{name}.weight_H"] = h.detach().contiguous()
+        if pair.bias is not None:
+            out[f"{name}.bias"] = pair.bias.detach()
+    return out
+
+
+def trials_record(study: optuna.Study, fixed_cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every trial of a study, as the report reads them (``trials.json``): number, state, method, value (or
+    the last reported value of a pruned trial), achieved ratio, test metric, metric before retrain; with
+    the study's fixed cost."""
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        r = TrialRecord.of(t)
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": t.value,
+                       "last_reported": last, "ratio": r.ratio, "test": r.test, "before_retrain": r.before_retrain})
+    return {"format": "ranksearch.trials", "format_version": 1, "study_name": study.study_name,
+            "fixed_cost": dict(fixed_cost) if fixed_cost else None, "trials": trials}
+
+
+def curves_record(curves: Mapping[str, Curve]) -> dict[str, dict[str, list[Any]]]:
+    """Each layer's relative error against rank (``mse[r] / mse[0]``) at up to 200 log-spaced ranks."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name, c in curves.items():
+        top = len(c.mse) - 1
+        ranks = sorted({0, top, *(round(math.exp(i * math.log(max(top, 1)) / (_CURVE_POINTS - 1))) for i in range(_CURVE_POINTS))})
+        base = float(c.mse[0]) or 1.0
+        out[name] = {"rank": [int(r) for r in ranks], "relative_mse": [float(f"{float(c.mse[r]) / base:.4g}") for r in ranks]}
+    return out
+
+
+def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, seed_rule: RankConfig | None, summary: Summary,
+                  study: optuna.Study | None = None, curves: Mapping[str, Curve] | None = None) -> list[Path]:
+    """Write every file of a results folder into ``out_dir`` (each one atomically); with the ``study`` and
+    the layers' plain ``curves``, also what the report draws from (``trials.json``, ``curves.json``)."""
+    out = Path(out_dir)
+    meta = {"format": "ranksearch.factorized", "ranks": json.dumps(config.ranks), "model": config.model}
+    written = [
+        save_state_dict(model.state_dict(), out / "factorized.safetensors", meta),
+        save_state_dict(nnr_tensors(model), out / "factorized_nnr.safetensors", meta),
+    ]
+    if study is not None:
+        written.append(atomic_write_text(out / TRIALS_FILE, json.dumps(trials_record(study, summary.fixed_cost), indent=1)))
+    if curves is not None:
+        written.append(atomic_write_text(out / CURVES_FILE, json.dumps(curves_record(curves))))
+    if seed_rule is not None:
+        written.append(seed_rule.save(out / "rank_config_seed_rule.json"))
+    written.append(atomic_write_text(out / "summary.md", f"# ranksearch: {config.model}\n\n" + summary_table(summary).markdown()))
+    written.append(config.save(out / "rank_config.json"))  # last: its presence means the rest is there
+    return written
+
+
+@dataclass(frozen=True)
+class Run:
+    """One working point's results, as read from its folder."""
+
+    folder: Path
+    config: RankConfig
+    seed_rule: RankConfig | None
+    trials: list[dict[str, Any]]
+    curves: dict[str, dict[str, list[float]]]
+    fixed_cost: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.target_ratio:g}"
+
+    @property
+    def summary(self) -> Summary:
+        return Summary.from_config(self.config, self.seed_rule, self.trials, self.fixed_cost)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RankSearchError(f"{str(path)!r} cannot be read as JSON ({e}); run the search again or restore the file.") from None
+
+
+def _load_run(folder: Path) -> Run:
+    config = RankConfig.load(folder / "rank_config.json")
+    seed = folder / "rank_config_seed_rule.json"
+    trials = folder / TRIALS_FILE
+    curves = folder / CURVES_FILE
+    record = _read_json(trials) if trials.exists() else {}
+    if not isinstance(record, dict) or not isinstance(record.get("trials", []), list):
+        raise RankSearchError(f"{str(trials)!r} is not a ranksearch trials file; run the search (or `ranksearch export`) again.")
+    return Run(folder, config, RankConfig.load(seed) if seed.exists() else None, record.get("trials", []),
+               _read_json(curves) if curves.exists() else {}, record.get("fixed_cost"))
+
+
+def load_runs(folder: str | Path) -> list[Run]:
+    """The working points in ``folder``: itself when it holds ``rank_config.json``, else its ``ratio-*``
+    subfolders that do, by ratio."""
+    root = Path(folder)
+    if (root / "rank_config.json").is_file():
+        return [_load_run(root)]
+    subs = sorted((p for p in root.glob("ratio-*") if (p / "rank_config.json").is_file()),
+                  key=lambda p: float(p.name.removeprefix("ratio-")))
+    if not subs:
+        raise RankSearchError(f"{str(root)!r} holds no search result (no rank_config.json, no ratio-*/ folder with one); "
+                              "give the --out folder of a finished `ranksearch search`.")
+    return [_load_run(p) for p in subs]

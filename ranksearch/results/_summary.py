@@ -1,0 +1,121 @@
+"""What a search found, typed: each allocation's figures and the run's counts, costs and times.
+
+A :class:`Summary` is built from a study (:func:`ranksearch.results.collect`) or read back from a results
+folder's rank config and trials file (the report), and rendered by :mod:`ranksearch.results._tables`.
+Its figures are stored in a rank config's ``metric`` (:meth:`Summary.metric_record`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ranksearch.core._config import RankConfig
+from ranksearch.study._vocab import BASELINES, Method
+
+__all__ = ["Figures", "Summary", "TrialCounts"]
+
+
+def _number(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One allocation's figures: its trial, validation and test metric, the metric before its retrain
+    (on ``before_retrain_samples`` validation samples when not the whole split), its method and the
+    ratio it achieved."""
+
+    trial: int | None = None
+    val: float | None = None
+    test: float | None = None
+    before_retrain: float | None = None
+    before_retrain_samples: int | None = None
+    method: Method | None = None
+    ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as a rank config's ``metric`` stores them (without the ratio, which the config has)."""
+        d = dataclasses.asdict(self)
+        d.pop("ratio")
+        if d["method"] is not None:
+            d["method"] = str(d["method"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, ratio: float | None = None) -> Figures:
+        d = d or {}
+        method = d.get("method")
+        trial, samples = d.get("trial"), d.get("before_retrain_samples")
+        return cls(trial=None if trial is None else int(trial), val=_number(d.get("val")), test=_number(d.get("test")),
+                   before_retrain=_number(d.get("before_retrain")), before_retrain_samples=None if samples is None else int(samples),
+                   method=None if method is None else Method(method), ratio=ratio)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A working point's result: the dense model, the seed rule, the baselines and the best trial.
+
+    Attributes:
+        metric: The metric's name.
+        target_ratio, achieved_ratio: The working point and the best allocation's ratio.
+        dense, seed_rule, best: Figures of the dense model, the CE1 rule's trial and the best trial.
+        baselines: Figures of the first trial of each enqueued baseline that finished.
+        trials: Trials complete, pruned and failed.
+        wall_time_s: From the study's creation to its last finished trial.
+        cost: The best model's cost model (MACs and parameter ratios; empty without an input shape).
+        fixed_cost: What the study's setup took before its first trial.
+    """
+
+    metric: str
+    target_ratio: float
+    achieved_ratio: float
+    dense: Figures
+    seed_rule: Figures | None
+    best: Figures
+    baselines: dict[Method, Figures] = field(default_factory=dict)
+    trials: TrialCounts = TrialCounts()
+    wall_time_s: float | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+    fixed_cost: dict[str, Any] | None = None
+
+    @property
+    def best_method(self) -> Method:
+        return self.best.method or Method.SEARCHED
+
+    def metric_record(self) -> dict[str, Any]:
+        """The ``metric`` a rank config records: the name and every allocation's figures."""
+        out: dict[str, Any] = {"name": self.metric, "dense": {k: v for k, v in (("val", self.dense.val), ("test", self.dense.test))
+                                                              if v is not None},
+                               "seed_rule": self.seed_rule.to_dict() if self.seed_rule else {}, "searched": self.best.to_dict()}
+        out.update({str(m): f.to_dict() for m, f in self.baselines.items()})
+        return out
+
+    @classmethod
+    def from_config(cls, config: RankConfig, seed_rule: RankConfig | None, trials: list[dict[str, Any]],
+                    fixed_cost: dict[str, Any] | None = None) -> Summary:
+        """The summary a results folder holds: the figures its rank config records, the baselines' achieved
+        ratios from its trials file."""
+        m = config.metric
+        ratios: dict[str, Any] = {}
+        for t in trials:  # each method's first trial: the enqueued baselines' achieved ratios
+            ratios.setdefault(t.get("method", "searched"), t.get("ratio"))
+        counts = TrialCounts(**{s: sum(t.get("state") == s for t in trials) for s in ("complete", "pruned", "fail")})
+        return cls(metric=str(m.get("name", "metric")), target_ratio=config.target_ratio, achieved_ratio=config.achieved_ratio,
+                   dense=Figures.from_dict(m.get("dense"), 1.0),
+                   seed_rule=Figures.from_dict(m.get("seed_rule"), seed_rule.achieved_ratio if seed_rule else None) if m.get("seed_rule") else None,
+                   best=Figures.from_dict(m.get("searched"), config.achieved_ratio),
+                   baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
+                   trials=counts, wall_time_s=config.search.get("wall_time_s"), cost=dict(config.cost), fixed_cost=fixed_cost)

@@ -1,0 +1,152 @@
+"""One table model, rendered as Markdown (``summary.md`` and the terminal) and HTML (``report.html``).
+
+The builders here make every table ranksearch shows: a working point's summary (:func:`summary_table`),
+the seed's per-layer table (:func:`layer_table`) and several working points side by side
+(:func:`working_points_table`); the CLI, ``summary.md`` and the report all render these.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ranksearch.core._config import RankConfig
+from ranksearch.results._summary import Figures, Summary
+from ranksearch.study._record import fixed_cost_line
+from ranksearch.study._vocab import Method
+
+__all__ = ["Row", "Table", "layer_table", "summary_table", "working_points_table"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of cells; ``span``: the cells after the first are one text spanning the other columns;
+    ``total``: a totals row (bold)."""
+
+    cells: tuple[str, ...]
+    span: bool = False
+    total: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns, rows and the notes that follow the table (one paragraph each)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+    title: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def markdown(self) -> str:
+        lines = [self.title] if self.title else []
+        lines += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        for row in self.rows:
+            cells = list(row.cells)
+            if row.span:
+                cells = [cells[0], *([cells[1]] if len(cells) > 1 else []), *(["-"] * (len(self.columns) - 2))]
+            if row.total:
+                cells = [f"**{c}**" if c else c for c in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+        for note in self.notes:
+            lines += ["", note]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = []
+        for row in self.rows:
+            tag = "th" if row.total else "td"
+            if row.span:
+                rest = html.escape(" ".join(row.cells[1:]))
+                body.append(f"<tr><td>{html.escape(row.cells[0])}</td><td colspan='{len(self.columns) - 1}' "
+                            f"style='text-align:left'>{rest}</td></tr>")
+            else:
+                body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row.cells) + "</tr>")
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        title = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
+        return f"{title}<table><tr>{head}</tr>{''.join(body)}</table>{notes}"
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A cell: ``-`` for nothing, floats to ``digits`` places, ints with thousands separators."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _figures_row(label: str, f: Figures) -> Row:
+    before = fmt(f.before_retrain) + (f" ({f.before_retrain_samples} val samples)" if f.before_retrain_samples else "")
+    return Row((label, fmt(f.ratio), fmt(f.val), fmt(f.test), before, fmt(f.trial)))
+
+
+def summary_table(s: Summary) -> Table:
+    """Dense, seed rule, baselines and the best trial: ratio, validation and test metric, metric before retrain."""
+    rows = [_figures_row("dense", s.dense), _figures_row("seed rule (one MSE bound)", s.seed_rule or Figures())]
+    rows += [_figures_row(m.label, f) for m, f in s.baselines.items()]
+    rows.append(_figures_row(f"best ({s.best_method.label})", s.best))
+    t = s.trials
+    notes = [f"Target ratio {s.target_ratio}; trials: {t.complete} complete, {t.pruned} pruned, {t.fail} failed; "
+             f"wall time {s.wall_time_s} s."]
+    if s.fixed_cost:
+        notes.append(f"Fixed cost before the first trial (stored once in the study): {fixed_cost_line(s.fixed_cost)}.")
+    if (cost := s.cost) and cost.get("macs_before"):
+        notes.append(f"Cost of the best model: parameters {cost['params_ratio']:.4f} of the dense model's, multiply-adds "
+                     f"{cost['macs_ratio']:.4f} ({cost['macs_after']:,} against {cost['macs_before']:,} MACs per input of "
+                     f"shape {cost['input_shape']}, Linear/Conv layers).")
+    name = s.metric
+    return Table(("model", "ratio", f"val {name}", f"test {name}", "before retrain", "trial"), tuple(rows), notes=tuple(notes))
+
+
+def layer_table(config: RankConfig, seed_rule: RankConfig | None = None, skipped: Mapping[str, str] | None = None) -> Table:
+    """The seed's per-layer table: type, matrix, rank (and the seed rule's), parameters and (when the input
+    shape is known) multiply-adds before and after; then the layers kept dense, with the reason."""
+    macs = any(layer.macs_before is not None for layer in config.layers.values())
+    seed = seed_rule.layers if seed_rule is not None else None
+    columns = ["layer", "type", "matrix", *(["seed rule rank"] if seed is not None else []), "rank", "params before",
+               "params after", "kept", *(["MACs before", "MACs after"] if macs else [])]
+    rows = []
+    for name, lr in config.layers.items():
+        cells = [name, lr.type, f"{lr.matrix[0]}x{lr.matrix[1]}", *([fmt(seed[name].rank) if name in seed else "dense"]
+                                                                    if seed is not None else []),
+                 fmt(lr.rank), fmt(lr.params_before), fmt(lr.params_after), f"{lr.params_after / lr.params_before:.3f}"]
+        if macs:
+            cells += [fmt(lr.macs_before), fmt(lr.macs_after)]
+        rows.append(Row(tuple(cells)))
+    rows += [Row((n, f"dense: {why}"), span=True) for n, why in {**(skipped or {}), **config.dense}.items()]
+    before = sum(lr.params_before for lr in config.layers.values())
+    after = sum(lr.params_after for lr in config.layers.values())
+    total = [f"factorized layers ({len(config.layers)})", "", "", *([""] if seed is not None else []), "", fmt(before), fmt(after),
+             f"{after / max(before, 1):.3f}"]
+    if macs:
+        total += [fmt(sum(lr.macs_before or 0 for lr in config.layers.values())), fmt(sum(lr.macs_after or 0 for lr in config.layers.values()))]
+    rows.append(Row(tuple(total), total=True))
+    head = (f"{config.model}: ratio {config.achieved_ratio:.4f} (target {config.target_ratio}), {config.compressed_params:,} of "
+            f"{config.original_params:,} parameters")
+    if (cost := config.cost) and cost.get("macs_before"):
+        head += (f"; multiply-adds {cost['macs_ratio']:.4f} ({cost['macs_after']:,} of {cost['macs_before']:,} per input of shape "
+                 f"{cost['input_shape']})")
+    return Table(tuple(columns), tuple(rows), title=head + "\nParam reduction:")
+
+
+def working_points_table(summaries: Sequence[Summary]) -> Table:
+    """Several working points: the best model's parameter and MACs ratios, and the test metric of every
+    method (val in brackets)."""
+    name = summaries[0].metric if summaries else "metric"
+    methods = [Method.SEED_RULE, *(m for m in (Method.UNIFORM, Method.SENSITIVITY, Method.SENSITIVITY_SUM)
+                                   if any(m in s.baselines for s in summaries)), Method.SEARCHED]
+    rows = []
+    for s in summaries:
+        figures = {Method.SEED_RULE: s.seed_rule or Figures(), Method.SEARCHED: s.best, **s.baselines}
+        cells = [f"{fmt(figures.get(m, Figures()).test)} ({fmt(figures.get(m, Figures()).val)})" for m in methods]
+        rows.append(Row((str(s.target_ratio), fmt(s.achieved_ratio), fmt(s.cost.get("macs_ratio")), fmt(s.dense.test), *cells,
+                         f"{s.trials.complete}+{s.trials.pruned} pruned", str(s.wall_time_s))))
+    columns = ("target", "ratio", "MACs ratio", "dense", *(str(m) for m in methods), "trials", "wall s")
+    return Table(columns, tuple(rows), title=f"Test {name} (val {name} in brackets) after the same short retrain.\n")

@@ -1,0 +1,115 @@
+"""Creating or joining a study, and setting it up exactly once.
+
+The process whose ``create_new_study`` succeeds (atomic in every storage) owns the setup; a process that
+joins waits until the study says ``ready``. Should the setting-up process die, one joiner takes over,
+chosen by the same atomic study creation (a lock study).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import BaseStorage
+
+from ranksearch.errors import StudyError
+from ranksearch.study._record import StudyRecord
+from ranksearch.study._settings import SearchSettings
+from ranksearch.study._storage import create_lock_study, read_study, worker_alive, worker_id, write_study
+
+__all__ = ["claim_setup", "create_or_join", "stored_settings", "wait_until_ready"]
+
+_log = logging.getLogger(__name__)
+
+
+def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | None, *, resume: bool,
+                   sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
+                   source: Mapping[str, Any] | None = None, wait_s: float = 60.0) -> tuple[optuna.Study, bool]:
+    """The study ``name``: created with ``settings`` (this process sets it up: returns True), or
+    joined (False). A joined study must hold settings equal to ``settings`` (None: take the stored
+    ones); one line names the first field that differs."""
+    created = False
+    names = {s.study_name for s in storage.get_all_studies()}
+    exists_msg = (f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
+                  "or choose another --out / --study-name.")
+    if name in names and not resume:
+        raise StudyError(exists_msg)
+    if name not in names:
+        if settings is None:
+            raise StudyError(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
+        try:  # atomic: of several processes starting at once exactly one creates it
+            storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+            created = True
+        except DuplicatedStudyError:
+            if not resume:
+                raise StudyError(exists_msg) from None
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if created:  # the setup's owner first: a joiner waits for the settings, then sees the setup taken
+        write_study(study, StudyRecord(setup={"state": "running", "owner": worker_id(), "at": time.time()}))
+        write_study(study, StudyRecord(source=dict(source or {})))
+        write_study(study, StudyRecord(settings=settings))  # last: a joiner that sees the settings sees the rest
+        return study, True
+    stored = stored_settings(study, wait_s)
+    if settings is not None and (diff := settings.differences(stored)):
+        field, mine, theirs = diff[0]
+        raise StudyError(f"Study {name!r} was created with {field}={theirs!r}, this process has {field}={mine!r}"
+                         f"{f' (and {len(diff) - 1} more differences)' if len(diff) > 1 else ''}; use the study's "
+                         "settings or another study (--study-name / --out).")
+    return study, False
+
+
+def stored_settings(study: optuna.Study, wait_s: float = 60.0) -> SearchSettings:
+    """The settings a study holds (its creator writes them right after creating it: waited for)."""
+    deadline = time.monotonic() + wait_s
+    while (stored := read_study(study).settings) is None:
+        if time.monotonic() > deadline:
+            raise StudyError(f"Study {study.study_name!r} holds no ranksearch settings (made by an older ranksearch or by "
+                             "another tool); start a new study (another --out or --study-name).")
+        time.sleep(0.2)
+    return stored
+
+
+def claim_setup(study: optuna.Study) -> bool:
+    """Take over an unfinished setup whose owner died; True when this process now owns it. Exactly
+    one of several processes that try at once succeeds (atomic study creation of a lock study)."""
+    setup = read_study(study).setup or {}
+    if setup.get("state") == "ready":
+        return False
+    mine = setup.get("owner") == worker_id()  # an earlier call in this process was interrupted
+    if not mine and setup.get("owner") and _owner_alive(setup):
+        return False
+    generation = int(setup.get("generation", 0)) + 1
+    if not create_lock_study(study, f"{study.study_name}:setup-lock:{generation}"):
+        return False
+    write_study(study, StudyRecord(setup={"state": "running", "owner": worker_id(), "at": time.time(), "generation": generation}))
+    # the lock study stays: deleted, it could be created again by a process that read the old generation
+    _log.info("study %s: the process that set it up is gone; this one takes the setup over", study.study_name)
+    return True
+
+
+def _owner_alive(setup: dict[str, Any], stale_s: float = 600.0) -> bool:
+    """A same-host owner by its pid; another host's owner by the age of its last setup heartbeat."""
+    owner = str(setup.get("owner"))
+    if owner.rpartition(":")[0] == socket.gethostname():
+        return worker_alive(owner)
+    return time.time() - float(setup.get("at", 0)) < stale_s
+
+
+def wait_until_ready(study: optuna.Study, on_orphan: Callable[[], None], poll_s: float = 0.5) -> None:
+    """Block until the study's setup is done; if its owner dies meanwhile and this process wins the
+    takeover, run ``on_orphan`` (which sets it up) and return."""
+    said = False
+    while not (record := read_study(study)).ready:
+        if claim_setup(study):
+            on_orphan()
+            return
+        if not said:
+            _log.info("study %s: waiting for its setup by %s (sensitivity, enqueued allocations)", study.study_name,
+                      (record.setup or {}).get("owner"))
+            said = True
+        time.sleep(poll_s)

@@ -1,0 +1,146 @@
+"""Resolve once, pass components down: settings and a model become a :class:`Plan`.
+
+:func:`resolve` fills in what the study stores (``auto`` factors and rank grid, the model's identity,
+the retrain recipe); :func:`make_plan` turns the resolved settings, the model and its task (or the user's
+callables) into the parts a study runs on: views, callables, allocator, sampler, pruner, sensitivity
+plan. ``search`` and ``run_worker`` both call them; no module below reads :class:`SearchSettings`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from torch import nn
+
+from ranksearch.core._cost import rank_multiple_for
+from ranksearch.core._inputs import Forward
+from ranksearch.core._retrain import RetrainSettings, best_device
+from ranksearch.core._spectra import spectra
+from ranksearch.core._surgery import count_params, layer_groups
+from ranksearch.core._task import Task
+from ranksearch.core._weights import state_digest
+from ranksearch.errors import StudyError
+from ranksearch.study._allocator import Allocator
+from ranksearch.study._callables import Callables, Evaluate, Retrain, task_callables, user_callables
+from ranksearch.study._pruners import make_pruner
+from ranksearch.study._samplers import make_sampler
+from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
+from ranksearch.study._settings import Components, SearchSettings
+from ranksearch.study._views import Views, views_for
+from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Sampler, SensitivityKind
+
+__all__ = ["Plan", "Workload", "check_model", "make_plan", "resolve"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What scores trials: a ``task`` (built-in retrain and metric) or the user's ``evaluate`` and
+    ``retrain``, with the ``calibration`` input batches and the ``forward`` that calls the model on them."""
+
+    task: Task | None = None
+    evaluate: Evaluate | None = None
+    retrain: Retrain | None = None
+    calibration: Sequence[Any] | None = None
+    forward: Forward | None = None
+
+    def __post_init__(self) -> None:
+        if (self.task is None) == (self.evaluate is None):
+            raise StudyError("Give either task= (built-in retrain and metric) or evaluate= (your own callables).")
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", list(self.calibration))  # read by the factors and the output probes
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.task is not None or self.calibration is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The parts a study runs on, resolved from its settings once per process."""
+
+    views: Views
+    calls: Callables
+    allocator: Allocator
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    baselines: bool
+    prior: Prior
+    sensitivity: SensitivityPlan
+
+
+def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, given: Components = Components(),
+            cache_dir: str | os.PathLike[str] | None = None) -> SearchSettings:
+    """The settings a study stores: ``factors`` and ``rank_multiple`` resolved, the model's name and weights
+    digest filled in, a task's retrain recipe defaulted, custom sampler/pruner objects named.
+    ``cache_dir``: the spectra cache (the CUDA grid reads the curves)."""
+    s = settings if isinstance(settings, SearchSettings) else SearchSettings(target_ratio=settings)
+    digest = state_digest(model.state_dict())
+    if s.weights_digest and s.weights_digest != digest:
+        raise StudyError(f"settings.weights_digest {s.weights_digest[:13]} is not this model's ({digest[:13]}); "
+                         "leave it empty (search fills it in) or pass the model the settings were made for.")
+    changes: dict[str, Any] = {"weights_digest": digest, "model": s.model or type(model).__name__}
+    if s.factors is Factors.AUTO:
+        changes["factors"] = Factors.DATA_AWARE if work.has_inputs else Factors.PLAIN
+    elif s.factors is Factors.DATA_AWARE and not work.has_inputs:
+        raise StudyError("factors='data_aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
+    if s.rank_multiple == "auto":
+        curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" else None
+        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank)
+    if work.task is not None and s.retrain is None:
+        changes["retrain"] = RetrainSettings()
+    if work.task is None and s.retrain is not None:
+        raise StudyError("settings.retrain is the built-in retrain's recipe (used with task=); with your own "
+                         "retrain callable leave it None.")
+    if given.sampler is not None:
+        changes["sampler"] = CUSTOM + type(given.sampler).__name__
+    if given.pruner is not None:
+        changes["pruner"] = CUSTOM + type(given.pruner).__name__
+    return s.replace(**changes)
+
+
+def check_model(settings: SearchSettings, model: nn.Module, study_name: str) -> None:
+    """Refuse a dense model whose weights are not the ones the study was made with."""
+    digest = state_digest(model.state_dict())
+    if settings.weights_digest and digest != settings.weights_digest:
+        raise StudyError(f"The dense weights here (digest {digest[:13]}) are not the ones study {study_name!r} was "
+                         f"made with ({settings.weights_digest[:13]}); pass --weights with the same file.")
+
+
+def _callables(model: nn.Module, s: SearchSettings, work: Workload) -> Callables:
+    if work.task is not None:
+        return task_callables(work.task, s.retrain or RetrainSettings(), copy.deepcopy(model), s.seed, s.screen, s.screen_samples)
+    if s.sensitivity is SensitivityKind.OUTPUT and not work.calibration:
+        raise StudyError("sensitivity 'output' runs the model on inputs: give task= (its validation split) or calibration= "
+                         "(input batches), or use sensitivity='measured'.")
+    if s.sensitivity_samples and (s.sensitivity in (SensitivityKind.MEASURED, SensitivityKind.PROXY) or not work.calibration):
+        raise StudyError(f"sensitivity_samples {s.sensitivity_samples} needs task= (a validation split to take them from); "
+                         "with your own evaluate, use sensitivity='output' with calibration= inputs, or sensitivity_samples=0.")
+    assert work.evaluate is not None
+    return user_callables(work.evaluate, work.retrain, work.calibration, work.forward)
+
+
+def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Components = Components(),
+              cache_dir: str | os.PathLike[str] | None = None) -> Plan:
+    """The parts a study of the resolved settings ``s`` runs on (:func:`resolve`)."""
+    if not isinstance(s.rank_multiple, int):
+        raise StudyError("make_plan needs resolved settings (rank_multiple 'auto' is resolved by resolve()).")
+    calls = _callables(model, s, work)
+    if given.input_shape is not None:
+        calls = dataclasses.replace(calls, input_shape=given.input_shape)
+    views = views_for(model, s.exclude, s.factor_kind, work.task, work.calibration, cache_dir, work.forward)
+    modules = dict(model.named_modules())
+    groups = (layer_groups({n: modules[n] for n in views.curves}) if s.granularity is Granularity.GROUP
+              else {n: n for n in views.curves})
+    allocator = Allocator(views, s.target_ratio, count_params(model), s.rank_multiple, s.min_rank, groups, s.proposals,
+                          s.spread, s.step, enqueued_anchor=s.sampler is Sampler.CMAES)
+    sampler = given.sampler if given.sampler is not None else make_sampler(s.sampler, s.seed, s.step)
+    pruner = given.pruner if given.pruner is not None else make_pruner(s.pruner, s.keep)
+    plan = sensitivity_plan(s.sensitivity, s.sensitivity_budget, s.sensitivity_samples, views, calls, s.rank_multiple, s.min_rank)
+    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan)
+

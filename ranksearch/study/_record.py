@@ -1,0 +1,203 @@
+"""The study's schema: every attribute ranksearch writes into a study or a trial, typed, in one place.
+
+A :class:`TrialRecord` is a trial's user attributes, a :class:`StudyRecord` the study's (stored under the
+``ranksearch:`` prefix). Both are frozen dataclasses with a field per key: ``from_attrs`` reads the raw
+attributes (any version this ranksearch reads; unknown keys are ignored), ``to_attrs`` gives the raw
+attributes of the fields that are set. A record with only some fields set is a *patch*: writing it
+(``ranksearch.study._storage``) sets exactly those keys, so a trial's attributes are written as the
+trial goes and read back typed by whoever needs them.
+
+Example:
+    >>> TrialRecord(method=Method.SEED_RULE, ratio=0.25).to_attrs()
+    {'method': 'seed_rule', 'ratio': 0.25}
+    >>> TrialRecord.from_attrs({"ranks": {"fc": 8}}).method  # absent: sampled
+    <Method.SEARCHED: 'searched'>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ranksearch.study._settings import SearchSettings
+from ranksearch.study._vocab import FactorKind, Method, Sensitivity, SensitivityKind
+
+__all__ = ["ATTR", "TrialRecord", "StudyRecord", "fixed_cost_line", "sensitivity_of"]
+
+ATTR = "ranksearch:"  #: prefix of every study user attribute ranksearch writes
+_GATE_LATER = "gate:"  #: trial attrs ``gate:<step>``: the gate's decisions after the screen
+_ROW = "sensitivity_row:"  #: study attrs ``sensitivity_row:<layer>``: rows an interrupted setup measured
+
+
+def _set(record: Any) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if getattr(record, f.name) is not None}
+
+
+def sensitivity_of(raw: Mapping[str, Any]) -> Sensitivity:
+    """A stored table (``{layer: [[rank, value], ...]}``) as :data:`~ranksearch.study.Sensitivity`."""
+    return {str(n): [(int(r), float(v)) for r, v in rows] for n, rows in raw.items()}
+
+
+def _rows(table: Sensitivity) -> dict[str, list[list[float]]]:
+    return {n: [[r, v] for r, v in rows] for n, rows in table.items()}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial allocated, who ran it and what it scored (its user attributes).
+
+    Allocation (kept when a failed trial is run again, :meth:`allocation`): ``method``; ``log10w`` the
+    per-layer log-weights it allocates with (exact for enqueued ones); ``log2r`` a sampled incumbent-space
+    trial's per-layer log2 rank targets; ``anchor`` the trial its step started from and ``redraws`` how
+    often its step was drawn again. Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``;
+    ``worker`` (``host:pid``); ``before_retrain`` (on ``before_retrain_samples`` validation samples
+    when not the whole split); ``test``; ``same_as`` (a finished trial with the same ranks whose value
+    it reused); ``weights`` (the artifact id of its retrained weights); ``gate`` and ``gate_later`` (the
+    gate pruner's decisions at the screen and by later step); ``error``, ``traceback``, ``interrupted``.
+    """
+
+    method: Method | None = None
+    log10w: dict[str, float] | None = None
+    log2r: dict[str, float] | None = None
+    anchor: int | None = None
+    redraws: int | None = None
+    ranks: dict[str, int] | None = None
+    mse: dict[str, float] | None = None
+    factors: FactorKind | None = None
+    params: int | None = None
+    ratio: float | None = None
+    worker: str | None = None
+    before_retrain: float | None = None
+    before_retrain_samples: int | None = None
+    test: float | None = None
+    same_as: int | None = None
+    weights: str | None = None
+    gate: dict[str, Any] | None = None
+    gate_later: dict[int, dict[str, Any]] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    interrupted: bool | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord:
+        """A trial's record from its user attributes (``method`` absent: a sampled trial)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"gate_later"}
+        values: dict[str, Any] = {k: v for k, v in attrs.items() if k in names}
+        values["method"] = Method(attrs.get("method", Method.SEARCHED))
+        if "factors" in values:
+            values["factors"] = FactorKind(values["factors"])
+        later = {int(k[len(_GATE_LATER):]): v for k, v in attrs.items() if k.startswith(_GATE_LATER)}
+        return cls(**values, gate_later=later or None)
+
+    @classmethod
+    def of(cls, trial: Any) -> TrialRecord:
+        """The record of an Optuna trial (frozen or running)."""
+        return cls.from_attrs(trial.user_attrs)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The user attributes of the fields that are set."""
+        out = _set(self)
+        for step, decision in (out.pop("gate_later", None) or {}).items():
+            out[f"{_GATE_LATER}{step}"] = decision
+        return out
+
+    def allocation(self) -> TrialRecord:
+        """Only what says what to allocate, exactly: what a failed trial's rerun keeps."""
+        return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws)
+
+    @property
+    def kept_ranks(self) -> dict[str, int]:
+        """``ranks`` (empty before the trial allocated)."""
+        return dict(self.ranks or {})
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What defines a study and what its setup measured once (its user attributes under ``ranksearch:``).
+
+    ``settings`` and ``source`` (where the dense model came from) are written at creation with ``setup``
+    (``state`` running or ready, ``owner``, ``at``, ``generation``); ``created_at``, ``n_trials`` (the
+    creator's trial cap, the default of workers that join) and ``artifacts`` (the shared weights folder)
+    too. The setup writes ``input_shape``, ``dense`` (the dense model's ``val`` and ``test`` metric),
+    ``metric`` (its name), the sensitivity table (``sensitivity``; while it is measured, one row per
+    layer in ``sensitivity_rows``), how it was made (``sensitivity_kind``, ``sensitivity_samples`` as
+    ``[samples, of]``, ``sensitivity_measured`` for the proxy's measured points), ``fixed_cost`` and
+    ``centre`` (the prior's per-layer log-weights).
+    """
+
+    settings: SearchSettings | None = None
+    source: dict[str, Any] | None = None
+    setup: dict[str, Any] | None = None
+    created_at: float | None = None
+    n_trials: int | None = None
+    artifacts: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    dense: dict[str, float] | None = None
+    metric: str | None = None
+    sensitivity: Sensitivity | None = None
+    sensitivity_rows: Sensitivity | None = None
+    sensitivity_kind: SensitivityKind | None = None
+    sensitivity_samples: tuple[int, int] | None = None
+    sensitivity_measured: list[tuple[str, int]] | None = None
+    fixed_cost: dict[str, Any] | None = None
+    centre: dict[str, float] | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], origin: str = "the study") -> StudyRecord:
+        """The record from a study's user attributes (other keys than ranksearch's are ignored)."""
+        raw = {k[len(ATTR):]: v for k, v in attrs.items() if k.startswith(ATTR)}
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {k: v for k, v in raw.items() if k in names}
+        if "settings" in values:
+            values["settings"] = SearchSettings.from_dict(values["settings"], origin=f"the settings stored in {origin}")
+        if "input_shape" in values:
+            values["input_shape"] = tuple(int(d) for d in values["input_shape"])
+        if "sensitivity" in values:
+            values["sensitivity"] = sensitivity_of(values["sensitivity"])
+        if "sensitivity_kind" in values:
+            values["sensitivity_kind"] = SensitivityKind(values["sensitivity_kind"])
+        if "sensitivity_samples" in values:
+            values["sensitivity_samples"] = tuple(int(v) for v in values["sensitivity_samples"])
+        if "sensitivity_measured" in values:
+            values["sensitivity_measured"] = [(str(n), int(r)) for n, r in values["sensitivity_measured"]]
+        rows = {k[len(_ROW):]: v for k, v in raw.items() if k.startswith(_ROW)}
+        return cls(**values, sensitivity_rows=sensitivity_of(rows) if rows else None)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The study attributes (with their ``ranksearch:`` prefix) of the fields that are set."""
+        out = _set(self)
+        if "settings" in out:
+            out["settings"] = out["settings"].to_dict()
+        if "input_shape" in out:
+            out["input_shape"] = list(out["input_shape"])
+        if "sensitivity" in out:
+            out["sensitivity"] = _rows(out["sensitivity"])
+        if "sensitivity_samples" in out:
+            out["sensitivity_samples"] = list(out["sensitivity_samples"])
+        if "sensitivity_measured" in out:
+            out["sensitivity_measured"] = [list(p) for p in out["sensitivity_measured"]]
+        rows = out.pop("sensitivity_rows", None) or {}
+        flat = {ATTR + k: v for k, v in out.items()}
+        flat.update({f"{ATTR}{_ROW}{n}": [[r, v] for r, v in row] for n, row in rows.items()})
+        return flat
+
+    @property
+    def ready(self) -> bool:
+        """Whether the study's setup has finished."""
+        return (self.setup or {}).get("state") == "ready"
+
+
+def fixed_cost_line(cost: Mapping[str, Any]) -> str:
+    """``12.3 s and 287 evaluations of the model (spectra 1.2 s, factors 0.4 s, dense 0.3 s, sensitivity 10.4 s)``,
+    with the passes over the whole validation split they amount to when the probes ran on a subset."""
+    parts = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in cost.items() if k.endswith("_s") and k != "total_s")
+    kind = f"; sensitivity table {cost['sensitivity_kind']}" if cost.get("sensitivity_kind") else ""
+    samples, of = cost.get("sensitivity_samples"), cost.get("val_samples")
+    if samples and of and samples < of:
+        kind += f" on {samples:,} of {of:,} samples"
+    kind += "; resumed: an interrupted setup's share is not counted" if cost.get("resumed") else ""
+    passes = cost.get("split_evaluations")
+    whole = f" ({passes:g} as passes over the whole split)" if passes is not None and passes != cost.get("evaluations") else ""
+    return f"{cost.get('total_s', 0):.1f} s and {cost.get('evaluations', 0)} evaluations of the model{whole} ({parts}{kind})"

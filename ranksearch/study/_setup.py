@@ -1,0 +1,116 @@
+"""Setting a created study up, once: the dense metric, the sensitivity table, the prior's centre, and the
+enqueued allocations (the seed rule, the baselines, warm starts)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from torch import nn
+
+from ranksearch.core._surgery import count_params
+from ranksearch.study._baselines import additive_ranks, greedy_ranks, log_weights_for, uniform_ranks
+from ranksearch.study._plan import Plan
+from ranksearch.study._record import StudyRecord, TrialRecord, fixed_cost_line
+from ranksearch.study._sensitivity import measure_table
+from ranksearch.study._storage import read_study, write_study
+from ranksearch.study._views import Views
+from ranksearch.study._vocab import Method, Prior, Sensitivity
+
+__all__ = ["set_up", "starting_points"]
+
+_log = logging.getLogger(__name__)
+
+
+def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Sensitivity | None = None,
+           warm_start: Sequence[Mapping[str, float]] = (), progress: bool = False) -> Sensitivity | None:
+    """Set a created study up, once: the dense model's metric, the sensitivity table (measured here
+    unless given; rows already stored by an interrupted setup are kept), the prior's centre, and the
+    enqueued allocations (the seed rule first, then uniform, the AIMET-style greedy and the
+    sensitivity-sum ones, then the warm starts). An allocation the study already holds is not
+    enqueued again, so a setup taken over after a crash enqueues each one once. Returns the table."""
+    record = read_study(study)
+    setup = dict(record.setup or {})
+
+    def beat() -> None:  # tells joiners on other hosts that the setup is alive
+        write_study(study, StudyRecord(setup={**setup, "at": time.time()}))
+
+    if record.input_shape is None and plan.calls.input_shape is not None:
+        write_study(study, StudyRecord(input_shape=plan.calls.input_shape))
+    cost: dict[str, Any] = {f"{k}_s": round(v, 3) for k, v in plan.views.seconds.items()}
+    if record.dense is not None or record.sensitivity_rows:
+        cost["resumed"] = True  # an interrupted setup did part of the work: its share is not in these figures
+    if record.dense is None:
+        start = time.perf_counter()
+        dense = {"val": float(plan.calls.evaluate(copy.deepcopy(model)))}
+        if plan.calls.test is not None:
+            dense["test"] = float(plan.calls.test(copy.deepcopy(model)))
+        write_study(study, StudyRecord(dense=dense, metric=plan.calls.metric))
+        _log.info("dense model: %s", dense)
+        cost.update(dense_s=round(time.perf_counter() - start, 3), dense_evaluations=len(dense))
+    table, start, measured = sensitivity, time.perf_counter(), 0
+    if table is None and (plan.baselines or plan.prior is Prior.SENSITIVITY):
+        table = read_study(study).sensitivity
+        if table is None:
+            table, measured = measure_table(study, model, plan.views, plan.sensitivity, plan.calls, beat, progress)
+    record = read_study(study)
+    if table is not None and record.sensitivity is None:
+        write_study(study, StudyRecord(sensitivity=table))
+    if record.fixed_cost is None:  # stored once, by the process that set the study up
+        write_study(study, StudyRecord(fixed_cost=_fixed_cost(cost, record, time.perf_counter() - start, measured)))
+    starts = starting_points(model, plan.views, plan.allocator.target, table)
+    centre = starts.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
+    write_study(study, StudyRecord(centre=centre))
+    _enqueue(study, plan, centre, starts, warm_start)
+    write_study(study, StudyRecord(setup={**setup, "state": "ready", "at": time.time()}))
+    return table
+
+
+def _fixed_cost(cost: dict[str, Any], record: StudyRecord, seconds: float, measured: int) -> dict[str, Any]:
+    """What the setup took before the first trial, in seconds and evaluations of the model."""
+    cost.update(sensitivity_s=round(seconds, 3), sensitivity_evaluations=measured)
+    if record.sensitivity_kind is not None:
+        cost["sensitivity_kind"] = record.sensitivity_kind.value
+    share = 1.0
+    if record.sensitivity_samples is not None:
+        cost["sensitivity_samples"], cost["val_samples"] = record.sensitivity_samples
+        samples, of = record.sensitivity_samples
+        share = samples / of if of else 1.0
+    cost["evaluations"] = cost.get("dense_evaluations", 0) + measured
+    cost["split_evaluations"] = round(cost.get("dense_evaluations", 0) + measured * share, 1)  # as whole-split passes
+    cost["total_s"] = round(sum(v for k, v in cost.items() if k.endswith("_s")), 3)
+    _log.info("fixed cost before the first trial: %s", fixed_cost_line(cost))
+    return cost
+
+
+def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], starts: Mapping[Method, dict[str, float]],
+             warm_start: Sequence[Mapping[str, float]]) -> None:
+    """Enqueue the seed rule, the baselines and the warm starts, each once."""
+    allocator = plan.allocator.with_centre(centre)
+    have = {TrialRecord.of(t).method for t in study.get_trials(deepcopy=False)}
+    if Method.SEED_RULE not in have:
+        study.enqueue_trial({p: 0.0 for p in allocator.search_space()}, user_attrs=TrialRecord(method=Method.SEED_RULE).to_attrs())
+    exact = [*((m, w) for m, w in starts.items() if plan.baselines), *((Method.WARM_START, dict(w)) for w in warm_start)]
+    for method, logw in exact:
+        if method in have:
+            continue
+        logw = {n: float(logw.get(n, 0.0)) for n in plan.views.curves}
+        study.enqueue_trial(allocator.params_for(logw), user_attrs=TrialRecord(method=method, log10w=logw).to_attrs())
+
+
+def starting_points(model: nn.Module, views: Views, target: float, sensitivity: Sensitivity | None) -> dict[Method, dict[str, float]]:
+    """Log-weights of the enqueued allocations: uniform, and from the sensitivity table the AIMET-style
+    greedy one and the sum-of-scores one (the prior's centre)."""
+    total = count_params(model)
+    fixed = total - sum(c.dense_params for c in views.curves.values())
+    budget = math.floor(target * total) - fixed
+    starts = {Method.UNIFORM: log_weights_for(views.curves, uniform_ranks(views.curves, budget))}
+    if sensitivity is not None:
+        starts[Method.SENSITIVITY] = log_weights_for(views.curves, greedy_ranks(views.curves, sensitivity, budget))
+        starts[Method.SENSITIVITY_SUM] = log_weights_for(views.curves, additive_ranks(views.curves, sensitivity, budget))
+    return starts

@@ -1,0 +1,190 @@
+"""Bad input through the CLI, table-driven: exit code 2, one stderr line, no traceback, nothing written.
+
+Every case runs in-process in a folder holding a finished search (``done/``); afterwards no file in the
+folder may be new or changed (the spectra and dense-weight caches live elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ranksearch import load_space
+from ranksearch.cli import main
+from ranksearch.core._weights import save_state_dict
+
+BASE = ["search", "--space", "tiny-digits", "--trials", "1", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a finished search at 0.3 (done/), weights of another model, broken files."""
+    root = tmp_path_factory.mktemp("errors")
+    assert main([*BASE, "--ratio", "0.3", "--out", str(root / "done"), "-q"]) == 0
+    save_state_dict(load_space("tiny-digits").with_weights(None).build_model().state_dict(), root / "tiny.safetensors")
+    other = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    torch.save(other.state_dict(), root / "other.pt")
+    (root / "text.pt").write_text("not a state dict\n")
+    (root / "empty.pt").write_bytes(b"")
+    (root / "renamed.pt").write_bytes((root / "tiny.safetensors").read_bytes())
+    (root / "a_file").write_text("x\n")
+    (root / "folder").mkdir()
+    (root / "bad.yaml").write_text("format: ranksearch.space\nformat_version: 1\nname: [unclosed\n")
+    space = load_space("tiny-digits").path.read_text()
+    (root / "raises.yaml").write_text(space.replace("width: 8", "width: eight").replace("name: tiny-digits", "name: raises"))
+    cfg = json.loads((root / "done" / "rank_config.json").read_text())
+    (root / "list_ranks.json").write_text(json.dumps({**cfg, "ranks": list(cfg["ranks"].values())}))
+    (root / "list_layers.json").write_text(json.dumps({**cfg, "layers": list(cfg["layers"].values())}))
+    (root / "str_source.json").write_text(json.dumps({**cfg, "source": "tiny-digits"}))
+    (root / "str_matrix.json").write_text(json.dumps({**cfg, "layers": {k: {**v, "matrix": "64x1024"} for k, v in cfg["layers"].items()}}))
+    grow = {k: {**v, "rank": v["matrix"][0], "params_after": v["matrix"][0] * sum(v["matrix"])} for k, v in cfg["layers"].items()}
+    after = cfg["original_params"] - sum(v["params_before"] - v["params_after"] for v in grow.values())
+    (root / "grow.json").write_text(json.dumps({**cfg, "layers": grow, "ranks": {k: v["rank"] for k, v in grow.items()},
+                                                "compressed_params": after, "achieved_ratio": after / cfg["original_params"],
+                                                "target_ratio": min(1.0, after / cfg["original_params"])}))
+    (root / "not_json.json").write_text("{ nope")
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+R = "{root}"
+CASES = [  # (id, argv with {root}, words the one line must hold)
+    ("ratio-above-one", [*BASE, "--ratio", "1.5", "--out", f"{R}/o"], ["1.5", "(0, 1)"]),
+    ("ratio-one", [*BASE, "--ratio", "1.0", "--out", f"{R}/o"], ["1.0", "keep everything"]),
+    ("ratio-zero", [*BASE, "--ratio", "0", "--out", f"{R}/o"], ["ratio 0"]),
+    ("ratio-text", [*BASE, "--ratio", "abc", "--out", f"{R}/o"], ["'abc'"]),
+    ("ratio-unreachable", [*BASE, "--ratio", "0.001", "--out", f"{R}/o"], ["unreachable", "0.001"]),
+    ("ratio-twice", [*BASE, "--ratio", "0.3,0.3", "--out", f"{R}/o"], ["repeat"]),
+    ("ratio-nearly-twice", [*BASE, "--ratio", "0.1,0.100000001", "--out", f"{R}/o"], ["repeat"]),
+    ("wp-unknown", [*BASE, "--wp", "WP9", "--out", f"{R}/o"], ["WP9", "WP1"]),
+    ("trials-zero", [*BASE[:-4], "--trials", "0", "--ratio", "0.2", "--out", f"{R}/o"], ["--trials 0"]),
+    ("timeout-nan", [*BASE, "--ratio", "0.2", "--timeout", "nan", "--out", f"{R}/o"], ["--timeout nan"]),
+    ("timeout-negative", [*BASE, "--ratio", "0.2", "--timeout", "-5", "--out", f"{R}/o"], ["--timeout -5"]),
+    ("timeout-inf", [*BASE, "--ratio", "0.2", "--timeout", "inf", "--out", f"{R}/o"], ["--timeout inf"]),
+    ("workers-zero", [*BASE, "--ratio", "0.2", "--workers", "0", "--out", f"{R}/o"], ["--workers 0"]),
+    ("spread-zero", [*BASE, "--ratio", "0.2", "--spread", "0", "--out", f"{R}/o"], ["spread 0"]),
+    ("spread-nan", [*BASE, "--ratio", "0.2", "--spread", "nan", "--out", f"{R}/o"], ["spread nan"]),
+    ("step-too-long", [*BASE, "--ratio", "0.2", "--step", "2", "--out", f"{R}/o"], ["step 2.0", "log2"]),
+    ("screen-past-epoch", [*BASE, "--ratio", "0.2", "--screen", "1.5", "--out", f"{R}/o"], ["screen 1.5"]),
+    ("keep-zero", [*BASE, "--ratio", "0.2", "--keep", "0", "--out", f"{R}/o"], ["keep 0.0"]),
+    ("screen-samples-negative", [*BASE, "--ratio", "0.2", "--screen-samples", "-5", "--out", f"{R}/o"], ["--screen-samples -5"]),
+    ("seed-negative", [*BASE, "--ratio", "0.2", "--seed", "-1", "--out", f"{R}/o"], ["seed -1"]),
+    ("epochs-negative", [*BASE[:-2], "--epochs", "-1", "--ratio", "0.2", "--out", f"{R}/o"], ["--epochs -1"]),
+    ("distill-two", [*BASE, "--ratio", "0.2", "--distill", "2", "--out", f"{R}/o"], ["distill", "[0, 1]"]),
+    ("rank-multiple-zero", [*BASE, "--ratio", "0.2", "--rank-multiple", "0", "--out", f"{R}/o"], ["--rank-multiple 0"]),
+    ("out-empty", [*BASE, "--ratio", "0.2", "--out", ""], ["--out is empty"]),
+    ("out-is-file", [*BASE, "--ratio", "0.2", "--out", f"{R}/a_file"], ["is a file"]),
+    ("out-under-file", [*BASE, "--ratio", "0.2", "--out", f"{R}/a_file/sub"], ["under the file"]),
+    ("out-finished", [*BASE, "--ratio", "0.3", "--out", f"{R}/done"], ["already holds", "--resume"]),
+    ("out-other-study", [*BASE, "--ratio", "0.2", "--out", f"{R}/done", "--resume"], ["tiny-digits@0.3", "tiny-digits@0.2"]),
+    ("resume-other-settings", [*BASE, "--ratio", "0.3", "--spread", "1", "--out", f"{R}/done", "--resume"], ["spread=3.0"]),
+    ("storage-folder", [*BASE, "--ratio", "0.2", "--storage", f"{R}/folder", "--out", f"{R}/o"], ["is a folder"]),
+    ("storage-under-file", [*BASE, "--ratio", "0.2", "--storage", f"{R}/a_file/s.journal", "--out", f"{R}/o"], ["under the file"]),
+    ("storage-scheme", [*BASE, "--ratio", "0.2", "--storage", "nosuchdb://x/y", "--out", f"{R}/o"], ["nosuchdb"]),
+    ("storage-driver", [*BASE, "--ratio", "0.2", "--storage", "mysql://u@127.0.0.1/db", "--out", f"{R}/o"], ["driver", "pip install"]),
+    ("storage-refused", [*BASE, "--ratio", "0.2", "--storage", "postgresql://u@127.0.0.1:1/db", "--out", f"{R}/o"],
+     ["cannot be reached", "database server"]),
+    ("artifacts-is-file", [*BASE, "--ratio", "0.2", "--artifacts", f"{R}/a_file", "--out", f"{R}/o"], ["--artifacts", "is a file"]),
+    ("space-unknown", ["search", "--space", "no-such-space", *BASE[3:], "--ratio", "0.2", "--out", f"{R}/o"], ["no-such-space", "mnist5k-cnn"]),
+    ("space-bad-yaml", ["solve", "--space", f"{R}/bad.yaml", "--ratio", "0.2", "--out", f"{R}/o.json"], ["not valid YAML"]),
+    ("factory-raises", ["solve", "--space", f"{R}/raises.yaml", "--ratio", "0.2", "--out", f"{R}/o.json"], ["tinyspace:build_model", "raised"]),
+    ("weights-other-model", [*BASE, "--ratio", "0.2", "--weights", f"{R}/other.pt", "--out", f"{R}/o"], ["does not fit", "tiny-digits"]),
+    ("weights-text", [*BASE, "--ratio", "0.2", "--weights", f"{R}/text.pt", "--out", f"{R}/o"], ["corrupt"]),
+    ("weights-empty", [*BASE, "--ratio", "0.2", "--weights", f"{R}/empty.pt", "--out", f"{R}/o"], ["corrupt"]),
+    ("weights-renamed", [*BASE, "--ratio", "0.2", "--weights", f"{R}/renamed.pt", "--out", f"{R}/o"], ["corrupt"]),
+    ("weights-missing", [*BASE, "--ratio", "0.2", "--weights", f"{R}/none.pt", "--out", f"{R}/o"], ["does not exist"]),
+    ("solve-negative-bound", ["solve", "--space", "tiny-digits", "--mse-bound", "-1", "--out", f"{R}/o.json"], ["--mse-bound -1"]),
+    ("solve-nan-bound", ["solve", "--space", "tiny-digits", "--mse-bound", "nan", "--out", f"{R}/o.json"], ["--mse-bound nan"]),
+    ("solve-out-folder", ["solve", "--space", "tiny-digits", "--ratio", "0.2", "--out", f"{R}/folder"], ["is a folder"]),
+    ("apply-list-ranks", ["apply", "--space", "tiny-digits", "--config", f"{R}/list_ranks.json", "--out", f"{R}/o.st"], ["'ranks'"]),
+    ("apply-list-layers", ["apply", "--space", "tiny-digits", "--config", f"{R}/list_layers.json", "--out", f"{R}/o.st"], ["'layers'"]),
+    ("apply-str-source", ["apply", "--space", "tiny-digits", "--config", f"{R}/str_source.json", "--out", f"{R}/o.st"], ["'source'"]),
+    ("apply-str-matrix", ["apply", "--space", "tiny-digits", "--config", f"{R}/str_matrix.json", "--out", f"{R}/o.st"], ["matrix"]),
+    ("apply-not-json", ["apply", "--space", "tiny-digits", "--config", f"{R}/not_json.json", "--out", f"{R}/o.st"], ["not valid JSON"]),
+    ("apply-missing", ["apply", "--space", "tiny-digits", "--config", f"{R}/none.json", "--out", f"{R}/o.st"], ["does not exist"]),
+    ("apply-growth", ["apply", "--space", "tiny-digits", "--config", f"{R}/grow.json", "--out", f"{R}/o.st"], ["--allow-growth"]),
+    ("worker-no-storage", ["worker", "--storage", f"{R}/none.journal", "--study-name", "x"], ["does not exist"]),
+    ("worker-unknown-study", ["worker", "--storage", f"{R}/done/study.journal", "--study-name", "x"], ["'x' is not in this storage"]),
+    ("export-unknown-study", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "x", "--out", f"{R}/o"],
+     ["'x' is not in this storage"]),
+    ("export-artifacts-missing", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out",
+                                  f"{R}/o", "--artifacts", f"{R}/nope"], ["--artifacts", "does not exist"]),
+    ("export-artifacts-wrong", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out",
+                                f"{R}/o", "--artifacts", f"{R}/folder"], ["not in the artifact folder", "--artifacts"]),
+    ("export-out-is-file", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--out", f"{R}/a_file"],
+     ["is a file"]),
+    ("export-neither", ["export", "--out", f"{R}/o"], ["--storage and --study-name", "--config"]),
+    ("export-format-with-study", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--format", "onnx",
+                                  "--out", f"{R}/o"], ["--format", "only go with --config"]),
+    ("export-config-and-study", ["export", "--config", f"{R}/done/rank_config.json", "--storage", f"{R}/done/study.journal",
+                                 "--format", "onnx", "--out", f"{R}/m.onnx"], ["--storage", "one or the other"]),
+    ("export-config-no-format", ["export", "--config", f"{R}/done/rank_config.json", "--out", f"{R}/m.onnx"], ["needs --format", "onnx"]),
+    ("export-unknown-format", ["export", "--config", f"{R}/done/rank_config.json", "--format", "tflite", "--out", f"{R}/m.tflite"],
+     ["--format", "'tflite'", "onnx"]),
+    ("export-config-not-json", ["export", "--config", f"{R}/not_json.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["not valid JSON"]),
+    ("export-config-missing", ["export", "--config", f"{R}/none.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["does not exist"]),
+    ("export-config-list-ranks", ["export", "--config", f"{R}/list_ranks.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["'ranks'"]),
+    ("export-config-out-folder", ["export", "--config", f"{R}/done/rank_config.json", "--format", "onnx", "--out", f"{R}/folder"],
+     ["is a folder"]),
+    ("export-config-other-space", ["export", "--config", f"{R}/done/rank_config.json", "--space", "mnist5k-cnn", "--format", "onnx",
+                                   "--out", f"{R}/m.onnx"], ["tiny-digits", "mnist5k-cnn"]),
+    ("export-config-dense-weights", ["export", "--config", f"{R}/done/rank_config.json", "--weights", f"{R}/tiny.safetensors",
+                                     "--format", "onnx", "--out", f"{R}/m.onnx"], ["do not fit", "missing", "saved beside it"]),
+    ("export-config-other-weights", ["export", "--config", f"{R}/done/rank_config.json", "--weights", f"{R}/other.pt",
+                                     "--format", "onnx", "--out", f"{R}/m.onnx"], ["do not fit"]),
+    ("export-config-corrupt-weights", ["export", "--config", f"{R}/done/rank_config.json", "--weights", f"{R}/renamed.pt",
+                                       "--format", "onnx", "--out", f"{R}/m.onnx"], ["corrupt"]),
+    ("export-config-growth", ["export", "--config", f"{R}/grow.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["--allow-growth"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(work, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(work)  # a relative or empty path would land here, where the snapshot sees it
+    before = _snapshot(work)
+    args = [a.replace(R, str(work)) for a in argv]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("ranksearch"), lines
+    for w in words:
+        assert w in errors[0], errors[0]
+    assert _snapshot(work) == before  # nothing new, nothing overwritten
+
+
+def test_cache_folder_that_is_a_file_fails_before_any_training(work, capsys, monkeypatch):
+    monkeypatch.setenv("RANKSEARCH_CACHE", str(work / "a_file"))
+    before = _snapshot(work)
+    assert main([*BASE, "--ratio", "0.2", "--out", str(work / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "RANKSEARCH_CACHE" in err and "Traceback" not in err and "epoch" not in err
+    assert _snapshot(work) == before
+
+
+def test_debug_shows_the_traceback(work):
+    with pytest.raises(Exception, match="does not fit"):
+        main([*BASE, "--ratio", "0.2", "--weights", str(work / "other.pt"), "--out", str(work / "o"), "--debug"])
+
+
+def test_at_least_forty_cases():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_apply_allows_growth_when_asked(work):
+    out = work.parent / "grown.safetensors"
+    assert main(["apply", "--space", "tiny-digits", "--config", str(work / "grow.json"), "--out", str(out), "--allow-growth"]) == 0
+    assert out.is_file()
+    os.remove(out)

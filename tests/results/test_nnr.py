@@ -1,0 +1,138 @@
+"""The NNR bitstream (NNCodec): decomposed layers as G/H with the rank signalled, decoded back exactly to what
+the encoder quantized; ``ranksearch export --format nnr --verify``; clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ranksearch import RankConfig, load_factorized, load_space
+from ranksearch.cli import main
+from ranksearch.core._layers import LowRank
+from ranksearch.errors import RankSearchError
+
+nnc_core = pytest.importorskip("nncodec.nnc_core")
+
+from ranksearch.results._nnr import _encode, _model_info, decode, encode, nnr_parameters  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nnr") / "run"
+    assert main(["search", "--space", "tiny-digits", "--ratio", "0.3", "--trials", "3", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    space = load_space("tiny-digits")
+    model = load_factorized(space.build_architecture(), RankConfig.load(out / "rank_config.json"), out / "factorized.safetensors")
+    return out, model.eval()
+
+
+def test_pairs_are_coded_as_g_and_h_with_their_rank_and_decode_exactly(searched):
+    _, model = searched
+    pairs = {n: m for n, m in model.named_modules() if isinstance(m, LowRank)}
+    assert pairs
+    data, quantized = _encode(model, qp=-38)
+    coded = decode(data, recompose=False)
+    assert set(coded) == set(quantized)
+    for key, value in quantized.items():  # the decoder gives back exactly what the encoder quantized
+        assert np.array_equal(coded[key], value), key
+    for name, pair in pairs.items():
+        g, h = coded[f"{name}.weight_G"], coded[f"{name}.weight_H"]
+        assert g.shape == (pair.weight_shape[0], pair.rank) and h.shape == (pair.rank, int(np.prod(pair.weight_shape)) // pair.weight_shape[0])
+        assert f"{name}.weight" not in coded  # X itself is not in the stream, only its pair
+    dense = decode(data)
+    for name, pair in pairs.items():
+        x = dense[f"{name}.weight"]
+        g, h = coded[f"{name}.weight_G"], coded[f"{name}.weight_H"]
+        assert x.shape == pair.weight_shape and np.array_equal(x, (g @ h).reshape(pair.weight_shape))
+        w = pair.weight.detach().numpy()
+        assert np.abs(x - w).max() <= 0.05 * np.abs(w).max()  # qp -38: within a few quantization steps of the float weight
+    assert dense.keys() == set(model.state_dict()) - {k for n in pairs for k in model.state_dict() if k.startswith(f"{n}.")} \
+        | {f"{n}.weight" for n in pairs} | {f"{n}.bias" for n, p in pairs.items() if p.bias is not None}
+
+
+def test_the_stream_is_nncodecs_own_compress_output(searched):
+    """encode() runs NNCodec's core with the settings of its nnc.compress defaults: byte-identical streams."""
+    nnc = pytest.importorskip("nncodec.nnc", reason="NNCodec's front end needs OpenCV and h5py")
+    _, model = searched
+    params, decomposed = nnr_parameters(model)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = nnc.compress(dict(params), bitstream_path=None, qp=-30, model=_model_info(nnc_core, params, decomposed),
+                           return_bitstream=True)
+    assert encode(model, qp=-30) == bytes(ref)
+
+
+def test_finer_qp_costs_more_bytes_and_less_error(searched):
+    _, model = searched
+    pair_name = next(n for n, m in model.named_modules() if isinstance(m, LowRank))
+    w = dict(model.named_modules())[pair_name].weight.detach().numpy()
+    sizes, errors = [], []
+    for qp in (-26, -38, -50):
+        data = encode(model, qp=qp)
+        sizes.append(len(data))
+        errors.append(float(np.abs(decode(data)[f"{pair_name}.weight"] - w).max()))
+    assert sizes[0] < sizes[1] < sizes[2] and errors[0] > errors[1] > errors[2]
+
+
+def test_export_nnr_verify_prints_bytes_and_the_metric(searched, tmp_path, capsys):
+    out, model = searched
+    path = tmp_path / "model.nnr"
+    assert main(["export", "--config", str(out / "rank_config.json"), "--weights", str(out / "factorized.safetensors"),
+                 "--format", "nnr", "--out", str(path), "--verify"]) == 0
+    text = capsys.readouterr().out
+    size = path.stat().st_size
+    assert f"{size:,} bytes at qp -38" in text
+    m = re.search(r"verified: ([\d,]+) bytes, the dense model's bitstream at qp -38 ([\d,]+) bytes \(([\d.]+)x\); "
+                  r"test accuracy ([\d.]+) before coding, ([\d.]+) after decoding", text)
+    assert m, text
+    dense_bytes = int(m.group(2).replace(",", ""))
+    assert int(m.group(1).replace(",", "")) == size < dense_bytes
+    assert abs(float(m.group(4)) - float(m.group(5))) <= 0.005  # the coding costs at most half a point
+    space = load_space("tiny-digits")
+    from ranksearch.core._retrain import evaluate
+
+    task = space.build_task()
+    assert float(m.group(4)) == pytest.approx(evaluate(model, task.test, task.metric), abs=5e-5)
+    assert dense_bytes == len(encode(space.build_model(task)))
+
+
+def test_bad_nnr_input_fails_in_one_line(searched, tmp_path, capsys, monkeypatch):
+    out, _ = searched
+    bad = tmp_path / "bad.nnr"
+    bad.write_bytes(b"\x00\x01not a bitstream" * 10)
+    with pytest.raises(RankSearchError, match="cannot be decoded"):
+        decode(bad)
+    assert main(["export", "--config", str(out / "rank_config.json"), "--format", "onnx", "--qp", "-30",
+                 "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--qp and --verify go with --format nnr" in err[0]
+    monkeypatch.setitem(sys.modules, "nncodec.nnc_core", None)  # as if NNCodec were not installed
+    target = tmp_path / "none.nnr"
+    assert main(["export", "--config", str(out / "rank_config.json"), "--format", "nnr", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install --no-deps 'nncodec==2.1.3'" in err[0] and not target.exists()
+
+
+def test_every_layer_type_round_trips_through_the_stream():
+    """Linear, Conv1d, Conv2d and a ConvTranspose2d whose bias is longer than its weight's first dimension
+    (NNCodec sizes a block's bias by it): each decodes to its recomposed weight and its own bias."""
+    from ranksearch.core._surgery import factorize
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"lin": torch.nn.Linear(24, 16), "c1": torch.nn.Conv1d(6, 12, 3), "c2": torch.nn.Conv2d(8, 16, 3),
+                                 "up": torch.nn.ConvTranspose2d(6, 10, 3), "plain": torch.nn.Conv2d(4, 4, 1, bias=False)})
+    small = factorize(model, {"lin": 4, "c1": 3, "c2": 5, "up": 2})
+    data, quantized = _encode(small, qp=-42)
+    out = decode(data)
+    assert set(out) == set(model.state_dict())
+    for name in ("lin", "c1", "c2", "up"):
+        pair = dict(small.named_modules())[name]
+        g, h = quantized[f"{name}.weight_G"], quantized[f"{name}.weight_H"]
+        assert np.array_equal(out[f"{name}.weight"], (g @ h).reshape(pair.weight_shape))
+        assert np.array_equal(out[f"{name}.bias"], quantized[f"{name}.bias"]) and out[f"{name}.bias"].shape == pair.bias.shape
+    assert np.array_equal(out["plain.weight"], quantized["plain.weight"])
