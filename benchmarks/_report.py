@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: print a markdown section and put it in the results file, in place of the last run's."""
+"""Shared by the benchmarks: print a markdown section and put it in the log file, in place of the last run's."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ def publish(lines: list[str], out: str | Path, key: str | None = None) -> None:
 
     The section replaces the one in ``out`` whose title is ``key`` (default: this section's own title),
     from its ``## `` line to the next (or the end); with none, it is appended. The top matter before the
-    first section stays; a missing file is created with a ``# Benchmark results`` heading.
+    first section stays; a missing file is created with a ``# Benchmark log`` heading.
     """
     text = "\n".join(lines).rstrip() + "\n"
     print(text)
     key = section_key(lines[0]) if key is None else key
     path = Path(out)
-    parts = re.split(r"(?m)^(?=## )", path.read_text() if path.exists() else "# Benchmark results\n")
+    parts = re.split(r"(?m)^(?=## )", path.read_text() if path.exists() else "# Benchmark log\n")
     at = next((i for i, p in enumerate(parts[1:], 1) if section_key(p.partition("\n")[0]) == key), None)
     if at is None:
         parts[-1] = parts[-1].rstrip() + "\n\n"

@@ -3,7 +3,7 @@
 Each raw file holds the studies of one quality run; the variants are compared on the (space,
 working point, seed) cases they all ran, with 48 trials (``new`` studies only). Cells: median over
 those seeds of the search's pick on the test split, the best sampled trial's, the trials retrained
-fully and the wall time per study. Writes its section to benchmarks/RESULTS.md.
+fully and the wall time per study. Writes its section to benchmarks/LOG.md.
 
     python benchmarks/compare_variants.py --raw defaults=/tmp/m1.json,incumbent-cmaes=/tmp/v_cmaes.json
 """
@@ -23,7 +23,7 @@ from quality import _figures
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", required=True, help="comma list of LABEL=FILE[+FILE...] (quality.py --raw files)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     runs = {}
     for item in args.raw.split(","):
@@ -48,7 +48,7 @@ def main() -> None:
     ]
     for space, wp in cases:
         cells = []
-        for label, r in runs.items():
+        for r in runs.values():
             figs = [_figures(r[(space, wp, seed)]) for seed in seeds if (space, wp, seed) in common]
             med = {k: statistics.median(f[k] for f in figs) for k in ("pick", "sampled", "full", "wall")}
             cells.append(f"{med['pick']:.4f} ({med['sampled']:.4f}), full {med['full']:.0f}, {med['wall']:.0f} s")

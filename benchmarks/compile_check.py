@@ -24,8 +24,8 @@ import torchvision
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from torch import nn
 
-from ranksearch.core._allocation import apply, solve
-from ranksearch.spaces._space import cache_root, load_space
+from ranksearch.core import apply, solve
+from ranksearch.spaces import cache_root, load_space
 from ranksearch.spaces.zoo import codec, mnist_cnn
 
 #: space name -> (dense model factory, input shape of one batch)
@@ -74,7 +74,7 @@ def layout_decision(model: nn.Module, x: torch.Tensor) -> tuple[bool, int, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--out", default=None, help="write the table to this results file, in place of the last run's (default: print only)")
+    ap.add_argument("--out", default=None, help="write the table to this log file (e.g. benchmarks/LOG.md), in place of the last run's (default: print only)")
     args = ap.parse_args(argv)
     lines = [
         "| model | variant | WP | graphs / breaks (contiguous) | graphs / breaks (channels-last) | convolutions | in-out | CUDA layout opt |",

@@ -72,31 +72,31 @@ def _allocations(runs: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], 
 def _study_views(name: str, settings_json: str) -> tuple[Any, Any, Any]:
     """(task, dense model, views) of a study, once per process: a pool worker retrains many allocations of it."""
     from ranksearch import SearchSettings
-    from ranksearch.study._worker import views_for
+    from ranksearch.study import views_for
 
     _, task, model = _load(name)
-    return task, model, views_for(model, SearchSettings.from_dict(json.loads(settings_json)), task, None, None)
+    settings = SearchSettings.from_dict(json.loads(settings_json))
+    return task, model, views_for(model, settings.exclude, settings.factor_kind, task, None, None)
 
 
 def _retrain(name: str, alloc: dict[str, Any], seeds: list[int]) -> list[tuple[float, float]]:
     """(validation, test) metric of ``alloc``'s ranks retrained once per seed, as a trial of its study retrains."""
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
-    from ranksearch import SearchSettings
-    from ranksearch.core._retrain import RetrainSettings
-    from ranksearch.core._surgery import factorize
-    from ranksearch.study._objective import task_callables, val_subset
+    from ranksearch import FactorKind, RetrainSettings, SearchSettings, factorize
+    from ranksearch.study import task_callables
 
     task, model, views = _study_views(name, json.dumps(alloc["settings"], sort_keys=True))
     settings = SearchSettings.from_dict(alloc["settings"])
-    _, factors = views.of(alloc["factors"])
+    _, factors = views.of(FactorKind(alloc["factors"]))
     out = []
     for seed in seeds:
-        _, retrain, test = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), seed,
-                                          settings.screen, val_subset(task, settings.screen_samples))
+        calls = task_callables(task, settings.retrain or RetrainSettings(), copy.deepcopy(model), seed,
+                               settings.screen, settings.screen_samples)
+        assert calls.retrain is not None and calls.test is not None  # a task's callables have both
         small = factorize(model, {n: int(r) for n, r in alloc["ranks"].items()}, factors)
-        val = retrain(small, report=lambda step, value, last=False: None)
-        out.append((float(val), float(test(small))))
+        val = calls.retrain(small, report=lambda step, value, last=False: None)
+        out.append((float(val), float(calls.test(small))))
     return out
 
 
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--select", type=int, default=0,
                     help="also the pick under noise: per study, this many trials best on validation retrained with "
                          "--repeats new seeds, chosen by their mean validation (0: not)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -229,13 +229,15 @@ def _select(runs: list[dict[str, Any]], keys: list[tuple[str, float]], args: arg
         space, task, model = _load(key[0])
         m = {k: statistics.median(v) for k, v in (("enq", enq), ("pick", pick), ("noisy", noisy))}
         se = _test_se(task, model, task.metric, m["enq"])
-
-        def cell(k: str, v: list[float]) -> str:
-            return f"{m[k]:.4f} ({'/'.join(f'{x:.4f}' for x in v)}) ({(m[k] - m['enq']) / se:+.2f})"
-
+        cell = functools.partial(_cell, m, se)
         lines.append(f"| {key[0]} | {key[1]} | {se:.4f} | {m['enq']:.4f} | {cell('pick', pick)} | {cell('noisy', noisy)} | "
                      f"{', '.join(chosen)} | {args.select * args.repeats} |")
     return lines
+
+
+def _cell(m: dict[str, float], se: float, k: str, v: list[float]) -> str:
+    """The median ``m[k]``, each seed's figure ``v`` and the median's difference to the enqueued one in ``se``."""
+    return f"{m[k]:.4f} ({'/'.join(f'{x:.4f}' for x in v)}) ({(m[k] - m['enq']) / se:+.2f})"
 
 
 if __name__ == "__main__":

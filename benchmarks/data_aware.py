@@ -2,7 +2,7 @@
 
 For each space and working point, the ranks are the CE1 rule's (plain curves, one MSE bound); the same
 ranks are then built from plain SVD factors and from data-aware factors (512 training samples), and the
-test metric is measured without retraining. Writes its section to benchmarks/RESULTS.md.
+test metric is measured without retraining. Writes its section to benchmarks/LOG.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/data_aware.py --spaces mnist5k-cnn,dcase-audio,image-compression
 """
@@ -17,17 +17,25 @@ from pathlib import Path
 import torch
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-from ranksearch import count_params, factorize, load_space, spectra
-from ranksearch.core._calibrate import calibration_batches, input_moments, whitened
-from ranksearch.core._retrain import evaluate
-from ranksearch.core._solver import solve_ratio
-from ranksearch.core._surgery import find_layers, layer_factors
+from ranksearch import load_space
+from ranksearch.core import (
+    calibration_batches,
+    count_params,
+    evaluate,
+    factorize,
+    find_layers,
+    input_moments,
+    layer_factors,
+    solve_ratio,
+    spectra,
+    whitened,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--spaces", default="mnist5k-cnn,dcase-audio,image-compression")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     rows = []
     for name in args.spaces.split(","):

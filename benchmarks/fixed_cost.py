@@ -3,7 +3,7 @@
 For each space, a search of one trial at its most aggressive working point sets its study up (spectra,
 factors with calibration, the dense model's metric, the sensitivity table), and the study's stored
 ``fixed_cost`` is reported: seconds per part and evaluations of the model. Writes its section to
-benchmarks/RESULTS.md.
+benchmarks/LOG.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/fixed_cost.py --spaces vit-mnist,dcase-audio
 """
@@ -28,12 +28,13 @@ def main() -> None:
     ap.add_argument("--settings", default="{}", help="JSON of SearchSettings fields (default: ranksearch's defaults)")
     ap.add_argument("--label", default="defaults")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from ranksearch import SearchSettings, load_space, search
-    from ranksearch.core._surgery import find_layers
+    from ranksearch import RunOptions, SearchSettings, load_space, search
+    from ranksearch.core import find_layers
+    from ranksearch.study import read_study
 
     options = json.loads(args.settings)
     load_before = os.getloadavg()[0]
@@ -45,8 +46,9 @@ def main() -> None:
         wp = min(space.working_points)
         settings = SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=0, exclude=tuple(space.exclude),
                                   rank_multiple=space.rank_multiple, min_rank=space.min_rank, **options)
-        res = search(model, settings, task=task, n_trials=1)
-        cost = res.study.user_attrs["ranksearch:fixed_cost"]
+        res = search(model, settings, task=task, run=RunOptions(n_trials=1))
+        cost = read_study(res.study).fixed_cost
+        assert cost is not None, f"{name}: the study recorded no fixed cost"
         layers = len(find_layers(model, space.exclude).eligible)
         rows.append((name, wp, layers, len(task.val), cost))  # type: ignore[arg-type]
         print(name, cost, flush=True)

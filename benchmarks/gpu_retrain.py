@@ -3,7 +3,7 @@
 For each model, at every working point of its space (``search_spaces/<model>.yaml``) and each rank
 multiple, the factorized model takes the CE1 seed rule's ranks (``solve``: one MSE bound); each is
 timed in eager mode and through ``torch.compile`` exactly as the built-in retrain compiles it
-(:func:`ranksearch.core._retrain.compile_for_training`), against the dense model in the same mode. A training
+(:func:`ranksearch.core.compile_for_training`), against the dense model in the same mode. A training
 step loop on synthetic tensors (no data loading): SGD, and on CUDA the retrain's bf16 autocast and
 channels-last, no host synchronization inside the timed loop; on CPU fp32 and contiguous, as ``fit``
 trains there. Figures: medians over ``--repeats`` runs of ``--steps`` steps after ``--warmup`` steps (the
@@ -33,10 +33,8 @@ import torchvision
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from torch import nn
 
-from ranksearch.core._allocation import solve
-from ranksearch.core._retrain import compile_for_training
-from ranksearch.core._surgery import count_params, factorize, find_layers, layer_factors
-from ranksearch.spaces._space import cache_root, load_space
+from ranksearch.core import compile_for_training, count_params, factorize, find_layers, layer_factors, solve
+from ranksearch.spaces import cache_root, load_space
 
 MODES = ("eager", "compiled")
 
@@ -125,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--inductor-layout", action="store_true",
                     help="CUDA, compiled: leave the layout to inductor's own rule (off for most factorized models), "
                          "instead of keeping channels-last as fit does")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     return ap
 
 
@@ -189,7 +187,7 @@ def _publish(args: argparse.Namespace, device: torch.device, rows: list, load_be
         f"torch {torch.__version__}, {'bf16 autocast, channels-last' if cuda else 'fp32, contiguous (as fit trains on a CPU)'}"
         f"{' (compiled: inductor layout rule)' if cuda and args.inductor_layout else ' (compiled: channels-last kept)' if cuda else ''}, "
         f"synthetic {args.size}x{args.size} inputs, batch {args.batch}, SGD; images/s are medians of {args.repeats} runs of "
-        f"{args.steps} steps after {args.warmup} warm-up steps; compiled = `ranksearch.core._retrain.compile_for_training` "
+        f"{args.steps} steps after {args.warmup} warm-up steps; compiled = `ranksearch.core.compile_for_training` "
         f"(torch.compile, inductor, dynamic=False), its first call timed apart (*compile s*). Ranks: CE1 seed rule at each "
         f"working point, rounded to the rank multiple *k*; random weights. Load average (1 min) before {load_before:.2f}, "
         f"after {load_after:.2f}; {wall:.0f} s in all.",

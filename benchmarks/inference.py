@@ -8,7 +8,7 @@ number of intra-op threads. The runs are interleaved (one run of every model per
 the machine's load hits all models alike; the figure is the median over the rounds, at batch 1 and at
 ``--batch``. Inputs: the space's real test inputs when its task can be built here, else random ones of
 its input shape (ResNet50 without a local ImageNet folder; its weights are then the random init, which
-only changes which ranks the rule picks, not what a rank costs). Writes its section to benchmarks/RESULTS.md.
+only changes which ranks the rule picks, not what a rank costs). Writes its section to benchmarks/LOG.md.
 
     python benchmarks/inference.py --spaces mnist5k-cnn,resnet50 --threads 2
 """
@@ -76,8 +76,8 @@ def _time(sessions: dict[str, Any], x: torch.Tensor, repeats: int, warmup: int =
 
 def _space_rows(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[str], dict[str, Any]]:
     from ranksearch import apply, count_params, load_space, solve
-    from ranksearch.results._formats import LAYER_OPS, onnx_op_counts, write_model
-    from ranksearch.spaces._space import cache_root
+    from ranksearch.results import LAYER_OPS, onnx_op_counts, write_model
+    from ranksearch.spaces import cache_root
 
     space = load_space(name)
     task, x_big, source = _inputs(space, args.batch)
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="the larger batch (the other is 1)")
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds per batch size (median)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (and torch's)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime

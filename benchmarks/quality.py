@@ -16,7 +16,7 @@ no sampled trial wins), of the best sampled trial, of the search's pick and whic
 difference pick - best enqueued in standard errors of the test split, the same difference paired (both
 models scored on the same test samples, divided by the standard error of the per-sample differences: the
 statistic for "is the pick better on this test split"; both trials' retrained weights are kept for it in
-a temporary artifact store), trials retrained fully, and wall time. Writes its section to benchmarks/RESULTS.md; with ``--raw`` also a headroom section (the
+a temporary artifact store), trials retrained fully, and wall time. Writes its section to benchmarks/LOG.md; with ``--raw`` also a headroom section (the
 pick, the sampled trial best on *test*, an oracle, and the dense model, against the best enqueued
 allocation), which ``--from-raw FILE`` makes again from a kept raw file (benchmarks/raw/) without
 running anything.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import logging
 import math
@@ -60,9 +61,7 @@ def _grid(options: dict[str, Any], model: Any, space: Any, wp: float) -> dict[st
     (8, halved until the point is reachable), so that its accuracy effect is measured on this CPU."""
     if options.get("rank_multiple") != "cuda":
         return options
-    from ranksearch import count_params
-    from ranksearch.core._cost import rank_multiple_for
-    from ranksearch.core._spectra import spectra
+    from ranksearch.core import count_params, rank_multiple_for, spectra
 
     curves = spectra(model, exclude=space.exclude)
     return {**options, "rank_multiple": rank_multiple_for(torch.device("cuda"), 1, curves, wp, count_params(model), space.min_rank)}
@@ -80,31 +79,39 @@ def _job(name: str, wp: float, seed: int, variant: str, options: dict[str, Any],
     """One study in its own process (one thread); returns its trials' figures."""
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
-    from ranksearch import search
+    from ranksearch import Components, RunOptions, search
 
     space, task, model = _load(name)
     with tempfile.TemporaryDirectory() as arts:  # the trials' weights (best so far), for the paired figures
         t0 = time.time()
-        res = search(model, _settings(space, wp, seed, _grid(options, model, space, wp)), task=task, n_trials=trials,
-                     sensitivity=sensitivity, artifacts=arts)
+        res = search(model, _settings(space, wp, seed, _grid(options, model, space, wp)), task=task,
+                     run=RunOptions(n_trials=trials, artifacts=arts), given=Components(sensitivity=sensitivity))
         wall = time.time() - t0
-        rows = [{"number": t.number, "method": t.user_attrs.get("method"), "state": t.state.name, "val": t.value,
-                 "test": t.user_attrs.get("test"), "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
-                 "full": t.state.name == "COMPLETE" and "same_as" not in t.user_attrs,
-                 "ranks": t.user_attrs.get("ranks"), "factors": t.user_attrs.get("factors")}
-                for t in res.study.trials]
+        rows = [_row(t, t0) for t in res.study.trials]
         paired = {str(first): _paired(res.study, model, task, arts, rows, first) for first in (12, None)}
     return {"space": name, "wp": wp, "seed": seed, "variant": variant, "wall": wall, "trials": rows,
-            "settings": res.config.search["settings"], "paired": paired}
+            "settings": json.loads(json.dumps(res.config.search["settings"])), "paired": paired}  # plain JSON values
+
+
+def _row(t: Any, t0: float) -> dict[str, Any]:
+    """A trial's figures as the raw file keeps them (plain JSON values)."""
+    from ranksearch import TrialRecord
+
+    r = TrialRecord.of(t)
+    return {"number": t.number, "method": str(r.method), "state": t.state.name, "val": t.value, "test": r.test,
+            "end": t.datetime_complete.timestamp() - t0 if t.datetime_complete else None,
+            "full": t.state.name == "COMPLETE" and r.same_as is None,
+            "ranks": r.ranks, "factors": None if r.factors is None else str(r.factors)}
 
 
 def _paired(study: Any, model: Any, task: Any, arts: str, rows: list[dict[str, Any]], first: int | None) -> dict[str, Any] | None:
     """The pick minus the best enqueued allocation on the same test samples (among the first ``first``
     finished trials): mean difference and its standard error, stdev(differences) / sqrt(n). Both trials
     were the best so far when they finished, so their retrained weights are in the artifact store."""
-    from ranksearch.core._retrain import sample_scores
-    from ranksearch.results._export import trial_model
-    from ranksearch.study._storage import artifact_store
+    from ranksearch import TrialRecord
+    from ranksearch.core import sample_scores
+    from ranksearch.results import trial_model
+    from ranksearch.study import artifact_store
 
     enq, pick = _chosen(rows, first)
     if enq is None:
@@ -116,8 +123,9 @@ def _paired(study: Any, model: Any, task: Any, arts: str, rows: list[dict[str, A
         if small is None:  # not the best so far when it finished (with several workers): no figure
             return None
         scores[number] = sample_scores(small, task.test, task.metric, forward=task.forward).numpy()
-        if abs(scores[number].mean() - t.user_attrs["test"]) > 1e-4 * max(1.0, abs(t.user_attrs["test"])):
-            raise AssertionError(f"trial {number}: per-sample mean {scores[number].mean()} is not its test {t.user_attrs['test']}")
+        test = TrialRecord.of(t).test
+        if test is None or abs(scores[number].mean() - test) > 1e-4 * max(1.0, abs(test)):
+            raise AssertionError(f"trial {number}: per-sample mean {scores[number].mean()} is not its test {test}")
     d = scores[pick["number"]] - scores[enq["number"]]
     return {"enqueued": enq["number"], "pick": pick["number"], "mean": float(d.mean()),
             "se": float(d.std(ddof=1) / math.sqrt(len(d))), "n": len(d)}
@@ -165,7 +173,7 @@ def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str]
     the best enqueued allocation (on validation), the pick, the sampled trial best *on test* among those
     retrained fully (an oracle: no search can pick by test) and the dense model, each in test SE from the
     best enqueued one. A pick can only beat the enqueued allocation by what the oracle shows."""
-    from ranksearch.core._retrain import evaluate
+    from ranksearch.core import evaluate
 
     lines = [f"## Quality headroom ({label}; from {source}): pick, best sampled on test and dense vs the best enqueued allocation",
              "",
@@ -192,13 +200,20 @@ def _headroom(runs: list[dict[str, Any]], meta: dict[str, Any], order: list[str]
         full = [t["test"] for r in cases for t in r["trials"]
                 if t["method"] == "searched" and t["full"] and t["test"] is not None]
         noise = _retrain_noise(cases)
-
-        def d(x: float) -> str:
-            return f"{x:.4f} ({(x - m['enqueued']) / se:+.2f})"
-
+        d = functools.partial(_versus, base=m["enqueued"], se=se)
         lines.append(f"| {name} | {wp} | {per[0]['trials']} | {len(per)} | {m['enqueued']:.4f} | {d(m['pick'])} | "
                      f"{d(m['oracle'])} | {d(max(full, default=math.nan))}; of {len(full)} | {noise / se:.2f} | {d(dense)} |")
     return lines
+
+
+def _versus(x: float, base: float, se: float) -> str:
+    """``x`` and its difference to ``base`` in standard errors ``se``."""
+    return f"{x:.4f} ({(x - base) / se:+.2f})"
+
+
+def _medians(m: dict[str, float], per: list[dict[str, Any]], key: str) -> str:
+    """The median ``m[key]`` and each seed's figure."""
+    return f"{m[key]:.4f} ({'/'.join(f'{f[key]:.4f}' for f in per)})"
 
 
 def _retrain_noise(cases: list[dict[str, Any]]) -> float:
@@ -218,7 +233,7 @@ def _retrain_noise(cases: list[dict[str, Any]]) -> float:
 def _test_se(task: Any, model: Any, metric: str, p: float) -> float:
     """Standard error of the metric on the test split: binomial for accuracies (at ``p``), else the
     spread of the dense model's per-sample values over sqrt(n)."""
-    from ranksearch.core._retrain import sample_scores
+    from ranksearch.core import sample_scores
 
     n = len(task.test)
     if metric in ("accuracy", "top5"):
@@ -238,7 +253,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="studies run at once, one thread each")
     ap.add_argument("--raw", help="also write every trial's figures to this JSON file")
     ap.add_argument("--from-raw", help="only make the table, from a --raw file of an earlier run")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -253,9 +268,9 @@ def main() -> None:
         if args.from_raw:
             continue
         wps = [float(w) for w in args.wps.split(",")] if args.wps else sorted(space.working_points)[:AGGRESSIVE]
-        from ranksearch import search  # the sensitivity table depends on the dense model and the factors only: once per space
+        from ranksearch import RunOptions, search  # the sensitivity table depends on the dense model and the factors only: once per space
 
-        probe = search(model, _settings(space, wps[0], 0, {**TODAY, "baselines": True}), task=task, n_trials=1)
+        probe = search(model, _settings(space, wps[0], 0, {**TODAY, "baselines": True}), task=task, run=RunOptions(n_trials=1))
         for wp in wps:
             for seed in seeds:
                 jobs.append((name, wp, seed, "new", new, args.trials, probe.sensitivity))
@@ -331,10 +346,7 @@ def main() -> None:
             m = {k: med([f[k] for f in per]) for k in ("enqueued", "sampled", "pick", "full", "wall")}
             se = _test_se(task, model, task.metric, m["enqueued"])
             ratio = f" ({m['wall'] / med(today):.2f}x)" if today else ""
-
-            def cell(key: str) -> str:
-                return f"{m[key]:.4f} ({'/'.join(f'{f[key]:.4f}' for f in per)})"
-
+            cell = functools.partial(_medians, m, per)
             lines.append(f"| {name} | {wp} | {task.metric} | {se:.4f} | {per[0]['trials']} | {label} | {cell('enqueued')} | "
                          f"{cell('sampled')} | {cell('pick')} | {'/'.join(f['picked'] for f in per)} | "
                          f"{(m['pick'] - m['enqueued']) / se:+.2f} | {paired} | {m['full']:.0f} | {m['wall']:.0f}{ratio} |")

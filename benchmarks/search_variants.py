@@ -5,7 +5,7 @@ sensitivity (AIMET-style) allocations are enqueued first, then the variant's sam
 all with the space's short retrain. The sensitivity table is measured once per space and shared, so
 the variants differ only in what they search and how. Reported per variant: median over seeds of the
 best trial's validation metric (what the search optimizes), of its test metric, the worst seed's test
-metric, and the median wall time. Writes its section to benchmarks/RESULTS.md.
+metric, and the median wall time. Writes its section to benchmarks/LOG.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/search_variants.py --spaces mnist5k-cnn --wps 0.03 --trials 12
 """
@@ -24,27 +24,27 @@ from pathlib import Path
 import torch
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-from ranksearch import SearchSettings, load_space, search
+from ranksearch import Components, RunOptions, SearchSettings, load_space, search
 
-#: name -> keyword arguments of ranksearch._api (plus "distill": the retrain's distillation weight)
+#: name -> SearchSettings fields (plus "distill": the retrain's distillation weight)
 VARIANTS: dict[str, dict] = {
     # issue 12's comparison (48 trials, gate pruner): the default, CMA-ES from the best baseline, the old space, TPE with the sensitivity prior
-    "incumbent-local": dict(proposals="incumbent", sampler="local", pruner="gate", factors="data-aware"),
-    "incumbent-cmaes": dict(proposals="incumbent", sampler="cmaes", pruner="gate", factors="data-aware"),
-    "weights-tpe": dict(proposals="weights", sampler="tpe", pruner="gate", factors="data-aware"),
-    "weights-tpe-sensitivity": dict(proposals="weights", sampler="tpe", pruner="gate", prior="sensitivity", factors="data-aware"),
+    "incumbent-local": dict(proposals="incumbent", sampler="local", pruner="gate", factors="data_aware"),
+    "incumbent-cmaes": dict(proposals="incumbent", sampler="cmaes", pruner="gate", factors="data_aware"),
+    "weights-tpe": dict(proposals="weights", sampler="tpe", pruner="gate", factors="data_aware"),
+    "weights-tpe-sensitivity": dict(proposals="weights", sampler="tpe", pruner="gate", prior="sensitivity", factors="data_aware"),
     # issue 5's comparison (12 trials, weights space)
-    "tpe": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware", screen=0.0),
-    "gp": dict(proposals="weights", sampler="gp", pruner="median", prior="sensitivity", factors="data-aware", screen=0.0),
-    "cmaes": dict(proposals="weights", sampler="cmaes", pruner="median", prior="sensitivity", factors="data-aware", screen=0.0),
-    "random": dict(proposals="weights", sampler="random", pruner="median", prior="sensitivity", factors="data-aware", screen=0.0),
-    "tpe-hyperband": dict(proposals="weights", sampler="tpe", pruner="hyperband", prior="sensitivity", factors="data-aware", screen=0.0),
-    "tpe-nopruner": dict(proposals="weights", sampler="tpe", pruner="none", prior="sensitivity", factors="data-aware", screen=0.0),
-    "tpe-prior-none": dict(proposals="weights", sampler="tpe", pruner="median", prior="none", factors="data-aware", screen=0.0),
-    "tpe-group": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware", granularity="group",
+    "tpe": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data_aware", screen=0.0),
+    "gp": dict(proposals="weights", sampler="gp", pruner="median", prior="sensitivity", factors="data_aware", screen=0.0),
+    "cmaes": dict(proposals="weights", sampler="cmaes", pruner="median", prior="sensitivity", factors="data_aware", screen=0.0),
+    "random": dict(proposals="weights", sampler="random", pruner="median", prior="sensitivity", factors="data_aware", screen=0.0),
+    "tpe-hyperband": dict(proposals="weights", sampler="tpe", pruner="hyperband", prior="sensitivity", factors="data_aware", screen=0.0),
+    "tpe-nopruner": dict(proposals="weights", sampler="tpe", pruner="none", prior="sensitivity", factors="data_aware", screen=0.0),
+    "tpe-prior-none": dict(proposals="weights", sampler="tpe", pruner="median", prior="none", factors="data_aware", screen=0.0),
+    "tpe-group": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data_aware", granularity="group",
                       screen=0.0),
     "tpe-plain": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="plain", screen=0.0),
-    "tpe-distill": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data-aware", distill=0.5,
+    "tpe-distill": dict(proposals="weights", sampler="tpe", pruner="median", prior="sensitivity", factors="data_aware", distill=0.5,
                         screen=0.0),
 }
 
@@ -65,11 +65,12 @@ def run(space_name: str, wps: list[float], seeds: list[int], trials: int, varian
                 t0 = time.perf_counter()
                 settings = SearchSettings(target_ratio=wp, model=space.name, retrain=recipe, seed=seed, exclude=tuple(space.exclude),
                                           rank_multiple=space.rank_multiple, min_rank=space.min_rank, **kw)
-                res = search(model, settings, task=task, n_trials=trials, sensitivity=sens.get(kw["factors"]))
+                res = search(model, settings, task=task, run=RunOptions(n_trials=trials),
+                             given=Components(sensitivity=sens.get(kw["factors"])))
                 sens[kw["factors"]] = res.sensitivity
                 s = res.summary
-                runs.append({"val": s["searched"]["val"], "test": s["searched"]["test"], "method": res.config.search["trial_method"],
-                             "wall": time.perf_counter() - t0, "pruned": s["trials"]["pruned"]})
+                runs.append({"val": s.best.val, "test": s.best.test, "method": str(s.best_method),
+                             "wall": time.perf_counter() - t0, "pruned": s.trials.pruned})
                 print(space_name, wp, name, seed, runs[-1], flush=True)
             rows.append({"space": space_name, "wp": wp, "variant": name, "metric": task.metric, "runs": runs,
                          "val": statistics.median(r["val"] for r in runs), "test": statistics.median(r["test"] for r in runs),
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--variants", default=",".join(list(VARIANTS)[:4]))
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]

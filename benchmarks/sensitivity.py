@@ -5,7 +5,7 @@ sensitivity sum, each retrained with the space's recipe) differ only in how the 
 the last two is made: a variant is ``kind`` or ``kind:samples`` (measured: the metric; output: the output
 fidelity; proxy: the curves calibrated on 24 evaluations; samples: the validation subset the probes run
 on). Reported: evaluations spent on the table (and as passes over the whole validation split), seconds,
-and the test metric of the two table-based allocations. Writes its section to benchmarks/RESULTS.md.
+and the test metric of the two table-based allocations. Writes its section to benchmarks/LOG.md.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sensitivity.py --spaces vit-mnist --variants measured,output:64,measured:64
 """
@@ -28,11 +28,12 @@ def main() -> None:
     ap.add_argument("--spaces", default="vit-mnist,mnist5k-cnn")
     ap.add_argument("--variants", default="measured,output:64,measured:64", help="kind or kind:samples, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from ranksearch import SearchSettings, load_space, search
+    from ranksearch import Method, RunOptions, SearchSettings, TrialRecord, load_space, search
+    from ranksearch.study import read_study
 
     variants = args.variants.split(",")
     load_before = os.getloadavg()[0]
@@ -48,11 +49,12 @@ def main() -> None:
                 settings = SearchSettings(target_ratio=wp, model=space.name, retrain=space.retrain, seed=0, exclude=tuple(space.exclude),
                                           rank_multiple=space.rank_multiple, min_rank=space.min_rank, sensitivity=kind,
                                           sensitivity_samples=int(samples or 0))
-                res = search(model, settings, task=task, n_trials=4)
-                by = {t.user_attrs["method"]: t for t in res.study.trials}
-                cost = res.study.user_attrs["ranksearch:fixed_cost"]
+                res = search(model, settings, task=task, run=RunOptions(n_trials=4))
+                by = {r.method: r for r in map(TrialRecord.of, res.study.trials)}
+                cost = read_study(res.study).fixed_cost
+                assert cost is not None, f"{name} @ {wp}, {v}: the study recorded no fixed cost"
                 cells[v] = (cost["sensitivity_evaluations"], cost["split_evaluations"] - cost.get("dense_evaluations", 0), cost["sensitivity_s"],
-                            {m: by[m].user_attrs.get("test") for m in ("sensitivity", "sensitivity_sum") if m in by})
+                            {str(m): by[m].test for m in (Method.SENSITIVITY, Method.SENSITIVITY_SUM) if m in by})
                 print(name, wp, v, cells[v], flush=True)
             rows.append((name, wp, len(task.test), cells))  # type: ignore[arg-type]
     load_after = os.getloadavg()[0]

@@ -2,9 +2,9 @@
 
 Baseline in the same run: the plain CE1 rule (weights all 1). Also times the allocations read from a
 sensitivity table (AIMET-style greedy bisection, ranksearch's sensitivity-sum knapsack) on a table of
-the real size (every layer at its :func:`~ranksearch.study._baselines.probe_ranks`) with synthetic scores
+the real size (every layer at its :func:`~ranksearch.study.probe_ranks`) with synthetic scores
 (the timing depends on the table's shape, not on how the scores were measured).
-Writes a section to benchmarks/RESULTS.md.
+Writes a section to benchmarks/LOG.md.
 
     python benchmarks/solver.py --model resnet50 --repeats 200
 """
@@ -23,10 +23,8 @@ import torch
 import torchvision
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 
-from ranksearch.core._solver import solve_ratio
-from ranksearch.core._spectra import spectra
-from ranksearch.core._surgery import count_params
-from ranksearch.study._baselines import additive_ranks, greedy_ranks, probe_ranks
+from ranksearch.core import count_params, solve_ratio, spectra
+from ranksearch.study import additive_ranks, greedy_ranks, probe_ranks
 
 
 def main() -> None:
@@ -34,7 +32,7 @@ def main() -> None:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)(weights=None)

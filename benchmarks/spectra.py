@@ -5,9 +5,9 @@ eligible weight matrices (``nn.Linear`` weights; ``nn.Conv2d`` with ``groups == 
 ``(out, in * kh * kw)``; grouped/depthwise convs skipped) are timed side by side:
 
 (a) per-layer ``torch.linalg.svdvals`` on float32 (baseline),
-(b) ``ranksearch.core._decompose.singular_values`` per layer,
-(c) ``ranksearch.core._spectra(model, cache_dir=TMP)`` on an empty cache, and
-(d) its second call on the filled cache (both only when ``ranksearch.core._spectra`` exists).
+(b) ``ranksearch.core.singular_values`` per layer,
+(c) ``ranksearch.spectra(model, cache_dir=TMP)`` on an empty cache, and
+(d) its second call on the filled cache (both only when ``ranksearch.spectra`` exists).
 
 Totals are medians over repeats; the errors are ``max |s - s_ref| / s_max`` over all layers, against
 the float32 baseline and (unless ``--no-f64-reference``) a float64 SVD. A markdown section with the
@@ -31,7 +31,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/numpy start 
 import argparse
 import datetime as dt
 import importlib
-import importlib.util
 import platform
 import shlex
 import statistics
@@ -53,22 +52,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BIG_LAYER = 50_000_000  # entries; a model with such a layer gets 1 baseline repeat by default
 
 
-def load_decompose() -> tuple[types.ModuleType, str]:
-    """Import ``ranksearch.core._decompose``, from its file path if the package ``__init__`` fails."""
+def load_singular_values() -> tuple[Callable[[torch.Tensor], Any], str]:
+    """``ranksearch.core.singular_values`` of this checkout, and where it came from."""
     sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("ranksearch.core._decompose"), "ranksearch.core._decompose"
-    except Exception as e:  # broken package __init__: load the module file alone
-        path = ROOT / "ranksearch" / "decompose.py"
-        spec = importlib.util.spec_from_file_location("_ranksearch_decompose", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module, f"{path} (package import failed: {type(e).__name__}: {e})"
+    from ranksearch.core import singular_values
+
+    return singular_values, "ranksearch.core"
 
 
 def load_spectra() -> tuple[Callable[..., Any] | None, str]:
-    """``ranksearch.core._spectra`` as a callable, or None with the reason it is unavailable."""
+    """``ranksearch.spectra`` as a callable, or None with the reason it is unavailable."""
     try:
         package = importlib.import_module("ranksearch")
     except Exception as e:
@@ -79,8 +72,8 @@ def load_spectra() -> tuple[Callable[..., Any] | None, str]:
     if isinstance(fn, types.ModuleType):  # the submodule rather than a re-exported function
         fn = getattr(fn, "spectra", None)
     if not callable(fn):
-        return None, "ranksearch.core._spectra is not callable"
-    return fn, "ranksearch.core._spectra"
+        return None, "ranksearch.spectra is not callable"
+    return fn, "ranksearch.spectra"
 
 
 def machine(device: torch.device) -> str:
@@ -137,7 +130,7 @@ def max_err(values: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(values[k] - ref[k])) / max(ref[k][0], 1e-300)) for k in ref)
 
 
-def bench_model(name: str, args: argparse.Namespace, decompose: types.ModuleType,
+def bench_model(name: str, args: argparse.Namespace, singular_values: Callable[[torch.Tensor], Any],
                 spectra: Callable[..., Any] | None, device: torch.device) -> tuple[list[str], list[str]]:
     """Time one model; return its row of the summary table and its slowest-layer rows."""
     load_before = os.getloadavg()[0]
@@ -149,7 +142,7 @@ def bench_model(name: str, args: argparse.Namespace, decompose: types.ModuleType
     print(f"[{name}] {len(mats)} layers, largest {tuple(largest.shape)}; baseline x{base_rep}", flush=True)
     a_tot, a_layer, a_vals = time_layers(torch.linalg.svdvals, mats, device, base_rep)
     print(f"[{name}] (a) svdvals median {statistics.median(a_tot):.2f} s", flush=True)
-    b_tot, b_layer, b_vals = time_layers(decompose.singular_values, mats, device, args.repeats)
+    b_tot, b_layer, b_vals = time_layers(singular_values, mats, device, args.repeats)
     print(f"[{name}] (b) singular_values median {statistics.median(b_tot):.2f} s", flush=True)
     a, b = statistics.median(a_tot), statistics.median(b_tot)
     err32 = max_err(b_vals, a_vals)
@@ -157,7 +150,7 @@ def bench_model(name: str, args: argparse.Namespace, decompose: types.ModuleType
     if not args.no_f64_reference:
         ref = {k: torch.linalg.svdvals(w.double()).cpu().numpy() for k, w in mats.items()}
         err64 = f"{max_err(b_vals, ref):.1e}"
-    c = d = "n/a (no ranksearch.core._spectra)"
+    c = d = "n/a (no ranksearch.spectra)"
     if spectra is not None:
         first, second = [], []
         for _ in range(args.repeats):
@@ -191,18 +184,18 @@ def main(argv: list[str] | None = None) -> None:
                         f">= {BIG_LAYER:.0e} entries")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-f64-reference", action="store_true", help="skip the float64 SVD error check")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("LOG.md"),
                         help="markdown file the section is written to (replacing the last run's)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or (args.baseline_repeats is not None and args.baseline_repeats < 1):
         parser.error("--repeats and --baseline-repeats must be >= 1")
     device = torch.device(args.device)
-    decompose, dec_source = load_decompose()
+    singular_values, dec_source = load_singular_values()
     spectra, spec_source = load_spectra()
     rows, layers = [], []
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in models:
-        r, lay = bench_model(name, args, decompose, spectra, device)
+        r, lay = bench_model(name, args, singular_values, spectra, device)
         rows += r
         layers += lay
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ import torch
 from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
 from optuna.trial import TrialState
 
-from ranksearch.study._storage import open_storage
+from ranksearch import TrialRecord
+from ranksearch.study import open_storage
 
 
 def run(space: str, ratio: float, workers: int, trials: int, gpus: str | None, folder: Path) -> dict:
@@ -41,12 +42,12 @@ def run(space: str, ratio: float, workers: int, trials: int, gpus: str | None, f
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=f"{space}@{ratio:g}", storage=open_storage(str(out / "study.journal")))
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    retrained = [t for t in done if "same_as" not in t.user_attrs]
+    retrained = [t for t in done if TrialRecord.of(t).same_as is None]
     span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     per_trial = statistics.median((t.datetime_complete - t.datetime_start).total_seconds() for t in retrained)
     return {"space": space, "workers": workers, "finished": len(done), "retrained": len(retrained),
             "span_s": span.total_seconds(), "rate": len(retrained) / span.total_seconds() * 60, "wall_s": wall,
-            "trial_s": per_trial, "workers_seen": len({t.user_attrs["worker"] for t in done})}
+            "trial_s": per_trial, "workers_seen": len({TrialRecord.of(t).worker for t in done})}
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--gpus", help="e.g. 0: place every worker on GPU 0")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("LOG.md")))
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load_before = os.getloadavg()
@@ -74,7 +75,7 @@ def main() -> None:
 
 
 def section(rows: list[dict], cmd: str, device: str, load_before: float, load_after: float, spaces: str) -> list[str]:
-    """The results file section of one run (rows as :func:`run` returns them)."""
+    """The log section of one run (rows as :func:`run` returns them)."""
     lines = [
         f"## Workers on one study ({', '.join(spaces.split(','))}; {device}): trials per minute ({datetime.date.today()})",
         "",

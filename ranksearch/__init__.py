@@ -36,7 +36,7 @@ _NAMES = {
 }
 __all__ = sorted([*_NAMES, "ConfigError", "RankSearchError", "SpaceError", "StorageError", "StudyError"])
 __version__ = "0.2.0"
-__getattr__, __dir__ = exports(__name__, _NAMES)
+__getattr__, __dir__ = exports(__name__, _NAMES, subpackages=("core", "study", "results", "spaces"))
 
 if TYPE_CHECKING:
     from ranksearch._api import run_worker, search

@@ -11,10 +11,14 @@ from typing import Any
 __all__ = ["exports"]
 
 
-def exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def exports(package: str, names: Mapping[str, str],
+            subpackages: tuple[str, ...] = ()) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package``: ``names`` maps each public name to ``module`` or
-    ``module:attribute`` (another name in that module), relative to the package."""
+    ``module:attribute`` (another name in that module), relative to the package; ``subpackages`` are
+    imported on first use too (``ranksearch.results.summary_table`` after ``import ranksearch``)."""
     def __getattr__(name: str) -> Any:
+        if name in subpackages:
+            return importlib.import_module(f"{package}.{name}")
         where = names.get(name)
         if where is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
@@ -24,6 +28,6 @@ def exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(importlib.import_module(package).__dict__) | set(names))
+        return sorted(set(importlib.import_module(package).__dict__) | set(names) | set(subpackages))
 
     return __getattr__, __dir__

@@ -28,6 +28,7 @@ from ranksearch._extras import require
 from ranksearch._io import atomic_write_bytes, atomic_write_text
 from ranksearch.results._files import Run, load_runs
 from ranksearch.results._tables import layer_table, summary_table
+from ranksearch.study._vocab import Method
 
 __all__ = ["write_report"]
 
@@ -119,7 +120,8 @@ def _history_figure(run: Run, path: Path, metric: str) -> Path | None:
         line.append((t["number"], best))
     if line:
         ax.step([n for n, _ in line], [v for _, v in line], where="post", color="tab:red", lw=1, label="best so far")
-    colours = {"seed_rule": "tab:blue", "uniform": "tab:green", "sensitivity": "tab:orange", "sensitivity_sum": "tab:purple"}
+    colours = {Method.SEED_RULE: "tab:blue", Method.UNIFORM: "tab:green", Method.SENSITIVITY: "tab:orange",
+               Method.SENSITIVITY_SUM: "tab:purple"}
     for method, colour in colours.items():
         first = next((t for t in complete if t["method"] == method), None)
         if first is not None:
@@ -143,10 +145,10 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label=f"trials at {run.label}")
             drawn = True
-        seed = next((t for t in run.trials if t["method"] == "seed_rule" and t["state"] == "complete"), None)
+        seed = next((t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete"), None)
         if seed is not None and seed.get("ratio") is not None:
             ax.scatter([seed["ratio"]], [seed["value"]], marker="s", s=30, facecolors="none", edgecolors="k")
-        best = run.config.metric.get("searched", {}).get("val")
+        best = run.config.metric.get(Method.SEARCHED, {}).get("val")
         if best is not None:
             ax.scatter([run.config.achieved_ratio], [best], marker="*", s=80, color="k")
     if not drawn:

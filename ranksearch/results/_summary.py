@@ -99,7 +99,7 @@ class Summary:
         """The ``metric`` a rank config records: the name and every allocation's figures."""
         out: dict[str, Any] = {"name": self.metric, "dense": {k: v for k, v in (("val", self.dense.val), ("test", self.dense.test))
                                                               if v is not None},
-                               "seed_rule": self.seed_rule.to_dict() if self.seed_rule else {}, "searched": self.best.to_dict()}
+                               Method.SEED_RULE: self.seed_rule.to_dict() if self.seed_rule else {}, Method.SEARCHED: self.best.to_dict()}
         out.update({str(m): f.to_dict() for m, f in self.baselines.items()})
         return out
 
@@ -111,11 +111,12 @@ class Summary:
         m = config.metric
         ratios: dict[str, Any] = {}
         for t in trials:  # each method's first trial: the enqueued baselines' achieved ratios
-            ratios.setdefault(t.get("method", "searched"), t.get("ratio"))
+            ratios.setdefault(t.get("method", Method.SEARCHED), t.get("ratio"))
         counts = TrialCounts(**{s: sum(t.get("state") == s for t in trials) for s in ("complete", "pruned", "fail")})
         return cls(metric=str(m.get("name", "metric")), target_ratio=config.target_ratio, achieved_ratio=config.achieved_ratio,
                    dense=Figures.from_dict(m.get("dense"), 1.0),
-                   seed_rule=Figures.from_dict(m.get("seed_rule"), seed_rule.achieved_ratio if seed_rule else None) if m.get("seed_rule") else None,
-                   best=Figures.from_dict(m.get("searched"), config.achieved_ratio),
+                   seed_rule=(Figures.from_dict(m.get(Method.SEED_RULE), seed_rule.achieved_ratio if seed_rule else None)
+                              if m.get(Method.SEED_RULE) else None),
+                   best=Figures.from_dict(m.get(Method.SEARCHED), config.achieved_ratio),
                    baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
                    trials=counts, wall_time_s=config.search.get("wall_time_s"), cost=dict(config.cost), fixed_cost=fixed_cost)

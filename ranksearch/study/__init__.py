@@ -18,6 +18,7 @@ _NAMES = {
     "additive_ranks": "_baselines", "greedy_ranks": "_baselines", "log_weights_for": "_baselines", "measure_sensitivity": "_baselines",
     "output_fidelity": "_baselines", "probe_ranks": "_baselines", "proxy_sensitivity": "_baselines", "table_size": "_baselines",
     "uniform_ranks": "_baselines",
+    "Views": "_views", "views_for": "_views", "Callables": "_callables", "task_callables": "_callables", "subset_of": "_callables",
     "Plan": "_plan", "Workload": "_plan", "make_plan": "_plan", "resolve": "_plan", "TrialsFailing": "_loop",
 }
 __all__ = sorted(_NAMES)
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         table_size,
         uniform_ranks,
     )
+    from ranksearch.study._callables import Callables, subset_of, task_callables
     from ranksearch.study._gate import GatePruner
     from ranksearch.study._loop import TrialsFailing
     from ranksearch.study._plan import Plan, Workload, make_plan, resolve
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from ranksearch.study._samplers import SAMPLERS, LocalSampler, trial_seed
     from ranksearch.study._settings import Components, RunOptions, SearchSettings
     from ranksearch.study._storage import artifact_store, open_storage, read_study, release
+    from ranksearch.study._views import Views, views_for
     from ranksearch.study._vocab import (
         BASELINES,
         FactorKind,

@@ -19,7 +19,8 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
+from enum import Enum
 from typing import Any
 
 from ranksearch._fields import document, option, validate
@@ -136,9 +137,11 @@ class SearchSettings:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, format keys first."""
-        d = asdict(self)
+        """JSON-ready dict of plain values (the vocabularies as their strings), format keys first."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {k: v.value if isinstance(v, Enum) else v for k, v in d.items()}
         d["exclude"] = list(self.exclude)
+        d["retrain"] = None if self.retrain is None else self.retrain.to_dict()
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
 
     def to_json(self) -> str:

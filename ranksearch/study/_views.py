@@ -43,7 +43,7 @@ class Views:
 
     def of(self, kind: FactorKind) -> tuple[Mapping[str, Curve], Mapping[str, Factors]]:
         """Curves and factors of a trial's ``factors``."""
-        return (self.plain_curves, self.plain_factors) if kind is FactorKind.PLAIN else (self.curves, self.factors)
+        return (self.plain_curves, self.plain_factors) if FactorKind(kind) is FactorKind.PLAIN else (self.curves, self.factors)
 
 
 def build_views(model: nn.Module, modules: Mapping[str, nn.Module], curves: Mapping[str, Curve], kind: FactorKind,

@@ -197,3 +197,20 @@ def test_output_fidelity_is_one_for_the_dense_model_and_falls_with_the_rank():
     wrapped = Wrapped().eval()
     as_dict = output_fidelity(wrapped, batches)
     assert as_dict(factorize(wrapped, {f"inner.{name}": 1})) == pytest.approx(values[0], rel=1e-6)
+
+
+def test_isotonic_fit_is_sklearns():
+    """The proxy's monotone fit, in numpy: the same values as scikit-learn's IsotonicRegression (clip)."""
+    import numpy as np
+    from sklearn.isotonic import IsotonicRegression
+
+    from ranksearch.study._baselines import isotonic
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n = int(rng.integers(1, 30))
+        x = rng.integers(0, 8, n).astype(float) if trial % 2 else rng.normal(size=n)  # ties, then none
+        y = rng.normal(size=n) + 0.3 * x
+        ours, theirs = isotonic(x, y), IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y)
+        q = np.linspace(x.min() - 1, x.max() + 1, 40)
+        np.testing.assert_allclose([ours(e) for e in q], theirs.predict(q), atol=1e-12)
