@@ -30,6 +30,7 @@ from torch import nn
 from ranksearch._io import check_writable
 from ranksearch.core._config import RankConfig
 from ranksearch.core._inputs import Forward
+from ranksearch.core._retrain import best_device
 from ranksearch.core._solver import solve_ratio
 from ranksearch.core._surgery import factorize
 from ranksearch.core._task import Task
@@ -108,6 +109,9 @@ def search(
         if unknown := sorted(set(w) - set(plan.views.curves)):
             raise StudyError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
                              "give per-layer log10 weights of this model (a trial's log10w).")
+    _log.info("searching %s at ratio %g on %s (%s trials%s%s)", settings.model, settings.target_ratio, best_device(),
+              run.n_trials if run.n_trials is not None else "no cap on", f", timeout {run.timeout:g} s" if run.timeout else "",
+              f", {run.workers} workers" if run.workers > 1 else "")
     store = open_storage(run.storage, run.out_dir, heartbeat=run.heartbeat, grace=run.grace)
     try:  # however the search ends, a database storage's pooled connections are closed
         optuna.logging.set_verbosity(optuna.logging.WARNING)
