@@ -38,7 +38,7 @@ from ranksearch.errors import RankSearchError, StudyError
 from ranksearch.results._collect import SearchResult, collect
 from ranksearch.results._export import write_folder
 from ranksearch.study._callables import Evaluate, Retrain
-from ranksearch.study._join import create_or_join, stored_settings, wait_until_ready
+from ranksearch.study._join import create_or_join, join_study, stored_settings, wait_until_ready
 from ranksearch.study._loop import run_trials
 from ranksearch.study._objective import Objective
 from ranksearch.study._plan import Plan, Workload, check_model, make_plan, resolve
@@ -216,9 +216,8 @@ def run_worker(
     if run.storage is None or run.study_name is None:
         raise StudyError("run_worker needs run.storage and run.study_name: the study to join.")
     work = Workload(task, evaluate, retrain, None if calibration is None else list(calibration), forward)
-    store = open_storage(run.storage, heartbeat=run.heartbeat, grace=run.grace, existing=True)
+    store, study = join_study(run.storage, run.study_name, wait=run.wait, heartbeat=run.heartbeat, grace=run.grace)
     try:  # however the worker ends, a database storage's pooled connections are closed
-        study, _ = create_or_join(store, run.study_name, None, resume=True)
         settings = stored_settings(study)
         record = read_study(study)
         n_trials = run.n_trials if run.n_trials is not None else record.n_trials  # default: the creator's cap

@@ -31,7 +31,7 @@ from ranksearch.errors import RankSearchError
 from ranksearch.results._collect import SearchResult
 from ranksearch.results._export import export_study
 from ranksearch.spaces._space import Space, cache_root, load_space
-from ranksearch.study._join import create_or_join, stored_settings
+from ranksearch.study._join import create_or_join, join_study, stored_settings
 from ranksearch.study._loop import TrialsFailing
 from ranksearch.study._plan import check_model
 from ranksearch.study._settings import RunOptions
@@ -59,9 +59,8 @@ def join_from_space(run: RunOptions, *, weights: str | None = None, data: str | 
     and run its trials (:func:`~ranksearch.run_worker`); returns how many ran here."""
     if run.storage is None or run.study_name is None:
         raise RankSearchError("joining a study needs its storage and its name (--storage, --study-name).")
-    store = open_storage(run.storage, heartbeat=run.heartbeat, grace=run.grace, existing=True)
+    store, study = join_study(run.storage, run.study_name, wait=run.wait, heartbeat=run.heartbeat, grace=run.grace)
     try:
-        study, _ = create_or_join(store, run.study_name, None, resume=True)
         space = study_space(study, weights, data)
         task = space.build_task()
         model = space.build_model(task, progress=run.progress)

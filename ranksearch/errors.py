@@ -7,7 +7,7 @@ on stderr and exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "RankSearchError", "SpaceError", "StorageError", "StudyError"]
+__all__ = ["ConfigError", "NoSuchStudy", "RankSearchError", "SpaceError", "StorageError", "StudyError"]
 
 
 class RankSearchError(ValueError):
@@ -28,3 +28,7 @@ class StorageError(RankSearchError):
 
 class StudyError(RankSearchError):
     """A study that cannot be created, joined, resumed or exported as asked."""
+
+
+class NoSuchStudy(StudyError):
+    """The study (or the journal file that would hold it) is not there (yet: a worker may wait for it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -151,12 +152,13 @@ def _finished(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def test_killed_search_resumes_without_losing_trials(tmp_path):
-    """SIGKILL inside a trial, then --resume: the finished trials stay as they were, and the study ends
-    with the trials of an uninterrupted run (same methods, same ranks, same count)."""
-    out = tmp_path / "run"
-    args = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "7", "--epochs", "6", "--pruner", "none", "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *args, "--out", str(out)], env=os.environ.copy())
+KILLED_ARGS = ["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "7", "--epochs", "6", "--pruner", "none", "-q"]
+
+
+def _kill_inside_a_trial(out: Path) -> int:
+    """Start the search of :data:`KILLED_ARGS` and SIGKILL it inside a retrain once two trials completed;
+    returns the killed trial's number."""
+    proc = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", *KILLED_ARGS, "--out", str(out)], env=os.environ.copy())
     journal, name = out / "study.journal", "tiny-digits@0.2"
     deadline, killed = time.time() + 240, None
     try:
@@ -173,23 +175,58 @@ def test_killed_search_resumes_without_losing_trials(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    return killed
+
+
+def _runs(study: optuna.Study) -> list[tuple[str, str]]:
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[tuple[str, str]]:
+    """The trials of :data:`KILLED_ARGS` run without interruption."""
+    out = tmp_path_factory.mktemp("whole")
+    assert main([*KILLED_ARGS, "--out", str(out)]) == 0
+    return _runs(optuna.load_study(study_name="tiny-digits@0.2", storage=open_storage(str(out / "study.journal"), None)))
+
+
+def test_killed_search_resumes_without_losing_trials(tmp_path, uninterrupted):
+    """SIGKILL inside a trial, then --resume: the finished trials stay as they were, and the study ends
+    with the trials of an uninterrupted run (same methods, same ranks, same count)."""
+    out, name = tmp_path / "run", "tiny-digits@0.2"
+    journal = out / "study.journal"
+    killed = _kill_inside_a_trial(out)
     before = {t.number: (t.value, t.params, t.state) for t in _finished(journal, name)}
     assert not (out / "rank_config.json").exists()
 
-    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert main([*KILLED_ARGS, "--out", str(out), "--resume"]) == 0
     study = optuna.load_study(study_name=name, storage=open_storage(str(journal), None))
     after = {t.number: (t.value, t.params, t.state) for t in study.trials}
     assert all(after[n] == v for n, v in before.items())
     assert study.trials[killed].state == TrialState.FAIL and not study.get_trials(states=(TrialState.RUNNING,))
     assert (out / "rank_config.json").exists()
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    whole = optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "whole" / "study.journal"), None))
+    assert _runs(study) == uninterrupted and len(uninterrupted) == 7
 
-    def runs(st):
-        done = st.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return sorted((t.user_attrs["method"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done)
 
-    assert runs(study) == runs(whole) and len(runs(whole)) == 7
+def test_a_journal_whose_last_record_is_cut_short_resumes_to_the_same_trials(tmp_path, uninterrupted, caplog):
+    """A crash mid-write leaves the journal's last line half-written: --resume keeps the file as it was
+    beside it, cuts the torn record off, says so in one line, and ends with an uninterrupted run's trials."""
+    out, name = tmp_path / "run", "tiny-digits@0.2"
+    journal = out / "study.journal"
+    _kill_inside_a_trial(out)
+    data = journal.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(data[: last + (len(data) - last) // 2])  # the last record, half written, no newline
+    torn = journal.read_bytes()
+    caplog.set_level(logging.WARNING, logger="ranksearch")
+    assert main([*KILLED_ARGS, "--out", str(out), "--resume"]) == 0
+    kept = list(out.glob("study.journal.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn  # nothing of the file is lost
+    said = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert len(said) == 1 and str(kept[0]) in said[0]
+    study = optuna.load_study(study_name=name, storage=open_storage(str(journal), None))
+    assert _runs(study) == uninterrupted and not study.get_trials(states=(TrialState.RUNNING,))
 
 
 def _all(journal: Path, name: str) -> list[optuna.trial.FrozenTrial]:

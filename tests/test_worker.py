@@ -351,3 +351,31 @@ def test_a_search_that_joins_uploads_where_the_study_does(tmp_path):
     ids = {t.user_attrs["weights"] for t in study.trials if "weights" in t.user_attrs}
     assert {p.name for p in (first / "artifacts").iterdir()} == ids and len(ids) >= len(uploaded)
     assert not (second / "artifacts").exists()
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_worker_started_before_its_study_waits_and_joins_it(kind, tmp_path):
+    """A batch scheduler starts the worker and the search that creates the study at once, worker first:
+    with --wait the worker waits for the study (and its journal file) and then runs trials of it."""
+    url, name = _storage_url(kind, tmp_path), f"tiny-{uuid.uuid4().hex[:8]}"
+    worker = subprocess.Popen([sys.executable, "-m", "ranksearch.cli", "worker", "--storage", url, "--study-name", name,
+                               "--wait", "120"], env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the worker is waiting: no study, no journal file yet
+        assert worker.poll() is None
+        assert main(["search", "--space", "tiny-digits", "--ratio", "0.2", "--trials", "8", "--epochs", "20", "--storage", url,
+                     "--study-name", name, "--out", str(tmp_path / "out"), "--artifacts", str(tmp_path / "artifacts"), "-q"]) == 0
+        _, err = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+    assert worker.returncode == 0, err
+    assert "waiting up to 120 s" in err and "joined study" in err
+    ran_here = [t for t in _trials(url, name) if _owner(t) == str(worker.pid)]
+    assert ran_here, "the worker joined but ran no trial"
+
+
+def test_a_worker_without_wait_is_told_the_study_is_not_there(tmp_path, capsys):
+    assert main(["worker", "--storage", str(tmp_path / "none.journal"), "--study-name", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err

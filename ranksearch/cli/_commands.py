@@ -194,7 +194,7 @@ def _worker(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise RankSearchError(f"--threads {args.threads} must be >= 1.")
         torch.set_num_threads(args.threads)
-    run = RunOptions(**{"n_trials": None, **given(args, ("n_trials", "timeout", "artifacts", "heartbeat", "grace"))},
+    run = RunOptions(**{"n_trials": None, **given(args, ("n_trials", "timeout", "artifacts", "heartbeat", "grace", "wait"))},
                      storage=args.storage, study_name=args.study_name, cache_dir=cache_root() / "spectra", progress=args.progress)
     ran = join_from_space(run, weights=args.weights, data=args.data)
     _log.info("worker done: %d trials run here", ran)

@@ -99,7 +99,7 @@ def parser(show_rare: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local dense weights (default: the file the study names, or the space's cache)")
     p.add_argument("--data", help="local data folder (default: the study's)")
     p.add_argument("--threads", type=int, help="torch threads of this worker (default: all cores)")
-    add_fields(p, RunOptions, {}, show_rare=True, only=("n_trials", "timeout", "artifacts", "heartbeat", "grace"),
+    add_fields(p, RunOptions, {}, show_rare=True, only=("n_trials", "timeout", "artifacts", "heartbeat", "grace", "wait"),
                defaults={"n_trials": "the study's", "artifacts": "the study's"})
 
     p = sub.add_parser("export", parents=[common],

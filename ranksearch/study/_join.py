@@ -17,12 +17,12 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
 
-from ranksearch.errors import StudyError
+from ranksearch.errors import NoSuchStudy, StudyError
 from ranksearch.study._record import StudyRecord
-from ranksearch.study._settings import SearchSettings
-from ranksearch.study._storage import create_lock_study, read_study, worker_alive, worker_id, write_study
+from ranksearch.study._settings import GRACE_S, HEARTBEAT_S, SearchSettings
+from ranksearch.study._storage import create_lock_study, open_storage, read_study, release, worker_alive, worker_id, write_study
 
-__all__ = ["claim_setup", "create_or_join", "stored_settings", "wait_until_ready"]
+__all__ = ["claim_setup", "create_or_join", "join_study", "stored_settings", "wait_until_ready"]
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
         raise StudyError(exists_msg)
     if name not in names:
         if settings is None:
-            raise StudyError(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
+            raise NoSuchStudy(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
         try:  # atomic: of several processes starting at once exactly one creates it
             storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
             created = True
@@ -61,6 +61,28 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
                          f"{f' (and {len(diff) - 1} more differences)' if len(diff) > 1 else ''}; use the study's "
                          "settings or another study (--study-name / --out).")
     return study, False
+
+
+def join_study(storage: str | BaseStorage, name: str, *, wait: float = 0.0, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
+               poll_s: float = 1.0) -> tuple[BaseStorage, optuna.Study]:
+    """Open ``storage`` and join the study ``name`` in it, waiting up to ``wait`` seconds for the study (and
+    its journal file) to appear: a worker a batch scheduler starts with the search that creates the study."""
+    deadline, said = time.monotonic() + wait, False
+    while True:
+        store = None
+        try:
+            store = open_storage(storage, heartbeat=heartbeat, grace=grace, existing=True)
+            study, _ = create_or_join(store, name, None, resume=True)
+            return store, study
+        except NoSuchStudy:
+            if store is not None:
+                release(store)
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                _log.info("study %s is not in %s yet: waiting up to %.0f s for it", name, storage, wait)
+                said = True
+            time.sleep(poll_s)
 
 
 def stored_settings(study: optuna.Study, wait_s: float = 60.0) -> SearchSettings:

@@ -213,6 +213,8 @@ class RunOptions:
                                    group=RUN)
     heartbeat: int = option(HEARTBEAT_S, "database heartbeat interval, s", "int", low=1, rare=True, group=RUN)
     grace: int = option(GRACE_S, "database grace period before a silent trial is failed, s", "int", low=1, rare=True, group=RUN)
+    wait: float = option(0.0, "seconds a joining worker waits for the study to appear (a worker started with the search that "
+                         "creates it)", "float", low=0, group=RUN, metavar="S")
     progress: bool = option(False, "progress bars on stderr (log lines go to the ranksearch logger either way)", "bool")
     report: bool = option(True, "write report.html into out_dir (needs matplotlib: the report extra)", "bool")
     source: Mapping[str, Any] | None = dataclasses.field(default=None)  #: where the dense model came from (recorded)

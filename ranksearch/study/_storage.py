@@ -33,7 +33,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from ranksearch.errors import StorageError
+from ranksearch.errors import NoSuchStudy, StorageError
+from ranksearch.study._journal import check_journal
 from ranksearch.study._record import StudyRecord, TrialRecord
 from ranksearch.study._settings import GRACE_S, HEARTBEAT_S
 
@@ -120,14 +121,21 @@ def open_storage(storage: str | BaseStorage | None, out_dir: str | os.PathLike[s
         return _rdb(url, heartbeat, grace)
     path = Path(url)
     if existing and not path.is_file():
-        raise StorageError(f"Storage {url!r} does not exist; give the journal file of the study (OUT/study.journal) or its database URL.")
+        raise NoSuchStudy(f"Storage {url!r} does not exist; give the journal file of the study (OUT/study.journal) or its database URL.")
     if path.is_dir():
         raise StorageError(f"Storage {url!r} is a folder; give a journal file path (e.g. {str(path / 'study.journal')!r}) or a database URL.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        if path.is_file():
+            check_journal(path)
+        backend = JournalFileBackend(str(path))
     except OSError as e:
         raise StorageError(f"Storage {url!r} cannot be opened ({e.strerror or e}); give a writable journal file path.") from None
+    try:
+        return JournalStorage(backend)  # reads the whole journal
+    except Exception as e:  # records that are JSON but not operations Optuna can replay
+        raise StorageError(f"Journal {url!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); restore it from a copy, or start "
+                           "a new study (another --out or --storage).") from None
 
 
 _DRIVERS = {"postgresql": ("psycopg", "pip install 'ranksearch[postgres]'"),

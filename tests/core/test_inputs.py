@@ -136,8 +136,8 @@ def test_a_task_forward_says_how_the_model_takes_its_batch():
     a = evaluate(model, task.val, "accuracy", device=torch.device("cpu"), forward=task.forward)
     b = evaluate(model, plain.val, "accuracy", device=torch.device("cpu"))
     assert a == b
-    with pytest.raises(TypeError):
-        evaluate(model, task.val, "accuracy", device=torch.device("cpu"))  # model(**{"features": ...}) does not fit
+    with pytest.raises(RankSearchError, match="pass forward="):  # neither model(**{"features": ...}) nor model(batch) fits
+        evaluate(model, task.val, "accuracy", device=torch.device("cpu"))
 
 
 transformers = pytest.importorskip("transformers")
@@ -196,3 +196,41 @@ def test_tensors_and_first_samples_read_any_structure():
     head = first_samples(batches, 7)
     assert [batch_len(b) for b in head] == [5, 2] and torch.equal(head[1]["ids"], torch.zeros(2, 2))
     assert first_samples(batches, 0) == batches and [batch_len(b) for b in first_samples([(torch.ones(3, 1), torch.ones(3))], 2)] == [2]
+
+
+class FeatureDict(torch.nn.Module):
+    """As a sentence-transformers model: its tokenized features come as one dict argument, ``model(features)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = torch.nn.Linear(16, 32), torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, features: dict) -> torch.Tensor:
+        return self.head(torch.relu(self.a(features["left"]) + self.b(features["right"])))
+
+
+def test_a_model_that_takes_its_dict_whole_is_searched_without_forward(tmp_path):
+    """``model(**batch)`` does not bind: the batch is given whole, once found, and the search runs."""
+    torch.manual_seed(0)
+    model = FeatureDict()
+    batches = [{"left": torch.randn(32, 16), "right": torch.randn(32, 16)} for _ in range(4)]
+    with torch.no_grad():
+        reference = [model(b) for b in batches]
+
+    def agreement(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.cat([(m(b).argmax(1) == r.argmax(1)).float() for b, r in zip(batches, reference)]).mean())
+
+    res = search(model, SearchSettings(0.5, sampler="random"), evaluate=agreement, calibration=batches, run=RunOptions(n_trials=3))
+    assert res.config.search["settings"]["factors"] == "data_aware" and res.config.achieved_ratio <= 0.5
+
+
+def test_a_model_that_takes_neither_is_told_about_forward():
+    from ranksearch.core import call
+
+    class Three(torch.nn.Module):
+        def forward(self, a, b, c):
+            return a
+
+    with pytest.raises(RankSearchError, match=r"neither as model\(\*\*batch\).*pass forward="):
+        call(Three(), {"z": torch.zeros(1)})
