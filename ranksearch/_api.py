@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from torch import nn
@@ -39,7 +40,7 @@ from ranksearch.results._collect import SearchResult, collect
 from ranksearch.results._export import write_folder
 from ranksearch.study._callables import Evaluate, Retrain
 from ranksearch.study._join import create_or_join, join_study, stored_settings, wait_until_ready
-from ranksearch.study._loop import run_trials
+from ranksearch.study._loop import FINISHED, run_trials
 from ranksearch.study._objective import Objective
 from ranksearch.study._plan import Plan, Workload, check_model, make_plan, resolve
 from ranksearch.study._record import StudyRecord, TrialRecord
@@ -87,9 +88,16 @@ def search(
     Example:
         >>> result = ranksearch.search(model, 0.25, evaluate=my_eval, run=ranksearch.RunOptions(n_trials=20))  # doctest: +SKIP
     """
+    _check_model(model)
     run = run or RunOptions()
     given = given or Components()
     work = Workload(task, evaluate, retrain, None if calibration is None else list(calibration), forward)
+    if run.gpus and not torch.cuda.is_available():
+        raise StudyError(f"gpus {list(run.gpus)} were given but this machine has no CUDA device; leave --gpus out (workers share "
+                         "the CPU cores).")
+    if run.gpus and run.workers < 2:
+        raise StudyError("gpus place worker processes (workers > 1); one process uses the first CUDA device it sees "
+                         "(CUDA_VISIBLE_DEVICES chooses it).")
     if run.n_trials is None and run.timeout is None:
         raise StudyError("Give n_trials, timeout or both, or the search never ends.")
     out = Path(run.out_dir) if run.out_dir is not None else None
@@ -154,6 +162,11 @@ def search(
         release(store)
 
 
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise RankSearchError(f"model must be a torch.nn.Module (the dense model), not {type(model).__name__}.")
+
+
 def _check_reachable(plan: Plan) -> None:
     """The solver raises, in one line, for a target the model cannot reach (before any study is written)."""
     a = plan.allocator
@@ -212,6 +225,7 @@ def run_worker(
     was made. ``run.artifacts`` (default: the folder the study records) receives the weights of trials
     that beat the best so far.
     """
+    _check_model(model)
     given = given or Components()
     if run.storage is None or run.study_name is None:
         raise StudyError("run_worker needs run.storage and run.study_name: the study to join.")
@@ -233,6 +247,11 @@ def run_worker(
         where = run.artifacts if run.artifacts is not None else read_study(study).artifacts
         objective = _objective(study, model, plan, artifact_store(where) if where is not None else None, n_trials)
         _log.info("worker %s joined study %s", worker_id(), run.study_name)
-        return run_trials(study, objective, n_trials=n_trials, timeout=run.timeout, grace=run.grace, progress=run.progress)
+        ran = run_trials(study, objective, n_trials=n_trials, timeout=run.timeout, grace=run.grace, progress=run.progress)
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if ran == 0 and n_trials is not None and finished >= n_trials:
+            _log.info("study %s already holds %d finished trials, its cap of %d: nothing left to run here (give more trials, "
+                      "e.g. --trials %d, to run more)", run.study_name, finished, n_trials, n_trials + 8)
+        return ran
     finally:
         release(store)

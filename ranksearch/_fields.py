@@ -58,14 +58,18 @@ def spec(f: dataclasses.Field[Any]) -> Spec | None:
     return s if isinstance(s, Spec) else None
 
 
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
 def _range(s: Spec) -> str:
-    lo = "" if s.low is None else f"{'(' if s.open_low else '['}{s.low:g}"
-    hi = "" if s.high is None else f"{s.high:g}{')' if s.open_high else ']'}"
-    if lo and hi:
+    lo = "" if s.low is None else f"{'(' if s.open_low else '['}{_num(s.low)}"
+    hi = "" if s.high is None else f"{_num(s.high)}{')' if s.open_high else ']'}"
+    if s.low is not None and s.high is not None:
         return f"in {lo}, {hi}"
-    if lo:
-        return f"{'>' if s.open_low else '>='} {s.low:g}"
-    return f"{'<' if s.open_high else '<='} {s.high:g}" if hi else ""
+    if s.low is not None:
+        return f"{'>' if s.open_low else '>='} {_num(s.low)}"
+    return f"{'<' if s.open_high else '<='} {_num(s.high)}" if s.high is not None else ""
 
 
 def _number_ok(s: Spec, v: float) -> bool:

@@ -12,12 +12,12 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch._api import run_worker
@@ -30,7 +30,7 @@ from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 from ranksearch.results._collect import SearchResult
 from ranksearch.results._export import export_study
-from ranksearch.spaces._space import Space, cache_root, load_space
+from ranksearch.spaces._space import Space, cache_root, list_spaces, load_space
 from ranksearch.study._join import create_or_join, join_study, stored_settings
 from ranksearch.study._loop import TrialsFailing
 from ranksearch.study._plan import check_model
@@ -51,7 +51,7 @@ def study_space(study: optuna.Study, weights: str | os.PathLike[str] | None = No
     source = read_study(study).source or {}
     space = load_space(settings.space).with_weights(str(weights) if weights else source.get("weights"))
     data = data or settings.data
-    return replace(space, task_kwargs={**space.task_kwargs, "data_dir": data}) if data else space
+    return space.with_data(data)
 
 
 def join_from_space(run: RunOptions, *, weights: str | None = None, data: str | None = None) -> int:
@@ -78,37 +78,45 @@ def export_from_space(storage: str, study_name: str, out_dir: str | Path, *, wei
         study, _ = create_or_join(store, study_name, None, resume=True)
         settings = stored_settings(study)
         record = read_study(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):  # before the model is built
+            raise RankSearchError(f"No trial of study {study_name!r} has completed yet; export it once one has (its workers may "
+                                  "still be running).")
+        where: Any = artifacts or record.artifacts
+        if where is None:
+            raise RankSearchError(f"Study {study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
+        arts = artifact_store(where, existing=True)
         space = study_space(study, weights)
         model = space.build_model()
         check_model(settings, model, study_name)
         curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=settings.exclude)
-        where: Any = artifacts or record.artifacts
-        if where is None:
-            raise RankSearchError(f"Study {study_name!r} records no artifact folder; pass --artifacts with the folder its workers wrote to.")
-        result = export_study(study, model, curves, out_dir, artifacts=artifact_store(where, existing=True), source=record.source)
+        result = export_study(study, model, curves, out_dir, artifacts=arts, source=record.source)
         return result, space
     finally:
         release(store)
 
 
-
-def config_space(cfg: RankConfig, path: str | os.PathLike[str], name: str | None = None) -> Space:
-    """The space of a rank config: ``name`` when given (it must be the config's), else the file it was made
-    from, else the space it names."""
+def config_space(cfg: RankConfig, path: str | os.PathLike[str], name: str | None = None, *, trust: bool = False) -> Space:
+    """The space of a rank config: ``name`` when given (it must be the config's), else the installed space it
+    names. A space file is code (its factories are imported and called), so the file a config records is
+    loaded only with ``trust`` (``--trust-space``): a config alone never runs code the user did not name."""
     recorded = cfg.source.get("space")
     if name is not None:
         space = load_space(name)
         if recorded not in (None, space.name):
             raise RankSearchError(f"Config {str(path)!r} was made for space {recorded!r}, not {space.name!r}.")
         return space
+    if isinstance(recorded, str) and recorded in list_spaces():
+        return load_space(recorded)
     file = cfg.source.get("space_file")
     if isinstance(file, str) and Path(file).is_file():
+        if not trust:
+            raise RankSearchError(f"Config {str(path)!r} was made from the space file {file!r}, which is code ranksearch would run; "
+                                  "name it yourself with --space FILE (or pass --trust-space).")
         space = load_space(file)
         if recorded in (None, space.name):
             return space
-    if isinstance(recorded, str):
-        return load_space(recorded)
-    raise RankSearchError(f"Config {str(path)!r} names no space (made from Python?); pass --space NAME or a .yaml file.")
+    raise RankSearchError(f"Config {str(path)!r} names no installed space{f' ({recorded!r})' if recorded else ''}; "
+                          "pass --space NAME or a .yaml file.")
 
 
 def space_model(space: Space, cfg: RankConfig, *, factors: FactorKind | None = None, allow_growth: bool = False,

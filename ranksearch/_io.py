@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["MAX_DEPTH", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable", "read_json"]
 
 
 @contextmanager
@@ -67,3 +67,44 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool, what: str) -> 
     if not os.access(parent, os.W_OK):
         raise RankSearchError(f"{what} {str(p)!r} cannot be created: {str(parent)!r} is not writable.")
     return p
+
+
+#: how deeply a JSON file ranksearch reads may nest (a rank config nests 4 levels)
+MAX_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests (a scalar is 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            todo.extend((c, level + 1) for c in children)
+    return deepest
+
+
+def read_json(path: str | os.PathLike[str], what: str, fix: str) -> object:
+    """The JSON in the file at ``path`` (``what`` names it in errors, ``fix`` says what to do), refused in
+    one line when it is missing, a folder, not text, not JSON, or nested deeper than :data:`MAX_DEPTH`."""
+    import json
+
+    from ranksearch.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a folder, not a file; {fix}.")
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(p)!r} does not exist; {fix}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(p)!r} is not text (not JSON); {fix}.") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid JSON ({e}); {fix}.") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {str(p)!r} nests deeper than JSON can be read; {fix}.") from None
+    if (depth := _depth(data)) > MAX_DEPTH:
+        raise ConfigError(f"{what} {str(p)!r} nests {depth} levels deep (at most {MAX_DEPTH}); {fix}.")
+    return data

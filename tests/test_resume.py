@@ -143,6 +143,14 @@ def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0] and "Traceback" not in err, err
     assert not (out / "rank_config.json").exists()
+    import shlex
+
+    from ranksearch.cli import main
+
+    again = shlex.split(lines[0].split("resume with: ")[1])  # the printed command, as printed (fewer trials: quicker)
+    assert again[0] == "ranksearch" and again[-1] == "--resume"
+    again[again.index("--trials") + 1] = "3"
+    assert main(again[1:]) == 0 and (out / "rank_config.json").exists()
 
 
 GATED = SearchSettings(0.2, factors="plain", pruner="gate", sampler="local", keep=0.5, seed=0)

@@ -379,3 +379,19 @@ def test_a_worker_started_before_its_study_waits_and_joins_it(kind, tmp_path):
 def test_a_worker_without_wait_is_told_the_study_is_not_there(tmp_path, capsys):
     assert main(["worker", "--storage", str(tmp_path / "none.journal"), "--study-name", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_workers_and_one_process_enqueue_the_same_allocations(tmp_path):
+    """The enqueued allocations are solved once, by the process that sets the study up, and carried as ranks:
+    K worker processes (each with its share of the cores, so curves that differ in their last bits) run
+    exactly the allocations one process runs."""
+    base = ["search", "--space", "tiny-digits", "--ratio", "0.15", "--trials", "6", "--epochs", "1", "-q"]
+
+    def enqueued(out: Path) -> dict[str, dict[str, int]]:
+        study = _load(str(out / "study.journal"), "tiny-digits@0.15")
+        return {t.user_attrs["method"]: t.user_attrs["ranks"] for t in study.trials if t.user_attrs.get("method") in ENQUEUED}
+
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = enqueued(tmp_path / "one"), enqueued(tmp_path / "two")
+    assert set(one) == set(ENQUEUED) and one == two

@@ -34,6 +34,7 @@ from ranksearch.results._formats import FORMATS, check_packages, get_format, sam
 from ranksearch.results._report import write_report
 from ranksearch.results._tables import layer_table, summary_table, working_points_table
 from ranksearch.spaces._space import Space, cache_root, load_space
+from ranksearch.study._join import precheck
 from ranksearch.study._settings import RunOptions, SearchSettings
 from ranksearch.study._storage import check_storage
 
@@ -46,12 +47,17 @@ RETRAIN_FLAGS = tuple(f.name for f in fields(RetrainSettings))
 FLAG_FIELDS = tuple(f.name for f in fields(SearchSettings) if (s := spec(f)) is not None and s.group is not None)
 
 
+def _cache() -> None:
+    """The caches (spectra, dense weights trained here) must be writable: said before any model is built."""
+    check_writable(cache_root(), folder=True, what="Cache folder (RANKSEARCH_CACHE)")
+
+
 def _space(args: argparse.Namespace) -> Space:
     """The space of ``--space`` with the flags' weights, data, rank grid and retrain recipe."""
+    _cache()
     space = load_space(args.space).with_weights(args.weights)
+    space = space.with_data(args.data)
     changes: dict[str, Any] = {k: getattr(args, k) for k in ("rank_multiple", "min_rank") if getattr(args, k, "auto") != "auto"}
-    if args.data is not None:
-        changes["task_kwargs"] = {**space.task_kwargs, "data_dir": args.data}
     if recipe := given(args, RETRAIN_FLAGS):
         changes["retrain"] = replace(space.retrain, **recipe)
     return replace(space, **changes)
@@ -149,8 +155,11 @@ def _search(args: argparse.Namespace) -> int:
         check_storage(here.storage if isinstance(here.storage, str) else None, here.out_dir)
     if run.artifacts:
         check_writable(run.artifacts, folder=True, what="--artifacts")
-    check_writable(cache_root(), folder=True, what="Cache folder (RANKSEARCH_CACHE)")
     settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
+    for s in settings:  # an existing study: joined only with --resume and the same settings, said before any training
+        here = point_options(run, s.target_ratio, several)
+        precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir, here.study_name or f"{space.name}@{s.target_ratio:g}",
+                 s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
     settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio)) for s in settings]
@@ -190,6 +199,7 @@ def _where(run: RunOptions, cfg: RankConfig, space: str) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    _cache()
     if args.threads is not None:
         if args.threads < 1:
             raise RankSearchError(f"--threads {args.threads} must be >= 1.")
@@ -211,6 +221,7 @@ def _export(args: argparse.Namespace) -> int:
     if only:
         raise RankSearchError(f"{', '.join(only)} only go with --config; a study's export writes its results folder to --out.")
     check_writable(args.out, folder=True, what="--out")
+    _cache()
     result, _ = export_from_space(args.storage, args.study_name, args.out, weights=args.weights, artifacts=args.artifacts)
     print(summary_table(result.summary).markdown(), end="")
     print(layer_table(result.config).markdown())
@@ -228,12 +239,17 @@ def _export_config(args: argparse.Namespace) -> int:
     fmt = get_format(args.format)
     if fmt.name != "nnr" and (args.qp is not None or args.verify):
         raise RankSearchError(f"--qp and --verify go with --format nnr, not --format {fmt.name}.")
+    if args.qp is not None:
+        from ranksearch.results._nnr import check_qp
+
+        check_qp(args.qp)  # before any work: a qp NNCodec would clip, or one that quantizes the weights away
     cfg = RankConfig.load(args.config)
     check_writable(args.out, folder=False, what="--out")
+    _cache()
     check_packages(fmt)
-    space = config_space(cfg, args.config, args.space)
+    space = config_space(cfg, args.config, args.space, trust=args.trust_space)
     if args.data is not None:
-        space = replace(space, task_kwargs={**space.task_kwargs, "data_dir": args.data})
+        space = space.with_data(args.data)
     shape = space.input_shape or cfg.cost.get("input_shape")  # without a task, an export traces on inputs of this shape
     if fmt.needs_sample and space.task_factory is None and not shape:
         raise RankSearchError(f"--format {fmt.name} traces the model on a test batch of the space's data, but space {space.name!r} "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,6 +17,7 @@ from typing import Any, NoReturn
 import yaml
 
 from ranksearch._fields import Spec, spec
+from ranksearch._io import read_json
 from ranksearch.errors import ConfigError
 
 __all__ = ["Parser", "add_fields", "given", "read_settings_file"]
@@ -131,11 +131,13 @@ def read_settings_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Settings file {path!r} does not exist; give a YAML or JSON file of SearchSettings fields.")
-    try:
-        data = yaml.safe_load(p.read_text()) if p.suffix in (".yaml", ".yml") else json.loads(p.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"Settings file {path!r} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} "
-                          f"({str(e).splitlines()[0]}).") from None
+    if p.suffix not in (".yaml", ".yml"):
+        data = read_json(p, "Settings file", "give a YAML or JSON file of SearchSettings fields")
+    else:
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"Settings file {path!r} is not valid YAML ({(str(e).splitlines() or [type(e).__name__])[0]}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Settings file {path!r} must hold a mapping of SearchSettings fields, not {type(data).__name__}.")
     return data

@@ -108,14 +108,17 @@ def parser(show_rare: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="the study to export (its results folder is written to --out)")
     p.add_argument("--config", help="instead of a study: a rank_config.json, whose model is written to --out in --format")
     p.add_argument("--format", choices=sorted(FORMATS), help="with --config: the file format to write")
-    p.add_argument("--space", help="with --config: the space (default: the one the config names)")
+    p.add_argument("--space", help="with --config: the space (default: the installed space the config names)")
+    p.add_argument("--trust-space", action="store_true",
+                   help="with --config and no --space: load the space file the config records (space files are code)")
     p.add_argument("--data", help="with --config: local data folder of the space (the export traces one test batch)")
     p.add_argument("--weights", help="a study: local dense weights (default: the file the study names, or the space's cache); "
                                      "--config: the factorized model's weights (factorized.safetensors of a search; "
                                      "default: the config's ranks applied to the dense model, untrained)")
     p.add_argument("--artifacts", help="a study: the artifact folder the workers wrote to (default: the study's)")
     p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
-    p.add_argument("--qp", type=int, help="with --format nnr: NNCodec's quantization parameter (default -38; lower is finer)")
+    p.add_argument("--qp", type=int, help="with --format nnr: NNCodec's quantization parameter in [-128, 127]: the weights' step is "
+                                           "2**(qp/4), so the default -38 is 0.0014; lower is finer, above -16 most weights are lost")
     p.add_argument("--verify", action="store_true",
                    help="with --format nnr: decode the bitstream, evaluate the decoded model on the space's test split and "
                         "print its size against the dense model's bitstream at the same qp")

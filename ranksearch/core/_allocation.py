@@ -18,6 +18,7 @@ from ranksearch.core._config import LayerRank, RankConfig
 from ranksearch.core._cost import ModelCost, model_cost
 from ranksearch.core._decompose import FactorKind
 from ranksearch.core._inputs import Forward
+from ranksearch.core._layers import matrix_shape
 from ranksearch.core._solver import Curve, Solution, ranks_for_bound, solve_ratio
 from ranksearch.core._spectra import spectra
 from ranksearch.core._surgery import count_params, factorize, find_layers
@@ -183,6 +184,13 @@ def _check_matches(model: nn.Module, config: RankConfig) -> None:
         shape = list(modules[name].weight.shape)
         if shape != layer.weight_shape:
             raise ConfigError(f"Layer {name!r} has weight shape {shape} but the config expects {layer.weight_shape}; it was made for {config.model!r}.")
+        matrix = list(matrix_shape(modules[name]))
+        if layer.matrix != matrix:
+            raise ConfigError(f"Layer {name!r} is a {matrix[0]}x{matrix[1]} matrix but the config says {layer.matrix}; the config is "
+                              "damaged or made for another model.")
+        if layer.rank > min(matrix):
+            raise ConfigError(f"Rank {layer.rank} of layer {name!r} exceeds its {matrix[0]}x{matrix[1]} weight's largest rank "
+                              f"{min(matrix)}; the config is damaged.")
 
 
 def apply(model: nn.Module, config: RankConfig, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ranksearch._io import atomic_write_text
+from ranksearch._io import atomic_write_text, read_json
 from ranksearch.errors import ConfigError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LayerRank", "RankConfig"]
@@ -134,6 +134,9 @@ class RankConfig:
             raise ConfigError(f"layers[...].rank disagrees with ranks for {mismatch}.")
         if both := sorted(set(self.dense) & set(self.ranks)):
             raise ConfigError(f"layers {both} are both factorized (ranks) and kept dense (dense).")
+        _check_cost(self.cost)
+        if not all(isinstance(v, str) for v in self.dense.values()):
+            raise ConfigError("field 'dense' must map layer names to the reason each stays dense (strings).")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, format keys first."""
@@ -162,13 +165,27 @@ class RankConfig:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RankConfig:
         """Read a config written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"Rank config {str(path)!r} does not exist; pass the path of a rank_config.json.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"Rank config {str(path)!r} is not valid JSON ({e}); re-export it.") from None
-        return cls.from_dict(data, origin=f"Rank config {str(path)!r}")
+        data = read_json(path, "Rank config", "pass the path of a rank_config.json a search or solve wrote (or re-export it)")
+        return cls.from_dict(data, origin=f"Rank config {str(path)!r}")  # type: ignore[arg-type]
+
+
+_COST_INTS = ("macs_before", "macs_after")
+_COST_RATIOS = ("macs_ratio", "params_ratio")
+
+
+def _check_cost(cost: dict[str, Any]) -> None:
+    """A cost block is empty (no input shape was known) or complete and typed."""
+    if not cost:
+        return
+    missing = sorted({"input_shape", *_COST_INTS, *_COST_RATIOS} - set(cost))
+    shape = cost.get("input_shape")
+    ok = (not missing and isinstance(shape, list) and shape != []
+          and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+          and all(isinstance(cost[k], int) and not isinstance(cost[k], bool) and cost[k] >= 0 for k in _COST_INTS)
+          and all(isinstance(cost[k], (int, float)) and not isinstance(cost[k], bool) and math.isfinite(cost[k]) for k in _COST_RATIOS))
+    if not ok:
+        raise ConfigError(f"field 'cost' must be empty or hold input_shape (positive ints), macs_before and macs_after (ints) and "
+                          f"macs_ratio and params_ratio (numbers){f'; it lacks {missing}' if missing else ''}.")
 
 
 _REQUIRED = {"model", "target_ratio", "achieved_ratio", "original_params", "compressed_params", "ranks", "layers"}

@@ -22,6 +22,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         ValueError: when the file is missing, corrupt or not a state dict.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"Weights file {str(p)!r} is a folder; pass the .safetensors or .pt file in it.")
     if not p.is_file():
         raise ConfigError(f"Weights file {str(p)!r} does not exist; pass a local .safetensors or .pt path.")
     try:

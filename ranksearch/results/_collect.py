@@ -99,7 +99,12 @@ def trial_model(study: optuna.Study, t: FrozenTrial, model: nn.Module, artifacts
         except ArtifactNotFound:
             raise StudyError(f"Trial {t.number}'s weights (artifact {weights}) are not in the artifact folder given; "
                              "pass --artifacts with the folder the workers wrote to.") from None
-        small.load_state_dict(load_state_dict(path))
+        try:
+            small.load_state_dict(load_state_dict(path))
+        except RuntimeError as e:  # tensors of another model, or other ranks
+            detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e)[:160])
+            raise StudyError(f"Trial {t.number}'s weights (artifact {weights}) do not fit its ranks on this model ({detail[:160]}); "
+                             "the artifact folder holds another study's weights: pass --artifacts with this study's.") from None
     return small.eval()
 
 

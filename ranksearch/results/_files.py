@@ -26,7 +26,7 @@ import optuna
 import torch
 from torch import nn
 
-from ranksearch._io import atomic_write_text
+from ranksearch._io import atomic_write_text, read_json
 from ranksearch.core._config import RankConfig
 from ranksearch.core._layers import LowRank
 from ranksearch.core._solver import Curve
@@ -126,22 +126,52 @@ class Run:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RankSearchError(f"{str(path)!r} cannot be read as JSON ({e}); run the search again or restore the file.") from None
+    return read_json(path, "Results file", "run the search (or `ranksearch export`) again, or restore the file")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _checked_trials(path: Path, record: object) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The trials and the fixed cost of a trials file, or one line saying what is wrong with it."""
+    fix = "run the search (or `ranksearch export`) again, or restore the file"
+    if not isinstance(record, dict) or not isinstance(record.get("trials", []), list):
+        raise RankSearchError(f"{str(path)!r} is not a ranksearch trials file; {fix}.")
+    for i, t in enumerate(record.get("trials", [])):
+        ok = (isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("state"), str)
+              and isinstance(t.get("method", ""), str)
+              and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "test", "before_retrain")))
+        if not ok:
+            raise RankSearchError(f"{str(path)!r}: trial entry {i} is damaged ({str(t)[:60]}); {fix}.")
+    cost = record.get("fixed_cost")
+    if cost is not None and not isinstance(cost, dict):
+        raise RankSearchError(f"{str(path)!r}: fixed_cost is not a mapping; {fix}.")
+    return record.get("trials", []), cost
+
+
+def _checked_curves(path: Path, curves: object) -> dict[str, dict[str, list[float]]]:
+    """A curves file's curves, or one line saying which layer's entry is damaged."""
+    fix = "run the search (or `ranksearch export`) again, or restore the file"
+    if not isinstance(curves, dict):
+        raise RankSearchError(f"{str(path)!r} is not a ranksearch curves file; {fix}.")
+    for name, c in curves.items():
+        ranks = c.get("rank") if isinstance(c, dict) else None
+        errors = c.get("relative_mse") if isinstance(c, dict) else None
+        if (not isinstance(ranks, list) or not isinstance(errors, list) or len(ranks) != len(errors) or not ranks
+                or not all(isinstance(r, int) for r in ranks) or not all(_is_number(e) for e in errors)):
+            raise RankSearchError(f"{str(path)!r}: the curve of layer {name!r} is damaged (rank and relative_mse must be "
+                                  f"lists of numbers of one length); {fix}.")
+    return curves
 
 
 def _load_run(folder: Path) -> Run:
     config = RankConfig.load(folder / "rank_config.json")
     seed = folder / "rank_config_seed_rule.json"
-    trials = folder / TRIALS_FILE
-    curves = folder / CURVES_FILE
-    record = _read_json(trials) if trials.exists() else {}
-    if not isinstance(record, dict) or not isinstance(record.get("trials", []), list):
-        raise RankSearchError(f"{str(trials)!r} is not a ranksearch trials file; run the search (or `ranksearch export`) again.")
-    return Run(folder, config, RankConfig.load(seed) if seed.exists() else None, record.get("trials", []),
-               _read_json(curves) if curves.exists() else {}, record.get("fixed_cost"))
+    trials_path, curves_path = folder / TRIALS_FILE, folder / CURVES_FILE
+    trials, cost = _checked_trials(trials_path, _read_json(trials_path)) if trials_path.exists() else ([], None)
+    curves = _checked_curves(curves_path, _read_json(curves_path)) if curves_path.exists() else {}
+    return Run(folder, config, RankConfig.load(seed) if seed.exists() else None, trials, curves, cost)
 
 
 def load_runs(folder: str | Path) -> list[Run]:

@@ -243,13 +243,14 @@ def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> st
 
 def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: int | None = None) -> str:
     from ranksearch.core._layers import LowRank
-    from ranksearch.results._nnr import DEFAULT_QP, encode
+    from ranksearch.results._nnr import DEFAULT_QP, check_qp, encode
 
     qp = DEFAULT_QP if qp is None else qp
+    step = check_qp(qp, warn=False)
     data = encode(model, qp=qp)
     path.write_bytes(data)  # path is write_model's temporary file, renamed into place once this returns
     pairs = sum(isinstance(m, LowRank) for m in model.modules())
-    return (f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp}; {pairs} decomposed layers as G/H with their rank "
+    return (f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp} (step {step:.2g}); {pairs} decomposed layers as G/H with their rank "
             f"signalled, {count_params(model):,} parameters")
 
 

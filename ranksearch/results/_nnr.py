@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,26 @@ from ranksearch.core._layers import LowRank
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 
-__all__ = ["DEFAULT_QP", "INSTALL", "decode", "encode", "nnr_parameters", "verify"]
+__all__ = ["DEFAULT_QP", "INSTALL", "QP_RANGE", "check_qp", "decode", "encode", "nnr_parameters", "verify"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_QP = -38  #: NNCodec's default quantization parameter for weights (step 2**(qp/4) at qp_density 2)
+QP_RANGE = (-128, 127)  #: the qps NNCodec codes at qp_density 2 (it clips others without a word)
+COARSE_QP = -16  #: above this the step (2**(qp/4) > 0.0625) is larger than most trained weights
+
+
+def check_qp(qp: int, warn: bool = True) -> float:
+    """The quantization step of ``qp`` (``2**(qp/4)``); a qp NNCodec would clip is refused in one line, and a
+    step coarser than most weights is said in one line (the decoded model may lose most of its accuracy)."""
+    if isinstance(qp, bool) or not isinstance(qp, int) or not QP_RANGE[0] <= qp <= QP_RANGE[1]:
+        raise RankSearchError(f"qp {qp!r} is outside NNCodec's range [{QP_RANGE[0]}, {QP_RANGE[1]}]; the quantization step is "
+                              f"2**(qp/4): the default {DEFAULT_QP} is {2 ** (DEFAULT_QP / 4):.2g}, lower is finer.")
+    step = float(2 ** (qp / 4))
+    if warn and qp > COARSE_QP:
+        _log.warning("qp %d quantizes the weights with a step of %.3g, coarser than most trained weights: the decoded model may "
+                     "lose most of its accuracy (check it with --verify; the default qp is %d)", qp, step, DEFAULT_QP)
+    return step
 
 
 def _nncodec() -> Any:
@@ -116,6 +134,7 @@ def encode(model: nn.Module, path: str | Path | None = None, *, qp: int = DEFAUL
     dependent quantization, qp density 2, parameter optimization, non-weight qp -75, general profile 1),
     called on its core so that the training framework ``nnc`` imports is not needed.
     """
+    check_qp(qp, warn=False)
     data, _ = _encode(model, qp)
     if path is not None:
         atomic_write_bytes(path, data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import inspect
 import json
 import logging
 import os
@@ -144,6 +145,19 @@ class Space:
         """The same space with dense weights from a local file (None keeps the file's setting)."""
         return self if weights is None else replace(self, weights=str(weights))
 
+    def with_data(self, data: str | os.PathLike[str] | None) -> Space:
+        """The same space reading its data from a local folder (its task factory's ``data_dir``); refused in
+        one line for a space whose data ships with it (None keeps the file's setting)."""
+        if data is None:
+            return self
+        if self.task_factory is None:
+            raise SpaceError(f"--data {str(data)!r}: space {self.name!r} has no task (no data to read); leave --data out.")
+        params = inspect.signature(resolve(self.task_factory)).parameters
+        if "data_dir" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            raise SpaceError(f"--data {str(data)!r}: space {self.name!r} reads no data folder (its data ships with it: its task "
+                             f"factory {self.task_factory} takes no data_dir); leave --data out.")
+        return replace(self, task_kwargs={**self.task_kwargs, "data_dir": str(data)})
+
     def working_point(self, wp: str) -> float:
         """Ratio of ``WP1``..``WP4`` (1-based, as in Table 1 of the CE1 contribution)."""
         names = {f"WP{i + 1}": r for i, r in enumerate(self.working_points)}
@@ -174,13 +188,19 @@ class Space:
             return model.eval()
         if self.pretrain is not None and self.task_factory is not None:
             path = self.pretrained_path()
-            if not path.exists():
-                _log.info("training dense %s once (%d epochs); cached at %s", self.name, self.pretrain.epochs, path)
-                with bar(self.pretrain.epochs, f"training dense {self.name}", progress, unit="epoch") as shown:
-                    fit(model, task or self.build_task(), self.pretrain, seed=0, device=torch.device("cpu"),
-                        on_epoch=lambda epoch, value: shown.update(1))
-                save_state_dict(model.cpu().state_dict(), path)
-            model.load_state_dict(load_state_dict(path))
+            if path.exists():
+                try:
+                    _load_into(model, load_state_dict(path), str(path), self.name)
+                    return model.eval()
+                except ConfigError as e:  # a cache file a crash or another version left: trained again
+                    _log.warning("cached dense weights %s are unusable (%s); training them again", path, str(e).split(" (")[0])
+                    model = self.build_architecture()
+            _log.info("training dense %s once (%d epochs); cached at %s", self.name, self.pretrain.epochs, path)
+            with bar(self.pretrain.epochs, f"training dense {self.name}", progress, unit="epoch") as shown:
+                fit(model, task or self.build_task(), self.pretrain, seed=0, device=torch.device("cpu"),
+                    on_epoch=lambda epoch, value: shown.update(1))
+            save_state_dict(model.cpu().state_dict(), path)
+            model.load_state_dict(load_state_dict(path))  # as every later run reads it
             return model.eval()
         if not allow_random:
             raise SpaceError(f"Space {self.name!r} has no weights; pass --weights PATH to a local state dict.")
@@ -281,6 +301,8 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
         raise SpaceError(f"Unknown space {ref!r}; known spaces: {sorted(list_spaces())} (or pass a .yaml path).")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpaceError(f"space file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"space file {str(path)!r} is not text (YAML); give a space file (see search_spaces/).") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SpaceError(f"space file {str(path)!r} is not valid YAML: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     return parse_space(data, path)

@@ -107,6 +107,16 @@ class Allocator:
         w = {n: 10.0 ** (logw or {}).get(n, 0.0) for n in self.views.curves}
         return solve_ratio(self.views.curves, self.target, self.total, w, self.grid, self.min_rank), self.views.kind
 
+    def exact(self, method: Method | None, ranks: Mapping[str, int]) -> tuple[Solution, FactorKind]:
+        """An allocation given as ranks (an enqueued one, or the rerun of a failed trial): exactly those, in
+        every process (curves computed elsewhere may differ in their last bits and tip a solver's choice)."""
+        seed = method is Method.SEED_RULE
+        curves = self.views.plain_curves if seed else self.views.curves
+        fixed = self.total - sum(c.dense_params for c in curves.values())
+        params = fixed + sum(c.params(ranks.get(n)) for n, c in curves.items())
+        return Solution({n: ranks.get(n) for n in curves}, float("nan"), int(params), self.total), (FactorKind.PLAIN if seed else
+                                                                                                        self.views.kind)
+
     def anchor(self, study: optuna.Study) -> tuple[int | None, dict[str, int | None]]:
         """The trial number and ranks sampled incumbent-space proposals step from (None: the centre)."""
         best = anchor_trial(study, enqueued_only=self.enqueued_anchor)
@@ -128,6 +138,8 @@ class Allocator:
         groups = dict.fromkeys(self.groups.values())
         u = {g: trial.suggest_float(PARAM_PREFIX + g, -self.spread, self.spread) for g in groups}
         record = TrialRecord.of(trial)
+        if record.ranks is not None:
+            return self.exact(record.method, record.ranks)
         logw = record.log10w
         if logw is None and record.method is not Method.SEED_RULE:
             logw = {n: self.centre.get(n, 0.0) + u[self.groups[n]] for n in self.views.curves}
@@ -137,6 +149,8 @@ class Allocator:
     def _propose_steps(self, trial: optuna.Trial) -> tuple[Solution, FactorKind]:
         u = {g: trial.suggest_float(STEP_PREFIX + g, -STEP_BOUND, STEP_BOUND) for g in dict.fromkeys(self.groups.values())}
         record = TrialRecord.of(trial)
+        if record.ranks is not None:
+            return self.exact(record.method, record.ranks)
         if record.method is Method.SEED_RULE or record.log10w is not None:
             return self.solution(record.method, record.log10w)
         curves = self.views.curves

@@ -8,9 +8,11 @@ chosen by the same atomic study creation (a lock study).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,9 +22,18 @@ from optuna.storages import BaseStorage
 from ranksearch.errors import NoSuchStudy, StudyError
 from ranksearch.study._record import StudyRecord
 from ranksearch.study._settings import GRACE_S, HEARTBEAT_S, SearchSettings
-from ranksearch.study._storage import create_lock_study, open_storage, read_study, release, worker_alive, worker_id, write_study
+from ranksearch.study._storage import (
+    create_lock_study,
+    open_storage,
+    read_study,
+    release,
+    storage_url,
+    worker_alive,
+    worker_id,
+    write_study,
+)
 
-__all__ = ["claim_setup", "create_or_join", "join_study", "stored_settings", "wait_until_ready"]
+__all__ = ["claim_setup", "create_or_join", "join_study", "precheck", "stored_settings", "wait_until_ready"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,12 +66,40 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
         write_study(study, StudyRecord(settings=settings))  # last: a joiner that sees the settings sees the rest
         return study, True
     stored = stored_settings(study, wait_s)
-    if settings is not None and (diff := settings.differences(stored)):
+    if settings is not None:
+        _refuse_differences(name, settings.differences(stored))
+    return study, False
+
+
+def _refuse_differences(name: str, diff: list[tuple[str, Any, Any]]) -> None:
+    if diff:
         field, mine, theirs = diff[0]
         raise StudyError(f"Study {name!r} was created with {field}={theirs!r}, this process has {field}={mine!r}"
                          f"{f' (and {len(diff) - 1} more differences)' if len(diff) > 1 else ''}; use the study's "
                          "settings or another study (--study-name / --out).")
-    return study, False
+
+
+def precheck(storage: str | None, out_dir: str | os.PathLike[str] | None, name: str, settings: SearchSettings, *, resume: bool,
+             heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> None:
+    """Before any model is built or trained: a study already in the storage is joined only with ``resume``
+    and the same settings (those the model decides, its weights digest and an ``auto`` rank grid or factor
+    kind, are compared once it is built)."""
+    url = storage_url(storage, out_dir)
+    if url is None or ("://" not in url and not Path(url).is_file()):
+        return
+    store = open_storage(url, heartbeat=heartbeat, grace=grace)
+    try:
+        if name not in {s.study_name for s in store.get_all_studies()}:
+            return
+        if not resume:
+            raise StudyError(f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
+                             "or choose another --out / --study-name.")
+        study = optuna.load_study(study_name=name, storage=store)
+        stored = read_study(study).settings
+        if stored is not None:
+            _refuse_differences(name, [d for d in settings.differences(stored) if d[0] != "weights_digest" and d[1] != "auto"])
+    finally:
+        release(store)
 
 
 def join_study(storage: str | BaseStorage, name: str, *, wait: float = 0.0, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,

@@ -104,8 +104,10 @@ class TrialRecord:
         return out
 
     def allocation(self) -> TrialRecord:
-        """Only what says what to allocate, exactly: what a failed trial's rerun keeps."""
-        return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws)
+        """Only what says what to allocate, exactly (its ranks, when it had chosen them): what a failed trial's
+        rerun keeps."""
+        return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws,
+                           ranks=self.ranks)
 
     @property
     def kept_ranks(self) -> dict[str, int]:

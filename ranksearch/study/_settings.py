@@ -111,7 +111,8 @@ class SearchSettings:
                                       "int", low=0, hint="validation samples the sensitivity probes run on; 0: all", rare=True, group=SENS)
     retrain: RetrainSettings | None = dataclasses.field(default=None)  #: the built-in retrain's recipe (None: your own retrain)
     seed: int = option(0, "seeds the sampler (the k-th sampled trial draws from a seed derived from it and k, whichever "
-                       "worker runs it) and every retrain", "int", low=0, group=SEARCH)
+                       "worker runs it) and every retrain", "int", low=0, high=2**32 - 1, group=SEARCH,
+                       hint="numpy and torch take seeds below 2**32")
 
     def __post_init__(self) -> None:
         if isinstance(self.factors, str) and self.factors in _OLD_FACTORS:

@@ -93,14 +93,19 @@ def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], start
     """Enqueue the seed rule, the baselines and the warm starts, each once."""
     allocator = plan.allocator.with_centre(centre)
     have = {TrialRecord.of(t).method for t in study.get_trials(deepcopy=False)}
+
+    def ranks(method: Method, logw: Mapping[str, float] | None) -> dict[str, int]:  # solved here, once: the same in every worker
+        return {n: r for n, r in allocator.solution(method, logw)[0].ranks.items() if r is not None}
+
     if Method.SEED_RULE not in have:
-        study.enqueue_trial({p: 0.0 for p in allocator.search_space()}, user_attrs=TrialRecord(method=Method.SEED_RULE).to_attrs())
+        study.enqueue_trial({p: 0.0 for p in allocator.search_space()},
+                            user_attrs=TrialRecord(method=Method.SEED_RULE, ranks=ranks(Method.SEED_RULE, None)).to_attrs())
     exact = [*((m, w) for m, w in starts.items() if plan.baselines), *((Method.WARM_START, dict(w)) for w in warm_start)]
     for method, logw in exact:
         if method in have:
             continue
         logw = {n: float(logw.get(n, 0.0)) for n in plan.views.curves}
-        study.enqueue_trial(allocator.params_for(logw), user_attrs=TrialRecord(method=method, log10w=logw).to_attrs())
+        study.enqueue_trial(allocator.params_for(logw), user_attrs=TrialRecord(method=method, log10w=logw, ranks=ranks(method, logw)).to_attrs())
 
 
 def starting_points(model: nn.Module, views: Views, target: float, sensitivity: Sensitivity | None) -> dict[Method, dict[str, float]]:

@@ -154,8 +154,28 @@ def check_storage(storage: str | None, out_dir: str | os.PathLike[str] | None) -
         return
     if "://" in url:
         _check_driver(url)
+        _check_reachable(url)
     else:
         check_writable(url, folder=False, what="Storage")
+
+
+def _check_reachable(url: str) -> None:
+    """Connect once (and let go): a database that is down or a URL it refuses fails here, not after training."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as e:
+        raise StorageError(f"Storage URL {_redact(url)!r} is not usable ({str(e).splitlines()[0][:160]}); e.g. "
+                           "postgresql://user@host/db or a journal file path.") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise StorageError(f"Storage {_redact(url)!r} cannot be reached ({str(e).splitlines()[0][:160]}); "
+                           "check that the database server runs and the URL is right.") from None
+    finally:
+        engine.dispose()
 
 
 def _check_driver(url: str) -> None:

@@ -33,7 +33,7 @@ def test_a_patch_writes_only_its_fields_and_a_missing_method_reads_as_sampled():
     assert TrialRecord(ratio=0.2).to_attrs() == {"ratio": 0.2}
     assert TrialRecord.from_attrs({}).method is Method.SEARCHED
     kept = TrialRecord(method=Method.WARM_START, log10w={"a": 1.0}, ranks={"a": 4}, worker="h:2", anchor=None).allocation()
-    assert kept.to_attrs() == {"method": "warm_start", "log10w": {"a": 1.0}}  # what a failed trial's rerun keeps
+    assert kept.to_attrs() == {"method": "warm_start", "log10w": {"a": 1.0}, "ranks": {"a": 4}}  # what a failed trial's rerun keeps
 
 
 def test_a_study_record_round_trips_every_field():
