@@ -22,7 +22,7 @@ from torch import nn
 
 from ranksearch._api import run_worker
 from ranksearch._workers import Job
-from ranksearch.core._allocation import apply
+from ranksearch.core._allocation import apply, factor_kind
 from ranksearch.core._calibrate import calibration_batches
 from ranksearch.core._config import RankConfig
 from ranksearch.core._spectra import spectra
@@ -123,7 +123,7 @@ def space_model(space: Space, cfg: RankConfig, *, factors: FactorKind | None = N
                 task: Task | None = None, progress: bool = False) -> nn.Module:
     """The config's ranks applied to the space's dense model, with the factors its trial started from
     (data-aware ones rebuilt from the space's calibration data) or ``factors``."""
-    kind = factors or FactorKind(cfg.search.get("factors") or FactorKind.PLAIN)
+    kind = factor_kind(cfg, factors)
     data_aware = kind is FactorKind.DATA_AWARE
     if data_aware and space.task_factory is None:
         raise RankSearchError(f"The config's trial used data-aware factors, which need space {space.name!r}'s calibration data, but "

@@ -25,7 +25,7 @@ from ranksearch.core._surgery import count_params, factorize, find_layers
 from ranksearch.core._weights import load_state_dict
 from ranksearch.errors import ConfigError
 
-__all__ = ["apply", "config_for", "dense_reasons", "load_factorized", "solve"]
+__all__ = ["apply", "config_for", "dense_reasons", "factor_kind", "load_factorized", "solve"]
 
 
 def config_for(
@@ -193,6 +193,15 @@ def _check_matches(model: nn.Module, config: RankConfig) -> None:
                               f"{min(matrix)}; the config is damaged.")
 
 
+def factor_kind(config: RankConfig, factors: FactorKind | str | None = None) -> FactorKind:
+    """The factors a config's trial started from (``config.search["factors"]``, plain when absent), or ``factors``."""
+    raw = factors if factors is not None else config.search.get("factors") or FactorKind.PLAIN
+    if not isinstance(raw, str) or raw not in {k.value for k in FactorKind}:
+        raise ConfigError(f"factors {raw!r} is not one of {[k.value for k in FactorKind]} (the config's search.factors, or "
+                          "--factors); re-export the config, or pass --factors plain.")
+    return FactorKind(raw)
+
+
 def apply(model: nn.Module, config: RankConfig, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
           factors: FactorKind | str | None = None, allow_growth: bool = False) -> nn.Module:
     """A factorized copy of the dense ``model`` with the config's ranks, initialized as the config's trial
@@ -220,10 +229,7 @@ def apply(model: nn.Module, config: RankConfig, *, calibration: Iterable[Any] | 
         m = config.layers[n].matrix
         raise ConfigError(f"Rank {r} of layer {n!r} ({m[0]}x{m[1]}) gives a pair of {r * (m[0] + m[1])} weights, not fewer than "
                           f"its {m[0] * m[1]} ({len(grows)} such layers); lower it, or pass --allow-growth (allow_growth=True).")
-    raw = factors if factors is not None else config.search.get("factors") or FactorKind.PLAIN
-    if not isinstance(raw, str) or raw not in {k.value for k in FactorKind}:
-        raise ConfigError(f"factors {raw!r} is not one of {[k.value for k in FactorKind]}.")
-    kind = FactorKind(raw)
+    kind = factor_kind(config, factors)
     made = None
     if kind is FactorKind.DATA_AWARE:
         if calibration is None:

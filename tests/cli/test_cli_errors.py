@@ -47,7 +47,62 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                 "compressed_params": after, "achieved_ratio": after / cfg["original_params"],
                                                 "target_ratio": min(1.0, after / cfg["original_params"])}))
     (root / "not_json.json").write_text("{ nope")
+    _damaged_files(root, cfg)
     return root
+
+
+def _damaged_files(root: Path, cfg: dict) -> None:
+    """Journals, configs, results files and spaces as a crash, a bad copy or a hand edit leaves them."""
+    journal = (root / "done" / "study.journal").read_bytes()
+    lines = journal.split(b"\n")
+    (root / "garbage.journal").write_bytes(b"\n".join([*lines[:3], b"xx{not json", *lines[3:]]))
+    (root / "binary.journal").write_bytes(bytes(range(256)) * 4)
+    (root / "badop.journal").write_bytes(journal + b'{"op_code": 99, "worker_id": "x"}\n')
+    (root / "middle.journal").write_bytes(journal[: len(journal) // 2] + b"\n" + journal[len(journal) // 2 + 40:])
+    (root / "text.journal").write_text("a journal? no: notes\n")
+    layers = cfg["layers"]
+    name = next(iter(layers))
+    (root / "other_matrix.json").write_text(json.dumps({**cfg, "layers": {**layers, name: {**layers[name], "matrix": [
+        layers[name]["matrix"][0] + 1, layers[name]["matrix"][1]]}}}))
+    (root / "rank_too_big.json").write_text(json.dumps({**cfg, "layers": {**layers, name: {**layers[name], "rank": 9999}},
+                                                        "ranks": {**cfg["ranks"], name: 9999}}))
+    (root / "bad_factors.json").write_text(json.dumps({**cfg, "search": {**cfg["search"], "factors": "whitened"}}))
+    (root / "list_factors.json").write_text(json.dumps({**cfg, "search": {**cfg["search"], "factors": ["plain"]}}))
+    (root / "bad_cost.json").write_text(json.dumps({**cfg, "cost": {"input_shape": "1x8x8"}}))
+    (root / "str_dense.json").write_text(json.dumps({**cfg, "dense": {"0": 7}}))
+    (root / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    (root / "nested.json").write_text(json.dumps({**cfg, "search": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}))
+    (root / "binary.yaml").write_bytes(bytes(range(256)))
+    (root / "custom.yaml").write_text(load_space("tiny-digits").path.read_text().replace("name: tiny-digits", "name: custom-x"))
+    (root / "from_file.json").write_text(json.dumps({**cfg, "source": {**cfg["source"], "space": "custom-x",
+                                                                       "space_file": str(root / "custom.yaml")}}))
+    for folder, file, text in (("bad_curves", "curves.json", '{"0": 5}'), ("bad_trials", "trials.json", '{"trials": [{"number": "x"}]}'),
+                               ("deep_trials", "trials.json", "[" * 5000 + "]" * 5000)):
+        (root / folder).mkdir()
+        for f in ("rank_config.json", "rank_config_seed_rule.json", "trials.json", "curves.json"):
+            (root / folder / f).write_bytes((root / "done" / f).read_bytes())
+        (root / folder / file).write_text(text)
+    (root / "settings_bad.yaml").write_text("sprad: 2\n")
+    _empty_study(root)
+    import shutil  # a copy of the study whose artifact folder holds another model's weights
+
+    shutil.copytree(root / "done" / "artifacts", root / "other_artifacts")
+    for f in (root / "other_artifacts").iterdir():
+        f.write_bytes((root / "tiny.safetensors").read_bytes())
+
+
+def _empty_study(root: Path) -> None:
+    """A study created from the space with no trial finished yet."""
+    from ranksearch import SearchSettings
+    from ranksearch.study._join import create_or_join
+    from ranksearch.study._storage import open_storage, release
+
+    store = open_storage(str(root / "empty.journal"))
+    try:
+        create_or_join(store, "tiny-digits@0.3", SearchSettings(0.3, model="tiny-digits", space="tiny-digits"), resume=False,
+                       source={"space": "tiny-digits"})
+    finally:
+        release(store)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -142,6 +197,53 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("export-config-corrupt-weights", ["export", "--config", f"{R}/done/rank_config.json", "--weights", f"{R}/renamed.pt",
                                        "--format", "onnx", "--out", f"{R}/m.onnx"], ["corrupt"]),
     ("export-config-growth", ["export", "--config", f"{R}/grow.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["--allow-growth"]),
+    # damaged journals: refused before anything is read into a study or written
+    *[(f"{cmd}-journal-{kind}", argv, words) for kind, words in (("garbage", ["damaged at record 4", "not JSON"]),
+                                                                 ("binary", ["damaged at record 1"]),
+                                                                 ("badop", ["cannot be read", "AssertionError"]),
+                                                                 ("middle", ["damaged at record"]),
+                                                                 ("text", ["damaged at record 1", "not JSON"]))
+      for cmd, argv in (("worker", ["worker", "--storage", f"{R}/{kind}.journal", "--study-name", "tiny-digits@0.3"]),
+                        ("export", ["export", "--storage", f"{R}/{kind}.journal", "--study-name", "tiny-digits@0.3", "--out", f"{R}/o"]),
+                        ("resume", [*BASE, "--ratio", "0.3", "--storage", f"{R}/{kind}.journal", "--out", f"{R}/o", "--resume"]))],
+    # configs that do not fit the model, or are not configs
+    ("apply-other-matrix", ["apply", "--space", "tiny-digits", "--config", f"{R}/other_matrix.json", "--out", f"{R}/o.st"],
+     ["matrix but the config says"]),
+    ("apply-rank-too-big", ["apply", "--space", "tiny-digits", "--config", f"{R}/rank_too_big.json", "--out", f"{R}/o.st"], ["9999"]),
+    ("apply-bad-factors", ["apply", "--space", "tiny-digits", "--config", f"{R}/bad_factors.json", "--out", f"{R}/o.st"], ["'whitened'"]),
+    ("apply-list-factors", ["apply", "--space", "tiny-digits", "--config", f"{R}/list_factors.json", "--out", f"{R}/o.st"], ["['plain']"]),
+    ("apply-bad-cost", ["apply", "--space", "tiny-digits", "--config", f"{R}/bad_cost.json", "--out", f"{R}/o.st"], ["'cost'"]),
+    ("apply-str-dense", ["apply", "--space", "tiny-digits", "--config", f"{R}/str_dense.json", "--out", f"{R}/o.st"], ["'dense'"]),
+    ("apply-deep-json", ["apply", "--space", "tiny-digits", "--config", f"{R}/deep.json", "--out", f"{R}/o.st"], ["nests deeper"]),
+    ("apply-nested-json", ["apply", "--space", "tiny-digits", "--config", f"{R}/nested.json", "--out", f"{R}/o.st"], ["levels deep"]),
+    ("export-config-deep", ["export", "--config", f"{R}/deep.json", "--format", "onnx", "--out", f"{R}/m.onnx"], ["nests deeper"]),
+    ("export-config-space-file", ["export", "--config", f"{R}/from_file.json", "--format", "onnx", "--out", f"{R}/m.onnx"],
+     ["custom.yaml", "--trust-space", "--space"]),
+    ("export-qp-range", ["export", "--config", f"{R}/done/rank_config.json", "--format", "nnr", "--qp", "1000", "--out", f"{R}/m.nnr"],
+     ["qp 1000", "[-128, 127]"]),
+    # results files and spaces
+    ("report-bad-curves", ["report", f"{R}/bad_curves"], ["curves.json", "layer '0'"]),
+    ("report-bad-trials", ["report", f"{R}/bad_trials"], ["trials.json", "trial entry 0"]),
+    ("report-deep-trials", ["report", f"{R}/deep_trials"], ["trials.json", "nests deeper"]),
+    ("report-nothing", ["report", f"{R}/folder"], ["holds no search result"]),
+    ("space-binary", ["solve", "--space", f"{R}/binary.yaml", "--ratio", "0.2", "--out", f"{R}/o.json"], ["not text"]),
+    ("data-for-shipped-data", ["solve", "--space", "mnist5k-cnn", "--data", f"{R}/folder", "--ratio", "0.2", "--out", f"{R}/o.json"],
+     ["--data", "ships with it"]),
+    ("weights-folder", [*BASE, "--ratio", "0.2", "--weights", f"{R}/folder", "--out", f"{R}/o"], ["is a folder"]),
+    # flags that mean nothing here
+    ("gpus-without-cuda", [*BASE, "--ratio", "0.2", "--workers", "2", "--gpus", "0", "--out", f"{R}/o"], ["no CUDA device"]),
+    ("seed-too-big", [*BASE, "--ratio", "0.2", "--seed", str(2**70), "--out", f"{R}/o"], ["--seed", "2**32"]),
+    ("grace-below-heartbeat", [*BASE, "--ratio", "0.2", "--heartbeat", "9", "--grace", "5", "--out", f"{R}/o"], ["grace"]),
+    ("settings-unknown-field", [*BASE, "--ratio", "0.2", "--settings", f"{R}/settings_bad.yaml", "--out", f"{R}/o"], ["sprad"]),
+    ("settings-missing", [*BASE, "--ratio", "0.2", "--settings", f"{R}/none.yaml", "--out", f"{R}/o"], ["does not exist"]),
+    ("worker-no-wait-no-study", ["worker", "--storage", f"{R}/done/study.journal", "--study-name", "later@0.2"], ["not in this storage"]),
+    ("export-before-any-trial", ["export", "--storage", f"{R}/empty.journal", "--study-name", "tiny-digits@0.3", "--out", f"{R}/o"],
+     ["No trial", "completed yet"]),
+    ("export-artifacts-of-another-model", ["export", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3",
+                                           "--artifacts", f"{R}/other_artifacts", "--out", f"{R}/o"], ["do not fit", "another study"]),
+    ("heartbeat-negative-journal", [*BASE, "--ratio", "0.2", "--heartbeat", "-1", "--out", f"{R}/o"], ["--heartbeat -1"]),
+    ("worker-heartbeat-zero", ["worker", "--storage", f"{R}/done/study.journal", "--study-name", "tiny-digits@0.3", "--heartbeat", "0"],
+     ["--heartbeat 0"]),
 ]
 
 
@@ -179,8 +281,8 @@ def test_debug_shows_the_traceback(work):
         main([*BASE, "--ratio", "0.2", "--weights", str(work / "other.pt"), "--out", str(work / "o"), "--debug"])
 
 
-def test_at_least_forty_cases():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+def test_at_least_eighty_cases():
+    assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
 
 
 def test_apply_allows_growth_when_asked(work):

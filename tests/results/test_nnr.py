@@ -136,3 +136,17 @@ def test_every_layer_type_round_trips_through_the_stream():
         assert np.array_equal(out[f"{name}.weight"], (g @ h).reshape(pair.weight_shape))
         assert np.array_equal(out[f"{name}.bias"], quantized[f"{name}.bias"]) and out[f"{name}.bias"].shape == pair.bias.shape
     assert np.array_equal(out["plain.weight"], quantized["plain.weight"])
+
+
+def test_a_coarse_qp_is_said_and_one_out_of_range_refused(searched, tmp_path, capsys):
+    """qp 0 quantizes with a step of 1, coarser than the weights: written, but said in one line; a qp NNCodec
+    would clip is refused before any work (from Python too)."""
+    out, model = searched
+    path = tmp_path / "coarse.nnr"
+    assert main(["export", "--config", str(out / "rank_config.json"), "--weights", str(out / "factorized.safetensors"),
+                 "--format", "nnr", "--qp", "0", "--out", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "at qp 0 (step 1)" in captured.out and path.is_file()
+    assert sum("coarser than most trained weights" in line for line in captured.err.splitlines()) == 1
+    with pytest.raises(RankSearchError, match=r"qp 1000 is outside NNCodec's range \[-128, 127\]"):
+        encode(model, qp=1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from ranksearch import count_params, load_space, solve
 from ranksearch.spaces._space import list_spaces
@@ -71,3 +72,30 @@ def test_bad_factory_and_working_point(tmp_path):
         load_space(f).working_point("WP7")
     with pytest.raises(ValueError, match="no weights"):
         load_space(f).build_model()
+
+
+def test_a_corrupt_cached_dense_model_is_trained_again(caplog):
+    """A cache file a crash (or another version) left is not used: it is trained again and replaced."""
+    import logging
+
+    from ranksearch.core import load_state_dict
+
+    space = load_space("tiny-digits")
+    good = space.build_model().state_dict()
+    path = space.pretrained_path()
+    path.write_bytes(b"not safetensors")
+    caplog.set_level(logging.WARNING, logger="ranksearch")
+    again = space.build_model().state_dict()
+    assert any("unusable" in r.getMessage() and "training them again" in r.getMessage() for r in caplog.records)
+    assert all(torch.equal(good[k], again[k]) for k in good)  # the same seeded training
+    assert set(load_state_dict(path)) == set(good)  # and the cache holds them again
+
+
+@pytest.mark.parametrize("folder", ["with space", "tïny ünïcode"])
+def test_a_space_file_under_any_path_is_found(tmp_path, folder):
+    from ranksearch.cli import main
+
+    where = tmp_path / folder
+    where.mkdir()
+    (where / "mine.yaml").write_text(load_space("tiny-digits").path.read_text())
+    assert main(["solve", "--space", str(where / "mine.yaml"), "--ratio", "0.3", "--out", str(tmp_path / "c.json"), "-q"]) == 0
