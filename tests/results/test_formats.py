@@ -309,7 +309,9 @@ def test_cli_exports_a_space_without_data_on_inputs_of_its_shape(tmp_path, capsy
     space_file = _taskless_space(tmp_path, input_shape=True)
     rc, out = tmp_path / "rc.json", tmp_path / "model.onnx"
     assert main(["solve", "--space", str(space_file), "--ratio", "0.3", "--out", str(rc)]) == 0
-    assert main(["export", "--config", str(rc), "--format", "onnx", "--out", str(out)]) == 0
+    assert main(["export", "--config", str(rc), "--format", "onnx", "--out", str(out)]) == 2  # a space file is code: named or trusted
+    assert "--trust-space" in capsys.readouterr().err
+    assert main(["export", "--config", str(rc), "--format", "onnx", "--trust-space", "--out", str(out)]) == 0
     assert "batch dynamic" in capsys.readouterr().out
     cfg = RankConfig.load(rc)
     model = apply(load_space(str(space_file)).build_model(allow_random=True), cfg)
@@ -322,6 +324,6 @@ def test_cli_export_without_data_or_shape_is_one_line(tmp_path, capsys):
     rc, out = tmp_path / "rc.json", tmp_path / "model.onnx"
     assert main(["solve", "--space", str(space_file), "--ratio", "0.3", "--out", str(rc)]) == 0
     capsys.readouterr()
-    assert main(["export", "--config", str(rc), "--format", "onnx", "--out", str(out)]) == 2
+    assert main(["export", "--config", str(rc), "--format", "onnx", "--space", str(space_file), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no task and no input_shape" in err[0] and not out.exists()
