@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +40,13 @@ def _damage(line: bytes) -> str | None:
     return None
 
 
+def _check_records(path: Path, lines: list[bytes]) -> None:
+    for number, line in enumerate(lines, 1):
+        if (why := _damage(line.rstrip(b"\r"))) is not None:
+            raise StorageError(f"Journal {str(path)!r} is damaged at record {number} of {len(lines)} ({why}); restore it from a "
+                               "copy, or start a new study (another --out or --storage).")
+
+
 def check_journal(path: Path) -> Path | None:
     """Check the journal at ``path`` (an existing file) and cut a torn last record off; returns where the
     file as it was is kept when it was repaired, else None.
@@ -46,15 +54,15 @@ def check_journal(path: Path) -> Path | None:
     Raises:
         StorageError: a record before the last is damaged (a file that is not a journal, or corrupted).
     """
+    if not os.access(path.parent, os.W_OK) or not os.access(path, os.W_OK):  # read only (an export from a copy): nothing
+        _check_records(path, path.read_bytes().split(b"\n")[:-1])       # will append, so a torn tail is left for Optuna to skip
+        return None
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()  # no writer is halfway through an append while we look
     try:
         data = path.read_bytes()
         *lines, tail = data.split(b"\n")  # a complete file ends with a newline: tail is empty
-        for number, line in enumerate(lines, 1):
-            if (why := _damage(line.rstrip(b"\r"))) is not None:
-                raise StorageError(f"Journal {str(path)!r} is damaged at record {number} of {len(lines)} ({why}); restore it from a "
-                                   "copy, or start a new study (another --out or --storage).")
+        _check_records(path, lines)
         if not tail:
             return None
         kept = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
