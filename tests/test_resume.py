@@ -112,6 +112,7 @@ def test_interrupted_search_resumes_to_the_same_trials(setup, tmp_path, moment):
         assert "resumed" not in resumed.study.user_attrs["ranksearch:fixed_cost"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(tmp_path):
     import subprocess
     import sys

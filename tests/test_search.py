@@ -191,6 +191,7 @@ def uninterrupted(tmp_path_factory) -> list[tuple[str, str]]:
     return _runs(optuna.load_study(study_name="tiny-digits@0.2", storage=open_storage(str(out / "study.journal"), None)))
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_without_losing_trials(tmp_path, uninterrupted):
     """SIGKILL inside a trial, then --resume: the finished trials stay as they were, and the study ends
     with the trials of an uninterrupted run (same methods, same ranks, same count)."""
@@ -209,6 +210,7 @@ def test_killed_search_resumes_without_losing_trials(tmp_path, uninterrupted):
     assert _runs(study) == uninterrupted and len(uninterrupted) == 7
 
 
+@pytest.mark.slow
 def test_a_journal_whose_last_record_is_cut_short_resumes_to_the_same_trials(tmp_path, uninterrupted, caplog):
     """A crash mid-write leaves the journal's last line half-written: --resume keeps the file as it was
     beside it, cuts the torn record off, says so in one line, and ends with an uninterrupted run's trials."""
@@ -402,6 +404,7 @@ def test_probes_that_need_data_say_what_to_give(dense_and_task):
         search(model, SearchSettings(0.3, sensitivity="output"), evaluate=evaluate, run=RunOptions(n_trials=1))
 
 
+@pytest.mark.slow
 def test_a_transformer_of_38_layers_costs_at_most_30_evaluations_before_its_trials(tmp_path):
     """vit-mnist's architecture (6 blocks: 36 Linear layers in them) needs about 200 evaluations for a
     measured table. Given inputs, ``auto`` (the default) scores the probes on a subset of them that fits

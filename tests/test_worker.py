@@ -125,6 +125,7 @@ def test_release_closes_pooled_connections_and_the_study_stays_usable(kind, tmp_
     release(open_storage(str(tmp_path / "j.journal")))  # a journal file holds no connection: nothing to do
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_two_workers_one_killed_mid_trial(kind, tmp_path):
     """Two processes start one study at the same moment; one is SIGKILLed inside a trial; the other
@@ -353,6 +354,7 @@ def test_a_search_that_joins_uploads_where_the_study_does(tmp_path):
     assert not (second / "artifacts").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_a_worker_started_before_its_study_waits_and_joins_it(kind, tmp_path):
     """A batch scheduler starts the worker and the search that creates the study at once, worker first:
@@ -381,6 +383,7 @@ def test_a_worker_without_wait_is_told_the_study_is_not_there(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_workers_and_one_process_enqueue_the_same_allocations(tmp_path):
     """The enqueued allocations are solved once, by the process that sets the study up, and carried as ranks:
     K worker processes (each with its share of the cores, so curves that differ in their last bits) run
