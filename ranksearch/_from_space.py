@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch._api import run_worker
-from ranksearch._workers import Job
+from ranksearch._workers import Job, exit_interrupted
 from ranksearch.core._allocation import apply, factor_kind
 from ranksearch.core._calibrate import calibration_batches
 from ranksearch.core._config import RankConfig
@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if code == 130:  # interrupted and handled: a late signal must not kill the exit (and its code) halfway
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code == 130:
+        exit_interrupted()
     sys.exit(code)

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ranksearch._workers import WorkersFailed
+from ranksearch._workers import WorkersFailed, exit_interrupted
 from ranksearch.cli._commands import COMMANDS
 from ranksearch.cli._parser import parser
 from ranksearch.errors import RankSearchError
@@ -80,7 +80,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main_entry() -> None:
     """Console-script entry point."""
     code = main()
-    if code == 130:  # interrupted and handled: a late Ctrl-C must not kill the exit (and its code) halfway
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code == 130:
+        exit_interrupted()
     sys.exit(code)
+
