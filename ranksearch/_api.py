@@ -16,6 +16,7 @@ finished trial; an interrupted trial is run again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -102,7 +103,7 @@ def search(
         raise StudyError("Give n_trials, timeout or both, or the search never ends.")
     out = Path(run.out_dir) if run.out_dir is not None else None
     settings = resolve(model, settings, work, given, run.cache_dir)
-    name = run.study_name or f"{settings.model}@{settings.target_ratio:g}"
+    name = run.name_for(settings.model, settings.target_ratio)
     if out is not None:
         check_results_folder(out, name, run.resume)
     if isinstance(run.storage, str) or run.storage is None:
@@ -154,7 +155,7 @@ def search(
         result = collect(study, model, plan.views.plain_curves, artifacts=arts, rebuild=rebuild, source=run.source,
                          factors=plan.views.plain_factors)
         if result.sensitivity is None and table[0] is not None:
-            result = SearchResult(result.config, result.study, result.model, result.seed_rule, result.summary, table[0], result.curves)
+            result = dataclasses.replace(result, sensitivity=table[0])
         if out is not None:
             write_folder(result, out, report=run.report)
         return result

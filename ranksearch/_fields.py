@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Literal
 
 from ranksearch.errors import ConfigError
 
-__all__ = ["Kind", "document", "option", "spec", "validate"]
+__all__ = ["Kind", "Spec", "check_value", "document", "option", "spec", "validate"]
 
 Kind = Literal["float", "int", "bool", "str", "choice", "strings"]
 
@@ -136,7 +135,3 @@ def document(cls: type[Any], summary: str) -> type[Any]:
     cls.__doc__ = "\n".join(lines)
     return cls
 
-
-def described(summary: str) -> Callable[[type[Any]], type[Any]]:
-    """Class decorator form of :func:`document`."""
-    return lambda cls: document(cls, summary)

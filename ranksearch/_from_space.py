@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from torch import nn
 
 from ranksearch._api import run_worker
-from ranksearch._workers import Job, exit_interrupted
+from ranksearch._process import exit_interrupted, interrupt, log_to_stderr, one_line
+from ranksearch._workers import Job
 from ranksearch.core._allocation import apply, factor_kind
 from ranksearch.core._calibrate import calibration_batches
 from ranksearch.core._config import RankConfig
@@ -134,26 +135,18 @@ def space_model(space: Space, cfg: RankConfig, *, factors: FactorKind | None = N
     return apply(model, cfg, calibration=calibration, forward=task.forward if task is not None else None, factors=kind,
                  allow_growth=allow_growth)
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """A worker process: join the study of the :class:`Job` given as JSON and run its trials."""
     job = Job(**json.loads((argv if argv is not None else sys.argv[1:])[0]))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("ranksearch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if job.quiet else logging.INFO)
-    signal.signal(signal.SIGTERM, _interrupt)
+    log_to_stderr(job.quiet)
+    signal.signal(signal.SIGTERM, interrupt)
     torch.set_num_threads(job.threads)
     run = RunOptions(n_trials=job.n_trials, timeout=job.timeout, storage=job.storage, study_name=job.study_name,
                      artifacts=job.artifacts, heartbeat=job.heartbeat, grace=job.grace)
     try:
         ran = join_from_space(run, weights=job.weights)
     except (RankSearchError, OSError) as e:
-        print(f"ranksearch worker: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"ranksearch worker: error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrialsFailing as e:
         print(f"ranksearch worker: error: {e}", file=sys.stderr)

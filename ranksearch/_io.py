@@ -1,12 +1,16 @@
-"""Atomic file writes: write a temporary file beside the target, then rename it into place."""
+"""Files: atomic writes (a temporary file beside the target, renamed into place), a check that a path can be
+written before any work, and a bounded JSON reader whose errors are one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ranksearch.errors import ConfigError, RankSearchError
 
 __all__ = ["MAX_DEPTH", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable", "read_json"]
 
@@ -45,8 +49,6 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool, what: str) -> 
     """Fail fast, before any work, if ``path`` cannot be written (as a folder or as a file), without
     creating anything: an existing path must be of the right kind, the nearest existing parent a
     writable folder."""
-    from ranksearch.errors import RankSearchError
-
     p = Path(path)
     if str(path).strip() == "":
         raise RankSearchError(f"{what} is empty; give a path, e.g. runs/wp.")
@@ -88,10 +90,6 @@ def _depth(value: object) -> int:
 def read_json(path: str | os.PathLike[str], what: str, fix: str) -> object:
     """The JSON in the file at ``path`` (``what`` names it in errors, ``fix`` says what to do), refused in
     one line when it is missing, a folder, not text, not JSON, or nested deeper than :data:`MAX_DEPTH`."""
-    import json
-
-    from ranksearch.errors import ConfigError
-
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{what} {str(p)!r} is a folder, not a file; {fix}.")

@@ -3,6 +3,7 @@ sensitivity table and its best allocation (a warm start)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from ranksearch.results._tables import working_points_table
 from ranksearch.study._callables import Evaluate, Retrain
 from ranksearch.study._settings import Components, RunOptions, SearchSettings
 
-__all__ = ["point_options", "search_points"]
+__all__ = ["check_points", "point_options", "search_points"]
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +37,14 @@ def point_options(run: RunOptions, ratio: float, several: bool) -> RunOptions:
                        study_name=f"{run.study_name}@{tag}" if run.study_name else None,
                        artifacts=Path(run.artifacts) / f"ratio-{tag}" if isinstance(run.artifacts, (str, Path)) else run.artifacts,
                        report=False)
+
+
+def check_points(ratios: Sequence[float]) -> None:
+    """Working points are given, each once (0.1 and 0.100000001 would share a study and a folder)."""
+    if not ratios:
+        raise RankSearchError("search_points needs at least one working point.")
+    if len({f"{r:g}" for r in ratios}) != len(ratios):
+        raise RankSearchError(f"working points {list(ratios)} repeat a ratio; give each once.")
 
 
 def search_points(
@@ -58,17 +67,14 @@ def search_points(
     run = run or RunOptions()
     given = given or Components()
     settings = [p if isinstance(p, SearchSettings) else SearchSettings(target_ratio=p) for p in points]
-    if not settings:
-        raise RankSearchError("search_points needs at least one working point.")
-    if len({f"{s.target_ratio:g}" for s in settings}) != len(settings):  # 0.1 and 0.100000001 would share a study and a folder
-        raise RankSearchError(f"working points {[s.target_ratio for s in settings]} repeat a ratio; give each once.")
+    check_points([s.target_ratio for s in settings])
     calibration = None if calibration is None else list(calibration)
     several = len(settings) > 1
     results: list[SearchResult] = []
     sensitivity, warm = given.sensitivity, list(given.warm_start)
     for s in settings:
         here = point_options(run, s.target_ratio, several)
-        point = Components(given.sampler, given.pruner, sensitivity, warm, given.input_shape)
+        point = dataclasses.replace(given, sensitivity=sensitivity, warm_start=warm)
         result = search(model, s, task=task, evaluate=evaluate, retrain=retrain, calibration=calibration, forward=forward,
                         run=here, given=point)
         results.append(result)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ranksearch.study._settings import RunOptions
 
 
-__all__ = ["Job", "WorkersFailed", "exit_interrupted", "spawn", "worker_commands"]
+__all__ = ["Job", "WorkersFailed", "spawn", "worker_commands"]
 
 _log = logging.getLogger(__name__)
 
@@ -90,13 +90,3 @@ def spawn(run: RunOptions, study_name: str, artifacts: object) -> None:
     if bad := [(i + 1, c) for i, c in enumerate(codes) if c != 0]:
         raise WorkersFailed(f"workers {[i for i, _ in bad]} exited with codes {[c for _, c in bad]}; see their lines above.")
 
-
-def exit_interrupted() -> None:
-    """Interrupted and handled (the study is saved): exit with 130 at once. Signals are ignored from here and
-    the interpreter's teardown is skipped, so a late signal cannot cut the exit short and change its code."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)

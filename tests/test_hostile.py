@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
 
 import ranksearch
 from ranksearch import Components, RankConfig, RunOptions, SearchSettings, Task, apply, load_factorized, run_worker, search, search_points
@@ -46,6 +45,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _cuda(available: bool, make: Callable[[], object]) -> object:
+    """Run make as on a host with or without CUDA, so a case reads the same on every machine."""
+    real = torch.cuda.is_available
+    torch.cuda.is_available = lambda: available  # type: ignore[assignment]
+    try:
+        return make()
+    finally:
+        torch.cuda.is_available = real  # type: ignore[assignment]
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
@@ -59,8 +68,9 @@ CASES: list[tuple[str, Callable[[Path], object], str]] = [  # (id, call on the f
     ("out-empty", lambda r: RunOptions(out_dir=""), "empty"),
     ("task-and-evaluate", lambda r: search(_net(), 0.5, evaluate=_ev, task=object()), "either task"),  # type: ignore[arg-type]
     ("neither", lambda r: search(_net(), 0.5), "either task"),
-    ("gpus-without-cuda", lambda r: search(_net(), 0.5, evaluate=_ev, run=RunOptions(workers=2, gpus=("0",))), "no CUDA"),
-    ("gpus-one-process", lambda r: search(_net(), 0.5, evaluate=_ev, run=RunOptions(gpus=("0",))), "gpus"),
+    ("gpus-without-cuda", lambda r: _cuda(False, lambda: search(_net(), 0.5, evaluate=_ev, run=RunOptions(workers=2, gpus=("0",)))),
+     "no CUDA"),
+    ("gpus-one-process", lambda r: _cuda(True, lambda: search(_net(), 0.5, evaluate=_ev, run=RunOptions(gpus=("0",)))), "workers"),
     ("no-cap-no-timeout", lambda r: search(_net(), 0.5, evaluate=_ev, run=RunOptions(n_trials=None)), "never ends"),
     ("points-repeat", lambda r: search_points(_net(), [0.5, 0.500000001], evaluate=_ev), "repeat"),
     ("points-none", lambda r: search_points(_net(), [], evaluate=_ev), "at least one"),
@@ -94,12 +104,6 @@ def test_bad_python_input_is_one_line_and_writes_nothing(root, make, words):
     assert _snapshot(root) == before
 
 
-def test_the_python_table_and_the_cli_table_hold_eighty_cases():
-    from cli import test_cli_errors  # type: ignore[import-not-found]
-
-    assert len(CASES) + len(test_cli_errors.CASES) >= 80
-
-
 def _trials(path: Path) -> list[tuple[int, str, float | None]]:
     study = optuna.load_study(study_name="Sequential@0.5", storage=open_storage(str(path)))
     return [(t.number, t.state.name, t.value) for t in study.trials]
@@ -128,10 +132,13 @@ def test_a_journal_damaged_anywhere_is_read_to_its_last_complete_record_or_refus
     except KeyError:  # the cut fell before the study's own record: there is no study in it yet
         assert kind == "cut"
         return
+    assert {n for n, _, _ in trials} <= set(done), "a damaged journal never reads as trials the study did not have"
     if kind == "cut":  # the complete records before the cut, exactly (a last record that only lost its newline: kept)
         complete = original[: original[:at].rfind(b"\n") + 1]
         assert path.read_bytes() in (complete, data, data + b"\n") and (data == complete or list(tmp_path.glob("study.journal.torn-*")))
         for number, state, value in trials:
             if state in ("COMPLETE", "PRUNED"):
                 assert done[number] == (state, value)
-    assert all(state in TrialState.__members__ for _, state, _ in trials)
+    else:  # a flipped or inserted byte that left the records parseable: what was finished reads back finished
+        finished = [n for n, s, _ in trials if s in ("COMPLETE", "PRUNED")]
+        assert all(done[n][0] in ("COMPLETE", "PRUNED") for n in finished)

@@ -46,6 +46,7 @@ def test_import_solver_loads_neither_torch_nor_optuna():
 @pytest.mark.parametrize("package", ["ranksearch", "ranksearch.core", "ranksearch.study", "ranksearch.results", "ranksearch.spaces"])
 def test_every_public_name_resolves(package):
     import importlib
+    import inspect
 
     module = importlib.import_module(package)
     assert module.__all__ == sorted(module.__all__) and module.__all__
@@ -53,6 +54,8 @@ def test_every_public_name_resolves(package):
         value = getattr(module, name)
         assert value is not None, name
         assert name in dir(module)
+        if inspect.isclass(value) or inspect.isfunction(value):  # ranksearch's own, not a re-export of torch's or optuna's
+            assert value.__module__.startswith("ranksearch"), (name, value.__module__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         module.nope  # noqa: B018
 

@@ -9,15 +9,14 @@ or workers exit 1; Ctrl-C and SIGTERM exit 130 with the command that resumes. Pr
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import sys
 import time
-from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ranksearch._workers import WorkersFailed, exit_interrupted
+from ranksearch._process import exit_interrupted, interrupt, log_to_stderr, one_line
+from ranksearch._workers import WorkersFailed
 from ranksearch.cli._commands import COMMANDS
 from ranksearch.cli._parser import parser
 from ranksearch.errors import RankSearchError
@@ -25,27 +24,22 @@ from ranksearch.study._loop import TrialsFailing
 
 __all__ = ["main", "main_entry"]
 
-_log = logging.getLogger("ranksearch")
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failing trials or workers, 2 bad input, 130 interrupted)."""
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser(show_rare="--help-all" in raw).parse_args([a if a != "--help-all" else "--help" for a in raw])
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    _log.handlers[:] = [handler]
-    _log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log = log_to_stderr(args.quiet)
     start = time.perf_counter()
     args.progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()  # bars on a terminal; log lines go above them
-    previous = signal.signal(signal.SIGTERM, _interrupt) if args.command in ("search", "worker") else None
+    previous = signal.signal(signal.SIGTERM, interrupt) if args.command in ("search", "worker") else None
     try:
-        with logging_redirect_tqdm(loggers=[_log]) if args.progress else contextlib.nullcontext():
+        with logging_redirect_tqdm(loggers=[log]) if args.progress else contextlib.nullcontext():
             code = COMMANDS[args.command](args)
     except (RankSearchError, OSError) as e:
         if args.debug:
             raise
-        print(f"ranksearch {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"ranksearch {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except (TrialsFailing, WorkersFailed) as e:
         if args.debug:
@@ -60,21 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    _log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
+    log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
     return code
-
-
-def _one_line(e: BaseException) -> str:
-    """The error as one line; a file-system error names its path and the fix."""
-    if isinstance(e, OSError) and not isinstance(e, RankSearchError):
-        where = f" {e.filename!r}" if e.filename else ""
-        return f"cannot use{where}: {e.strerror or e} (check the path and its permissions; --debug shows the traceback)"
-    return " ".join(str(e).split())
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM stops a search or worker as Ctrl-C does (the running trial is run again on resume)."""
-    raise KeyboardInterrupt
 
 
 def main_entry() -> None:

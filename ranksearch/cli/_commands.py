@@ -17,7 +17,7 @@ from ranksearch._api import check_results_folder
 from ranksearch._fields import spec
 from ranksearch._from_space import config_space, export_from_space, join_from_space, space_model
 from ranksearch._io import atomic_write_text, check_writable
-from ranksearch._points import point_options, search_points
+from ranksearch._points import check_points, point_options, search_points
 from ranksearch.cli._flags import given, read_settings_file
 from ranksearch.cli._parser import RUN_FIELDS
 from ranksearch.core._allocation import load_factorized, solve
@@ -147,18 +147,17 @@ def _search(args: argparse.Namespace) -> int:
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),
                      progress=args.progress)
     several = len(targets) > 1
-    if len({f"{t:g}" for t in targets}) != len(targets):  # 0.1 and 0.100000001 would share a study and a folder
-        raise RankSearchError(f"working points {targets} repeat a ratio; give each once.")
+    check_points(targets)
     for t in targets:  # every path is checked before any training (nothing is created here)
         here = point_options(run, t, several)
-        check_results_folder(Path(here.out_dir), here.study_name or f"{space.name}@{t:g}", run.resume)  # type: ignore[arg-type]
+        check_results_folder(Path(here.out_dir), here.name_for(space.name, t), run.resume)  # type: ignore[arg-type]
         check_storage(here.storage if isinstance(here.storage, str) else None, here.out_dir)
     if run.artifacts:
         check_writable(run.artifacts, folder=True, what="--artifacts")
     settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
     for s in settings:  # an existing study: joined only with --resume and the same settings, said before any training
         here = point_options(run, s.target_ratio, several)
-        precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir, here.study_name or f"{space.name}@{s.target_ratio:g}",
+        precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir, here.name_for(space.name, s.target_ratio),
                  s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)

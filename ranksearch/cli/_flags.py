@@ -16,11 +16,11 @@ from typing import Any, NoReturn
 
 import yaml
 
-from ranksearch._fields import Spec, spec
+from ranksearch._fields import Spec, check_value, spec
 from ranksearch._io import read_json
 from ranksearch.errors import ConfigError
 
-__all__ = ["Parser", "add_fields", "given", "read_settings_file"]
+__all__ = ["Parser", "add_fields", "given", "rare_flags", "read_settings_file"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,20 +30,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _checked(s: Spec, name: str, value: Any) -> Any:
+    """``value`` checked as the field's (:func:`~ranksearch._fields.check_value`), an argparse error if not."""
+    try:
+        return check_value(name, value, s)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _choice(s: Spec, name: str) -> Any:
+    """The argparse ``type`` of a choice: its values, also spelled with ``-`` for ``_``."""
     def parse(text: str) -> Any:
-        value = text.replace("-", "_") if s.choices is not None and text.replace("-", "_") in {m.value for m in s.choices} else text
-        try:
-            return _check(name, value, s)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        values = {m.value for m in s.choices or ()}
+        return _checked(s, name, text.replace("-", "_") if text.replace("-", "_") in values else text)
     return parse
-
-
-def _check(name: str, value: Any, s: Spec) -> Any:
-    from ranksearch._fields import check_value
-
-    return check_value(name, value, s)
 
 
 def _typed(s: Spec, name: str) -> Any:
@@ -62,11 +62,12 @@ def _typed(s: Spec, name: str) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} {text!r} is not {'an int' if s.kind == 'int' else 'a number'}"
                                              f"{' (or auto)' if s.auto else ''}") from None
-        try:
-            return _check(name, value, s)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        return _checked(s, name, value)
     return parse
+
+
+def _flag(f: dataclasses.Field[Any], s: Spec) -> str:
+    return s.flag or "--" + f.name.replace("_", "-")
 
 
 def _default_text(default: Any) -> str:
@@ -91,7 +92,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type[Any], groups: dict[str
             group = groups[s.group] = parser.add_argument_group(s.group)
         shown = (defaults or {}).get(f.name, _default_text(f.default))
         help_text = argparse.SUPPRESS if s.rare and not show_rare else f"{s.help} (default: {shown})"
-        flag = s.flag or "--" + f.name.replace("_", "-")
+        flag = _flag(f, s)
         if s.kind == "bool":
             if f.default is True:
                 group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=argparse.SUPPRESS,
@@ -116,7 +117,7 @@ def rare_flags(cls: type[Any]) -> list[str]:
     for f in dataclasses.fields(cls):
         s = spec(f)
         if s is not None and s.group is not None and s.rare:
-            out.append(s.flag or "--" + f.name.replace("_", "-"))
+            out.append(_flag(f, s))
     return out
 
 

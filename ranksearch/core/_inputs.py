@@ -5,9 +5,8 @@ A model takes its inputs in one of a few ways, and a batch says which by its typ
 * a tensor: ``model(batch)``;
 * a tuple or list: ``model(*batch)`` (a model with several positional inputs);
 * a mapping (a dict, a Hugging Face ``BatchEncoding``): ``model(**batch)``;
-* a mapping or a tuple that the model does not take spread out (a sentence-transformers model takes its
-  feature dict as one argument, ``model(features)``): ``model(batch)``, tried once when the spread call
-  does not bind, and kept for that model;
+* a mapping or a tuple that the model's ``forward`` signature does not take spread out (a sentence-transformers
+  model takes its feature dict as one argument, ``model(features)``): ``model(batch)``;
 * anything else, or a model that wants something else again: a ``forward(model, batch)`` callable given
   by the user.
 
@@ -16,6 +15,7 @@ Tensors are moved to the model's device recursively, through tuples, lists and m
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -53,44 +53,41 @@ def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False
     return map_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
 
 
-#: the model classes found to take their mapping or tuple batches whole (``model(batch)``), with the batch's
-#: kind: a factorized copy of a model is called as the model is
-_WHOLE: set[tuple[type, str]] = set()
-
-
-def _does_not_bind(e: TypeError) -> bool:
-    """Whether a TypeError says the call's arguments do not fit the signature (not a bug inside forward)."""
-    text = str(e)
-    return any(w in text for w in ("positional argument", "keyword argument", "required positional", "takes", "were given"))
+def _binds(model: nn.Module | Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Whether ``model(*args, **kwargs)`` fits the signature of its forward (True when it is not known)."""
+    try:
+        signature = inspect.signature(model.forward if isinstance(model, nn.Module) else model)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 def call(model: nn.Module | Callable[..., Any], batch: Any, forward: Forward | None = None) -> Any:
     """``model`` on one batch: ``forward(model, batch)`` when given, else by the batch's structure; a mapping
-    or tuple the model does not take spread out is given whole (once found, for every model of that class)."""
+    or tuple that the model's forward does not take spread out (by its signature) is given whole."""
     if forward is not None:
         return forward(model, batch)  # type: ignore[arg-type]
     if isinstance(batch, torch.Tensor):
         return model(batch)
-    kind = "mapping" if isinstance(batch, Mapping) else "sequence" if isinstance(batch, (tuple, list)) else None
-    if kind is None:
+    if isinstance(batch, Mapping):
+        kind, spelled = "mapping", "model(**batch)"
+        spread = all(isinstance(k, str) for k in batch) and _binds(model, **batch)
+    elif isinstance(batch, (tuple, list)):
+        kind, spelled = "sequence", "model(*batch)"
+        spread = _binds(model, *batch)
+    else:
         raise RankSearchError(f"A batch of type {type(batch).__name__} is neither a tensor, a tuple/list nor a mapping; "
                               "pass forward=(model, batch) -> output to say how the model takes it.")
-    key = (type(model), kind)
-    if key in _WHOLE:
-        return model(batch)
-    try:
+    if spread:
         return model(**batch) if kind == "mapping" else model(*batch)
-    except TypeError as spread:
-        if not _does_not_bind(spread):
-            raise
-        try:
-            out = model(batch)
-        except TypeError as whole:
-            spelled = "model(**batch)" if kind == "mapping" else "model(*batch)"
-            raise RankSearchError(f"{type(model).__name__} takes the {kind} batches neither as {spelled} ({spread}) nor whole "
-                                  f"({whole}); pass forward=lambda model, batch: ... to say how.") from None
-        _WHOLE.add(key)
-        return out
+    if not _binds(model, batch):
+        raise RankSearchError(f"{type(model).__name__}.forward takes the {kind} batches neither as {spelled} nor whole "
+                              "(model(batch)); pass forward=lambda model, batch: ... to say how.")
+    return model(batch)
 
 
 def batch_len(batch: Any) -> int:

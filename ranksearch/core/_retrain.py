@@ -163,8 +163,8 @@ def fit(
     cuda = device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
-    use_teacher = teacher is not None and settings.distill > 0
-    if teacher is not None and use_teacher:
+    teacher = teacher if settings.distill > 0 else None  # distillation off: no teacher
+    if teacher is not None:
         teacher.to(device).eval()
     loader = _loader(task.train, settings.batch_size, True, seed, device)
     steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
@@ -194,7 +194,7 @@ def fit(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 out = net(x)
                 loss = _task_loss(task.loss, out.float(), y)
-                if teacher is not None and use_teacher:
+                if teacher is not None:
                     with torch.no_grad():
                         t_out = call(teacher, x, task.forward).float()
                     loss = (1 - settings.distill) * loss + settings.distill * _distill_loss(task.loss, out.float(), t_out, settings.temperature)

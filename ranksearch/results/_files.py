@@ -125,8 +125,12 @@ class Run:
         return Summary.from_config(self.config, self.seed_rule, self.trials, self.fixed_cost)
 
 
+#: what to do about a damaged results file
+_FIX = "run the search (or `ranksearch export`) again, or restore the file"
+
+
 def _read_json(path: Path) -> Any:
-    return read_json(path, "Results file", "run the search (or `ranksearch export`) again, or restore the file")
+    return read_json(path, "Results file", _FIX)
 
 
 def _is_number(v: object) -> bool:
@@ -135,33 +139,31 @@ def _is_number(v: object) -> bool:
 
 def _checked_trials(path: Path, record: object) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The trials and the fixed cost of a trials file, or one line saying what is wrong with it."""
-    fix = "run the search (or `ranksearch export`) again, or restore the file"
     if not isinstance(record, dict) or not isinstance(record.get("trials", []), list):
-        raise RankSearchError(f"{str(path)!r} is not a ranksearch trials file; {fix}.")
+        raise RankSearchError(f"{str(path)!r} is not a ranksearch trials file; {_FIX}.")
     for i, t in enumerate(record.get("trials", [])):
         ok = (isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("state"), str)
               and isinstance(t.get("method", ""), str)
               and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "test", "before_retrain")))
         if not ok:
-            raise RankSearchError(f"{str(path)!r}: trial entry {i} is damaged ({str(t)[:60]}); {fix}.")
+            raise RankSearchError(f"{str(path)!r}: trial entry {i} is damaged ({str(t)[:60]}); {_FIX}.")
     cost = record.get("fixed_cost")
     if cost is not None and not isinstance(cost, dict):
-        raise RankSearchError(f"{str(path)!r}: fixed_cost is not a mapping; {fix}.")
+        raise RankSearchError(f"{str(path)!r}: fixed_cost is not a mapping; {_FIX}.")
     return record.get("trials", []), cost
 
 
 def _checked_curves(path: Path, curves: object) -> dict[str, dict[str, list[float]]]:
     """A curves file's curves, or one line saying which layer's entry is damaged."""
-    fix = "run the search (or `ranksearch export`) again, or restore the file"
     if not isinstance(curves, dict):
-        raise RankSearchError(f"{str(path)!r} is not a ranksearch curves file; {fix}.")
+        raise RankSearchError(f"{str(path)!r} is not a ranksearch curves file; {_FIX}.")
     for name, c in curves.items():
         ranks = c.get("rank") if isinstance(c, dict) else None
         errors = c.get("relative_mse") if isinstance(c, dict) else None
         if (not isinstance(ranks, list) or not isinstance(errors, list) or len(ranks) != len(errors) or not ranks
                 or not all(isinstance(r, int) for r in ranks) or not all(_is_number(e) for e in errors)):
             raise RankSearchError(f"{str(path)!r}: the curve of layer {name!r} is damaged (rank and relative_mse must be "
-                                  f"lists of numbers of one length); {fix}.")
+                                  f"lists of numbers of one length); {_FIX}.")
     return curves
 
 

@@ -8,14 +8,14 @@ the seed's per-layer table (:func:`layer_table`) and several working points side
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ranksearch.core._config import RankConfig
 from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
-from ranksearch.study._vocab import Method
+from ranksearch.study._vocab import BASELINES, Method
 
 __all__ = ["Row", "Table", "layer_table", "summary_table", "working_points_table"]
 
@@ -105,7 +105,7 @@ def summary_table(s: Summary) -> Table:
     return Table(("model", "ratio", f"val {name}", f"test {name}", "before retrain", "trial"), tuple(rows), notes=tuple(notes))
 
 
-def layer_table(config: RankConfig, seed_rule: RankConfig | None = None, skipped: Mapping[str, str] | None = None) -> Table:
+def layer_table(config: RankConfig, seed_rule: RankConfig | None = None) -> Table:
     """The seed's per-layer table: type, matrix, rank (and the seed rule's), parameters and (when the input
     shape is known) multiply-adds before and after; then the layers kept dense, with the reason."""
     macs = any(layer.macs_before is not None for layer in config.layers.values())
@@ -120,7 +120,7 @@ def layer_table(config: RankConfig, seed_rule: RankConfig | None = None, skipped
         if macs:
             cells += [fmt(lr.macs_before), fmt(lr.macs_after)]
         rows.append(Row(tuple(cells)))
-    rows += [Row((n, f"dense: {why}"), span=True) for n, why in {**(skipped or {}), **config.dense}.items()]
+    rows += [Row((n, f"dense: {why}"), span=True) for n, why in config.dense.items()]
     before = sum(lr.params_before for lr in config.layers.values())
     after = sum(lr.params_after for lr in config.layers.values())
     total = [f"factorized layers ({len(config.layers)})", "", "", *([""] if seed is not None else []), "", fmt(before), fmt(after),
@@ -140,8 +140,7 @@ def working_points_table(summaries: Sequence[Summary]) -> Table:
     """Several working points: the best model's parameter and MACs ratios, and the test metric of every
     method (val in brackets)."""
     name = summaries[0].metric if summaries else "metric"
-    methods = [Method.SEED_RULE, *(m for m in (Method.UNIFORM, Method.SENSITIVITY, Method.SENSITIVITY_SUM)
-                                   if any(m in s.baselines for s in summaries)), Method.SEARCHED]
+    methods = [Method.SEED_RULE, *(m for m in BASELINES if any(m in s.baselines for s in summaries)), Method.SEARCHED]
     rows = []
     for s in summaries:
         figures = {Method.SEED_RULE: s.seed_rule or Figures(), Method.SEARCHED: s.best, **s.baselines}

@@ -99,12 +99,9 @@ def _call(ref: str, kwargs: dict[str, Any], what: str) -> Any:
         return fn(**kwargs)
     except RankSearchError:
         raise
-    except ImportError as e:
-        if (missing := _missing_extra(ref, e)) is not None:
-            raise missing from e
-        raise SpaceError(f"The {what} factory {ref!r} raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]} "
-                         "(check the factory and its kwargs; --debug shows the traceback).") from e
     except Exception as e:
+        if isinstance(e, ImportError) and (missing := _missing_extra(ref, e)) is not None:
+            raise missing from e
         raise SpaceError(f"The {what} factory {ref!r} raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]} "
                          "(check the factory and its kwargs; --debug shows the traceback).") from e
 

@@ -46,10 +46,8 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
     ones); one line names the first field that differs."""
     created = False
     names = {s.study_name for s in storage.get_all_studies()}
-    exists_msg = (f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
-                  "or choose another --out / --study-name.")
     if name in names and not resume:
-        raise StudyError(exists_msg)
+        raise _exists(name)
     if name not in names:
         if settings is None:
             raise NoSuchStudy(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
@@ -58,7 +56,7 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
             created = True
         except DuplicatedStudyError:
             if not resume:
-                raise StudyError(exists_msg) from None
+                raise _exists(name) from None
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if created:  # the setup's owner first: a joiner waits for the settings, then sees the setup taken
         write_study(study, StudyRecord(setup={"state": "running", "owner": worker_id(), "at": time.time()}))
@@ -69,6 +67,11 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
     if settings is not None:
         _refuse_differences(name, settings.differences(stored))
     return study, False
+
+
+def _exists(name: str) -> StudyError:
+    return StudyError(f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
+                      "or choose another --out / --study-name.")
 
 
 def _refuse_differences(name: str, diff: list[tuple[str, Any, Any]]) -> None:
@@ -92,8 +95,7 @@ def precheck(storage: str | None, out_dir: str | os.PathLike[str] | None, name: 
         if name not in {s.study_name for s in store.get_all_studies()}:
             return
         if not resume:
-            raise StudyError(f"Study {name!r} already exists in this storage; pass --resume (resume=True) to continue or join it, "
-                             "or choose another --out / --study-name.")
+            raise _exists(name)
         study = optuna.load_study(study_name=name, storage=store)
         stored = read_study(study).settings
         if stored is not None:

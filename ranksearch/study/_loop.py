@@ -67,13 +67,15 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
                     study.optimize(objective, n_trials=1, catch=(Exception,))
                     ran += 1
                     last = _trial(study, objective.current)
-                    record = TrialRecord.of(last) if last is not None else None
-                    if last is not None and record is not None:
-                        best = max((float(t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                                    if t.value is not None), default=None)
-                        shown.set_postfix_str(f"last {record.method} {last.state.name.lower()}"
-                                              + (f", best {best:.4f}" if best is not None else ""))
-                    if last is not None and record is not None and last.state == TrialState.FAIL:
+                    if last is None:  # no trial ran (the objective was never called)
+                        failures = 0
+                        continue
+                    record = TrialRecord.of(last)
+                    best = max((float(t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                                if t.value is not None), default=None)
+                    shown.set_postfix_str(f"last {record.method} {last.state.name.lower()}"
+                                          + (f", best {best:.4f}" if best is not None else ""))
+                    if last.state == TrialState.FAIL:
                         failures += 1
                         _log.warning("trial %d [%s] failed: %s", last.number, record.method, record.error)
                         if failures >= max_failures:

@@ -232,6 +232,10 @@ class RunOptions:
     def replace(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)
 
+    def name_for(self, model: str, ratio: float) -> str:
+        """The study's name: ``study_name``, else ``MODEL@RATIO``."""
+        return self.study_name or f"{model}@{ratio:g}"
+
 
 document(RunOptions, """How one process runs a study: none of it is stored as the study's settings.
 

@@ -11,6 +11,7 @@ import pytest
 from ranksearch._fields import spec
 from ranksearch.cli import main
 from ranksearch.cli._commands import _settings, _space
+from ranksearch.cli._flags import read_settings_file
 from ranksearch.cli._parser import RUN_FIELDS, parser
 from ranksearch.core import RetrainSettings
 from ranksearch.study import RunOptions, SearchSettings
@@ -57,7 +58,7 @@ def test_the_settings_file_sets_any_field_and_a_flag_wins(tmp_path):
     path.write_text(json.dumps({**stored, "model": "elsewhere", "space": "other"}))
     args = parser().parse_args(["search", "--space", "tiny-digits", "--settings", str(path), "--seed", "9", "--out", str(tmp_path / "o")])
     space = _space(args)
-    s = _settings(args, space, 0.2, json.loads(path.read_text()))
+    s = _settings(args, space, 0.2, read_settings_file(args.settings))  # as the search command reads it
     assert (s.sampler, s.spread, s.step, s.seed) == ("tpe", 2.0, 0.3, 9)  # from the file, and the flag over it
     assert s.retrain == RetrainSettings(epochs=7)  # the file's recipe (all its fields) over the space's
     assert (s.model, s.space, s.target_ratio) == ("tiny-digits", "tiny-digits", 0.2)  # identity comes from the run
@@ -78,7 +79,6 @@ def test_a_partial_yaml_settings_file_and_its_ratio(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, words", [
-    ("sprad: 2\n", ["sprad"]),
     ("spread: -1\n", ["spread -1"]),
     ("- a\n- b\n", ["mapping"]),
     ("retrain: 3\n", ["retrain must be a mapping"]),

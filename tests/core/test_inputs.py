@@ -234,3 +234,26 @@ def test_a_model_that_takes_neither_is_told_about_forward():
 
     with pytest.raises(RankSearchError, match=r"neither as model\(\*\*batch\).*pass forward="):
         call(Three(), {"z": torch.zeros(1)})
+
+
+def test_a_type_error_inside_forward_is_the_model_s_own_and_forward_runs_once():
+    """The calling convention is read from the signature, not guessed from a TypeError: one raised inside
+    forward reaches the caller unchanged, after forward ran once."""
+    from ranksearch.core import call
+
+    class Buggy(torch.nn.Module):
+        calls = 0
+
+        def forward(self, left, right):
+            Buggy.calls += 1
+            return self.helper(left, right)
+
+        def helper(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="helper"):
+        call(Buggy(), {"left": torch.zeros(1), "right": torch.zeros(1)})
+    assert Buggy.calls == 1
+    with pytest.raises(TypeError, match="helper"):
+        call(Buggy(), (torch.zeros(1), torch.zeros(1)))
+    assert Buggy.calls == 2

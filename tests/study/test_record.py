@@ -10,6 +10,7 @@ import pytest
 from ranksearch import Method, RunOptions, SearchSettings, StudyRecord, TrialRecord, search
 from ranksearch.study import FactorKind, SensitivityKind
 from ranksearch.study._record import ATTR, fixed_cost_line
+from ranksearch.study._settings import FORMAT_VERSION
 
 
 def _every_field(cls, values):
@@ -44,7 +45,7 @@ def test_a_study_record_round_trips_every_field():
         "sensitivity_samples": (16, 400), "sensitivity_measured": [("a", 1)], "fixed_cost": {"total_s": 1.0}, "centre": {"a": 0.1}})
     attrs = record.to_attrs()
     assert all(k.startswith(ATTR) for k in attrs)
-    assert attrs[ATTR + "sensitivity_row:b"] == [[1, 0.4]] and attrs[ATTR + "settings"]["format_version"] == 6
+    assert attrs[ATTR + "sensitivity_row:b"] == [[1, 0.4]] and attrs[ATTR + "settings"]["format_version"] == FORMAT_VERSION
     assert StudyRecord.from_attrs({**attrs, "someone-else": 1}) == record  # other tools' keys are left alone
     assert StudyRecord(setup={"state": "ready"}).ready and not StudyRecord().ready
 

@@ -28,16 +28,18 @@ def test_every_sampler_runs_a_study_and_reseeds_per_trial(name):
     sampler = make_sampler(name, seed=3, step=0.2)
     assert isinstance(sampler, TrialSeeded)
 
-    def run() -> list[dict[str, float]]:
+    def run(parts: tuple[int, ...]) -> list[dict[str, float]]:
         study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed=3, step=0.2))
         study.enqueue_trial({"log2r:a": 0.0, "log2r:b": 0.0})  # an enqueued allocation: not counted by the seeding
-        study.optimize(_steps, n_trials=7)
+        for n in parts:  # each part a fresh sampler object, as a resumed search or another worker process has
+            study.sampler = make_sampler(name, seed=3, step=0.2)
+            study.optimize(_steps, n_trials=n)
         return [t.params for t in study.trials]
 
-    first, again = run(), run()
-    assert len(first) == 7 and all(-1 <= v <= 1 for p in first for v in p.values())
-    assert first == again  # the k-th sampled trial draws from a seed of the study's seed and k
-    assert len({tuple(p.values()) for p in first}) > 1
+    whole, resumed = run((7,)), run((3, 2, 2))
+    assert len(whole) == 7 and all(-1 <= v <= 1 for p in whole for v in p.values())
+    assert resumed == whole  # the k-th sampled trial draws from a seed of the study's seed and k, not the object's past
+    assert len({tuple(p.values()) for p in whole}) > 1
 
 
 def test_custom_samplers_and_pruners_are_named_and_refused_by_name():
