@@ -55,6 +55,9 @@ def _session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning after a run: the sessions timed in turn would otherwise take each other's cores (MobileNetV2's
+    # dense model: 11-15 ms with spinning beside two other sessions, 4.7 ms without; benchmarks/latency.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

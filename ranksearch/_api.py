@@ -33,7 +33,6 @@ from ranksearch._io import check_writable
 from ranksearch.core._config import RankConfig
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import best_device
-from ranksearch.core._solver import solve_ratio
 from ranksearch.core._surgery import factorize
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError, StudyError
@@ -41,6 +40,7 @@ from ranksearch.results._collect import SearchResult, collect
 from ranksearch.results._export import write_folder
 from ranksearch.study._callables import Evaluate, Retrain
 from ranksearch.study._join import create_or_join, join_study, stored_settings, wait_until_ready
+from ranksearch.study._latency import end_to_end, measure_timing
 from ranksearch.study._loop import FINISHED, run_trials
 from ranksearch.study._objective import Objective
 from ranksearch.study._plan import Plan, Workload, check_model, make_plan, resolve
@@ -48,7 +48,7 @@ from ranksearch.study._record import StudyRecord, TrialRecord
 from ranksearch.study._settings import Components, RunOptions, SearchSettings
 from ranksearch.study._setup import set_up
 from ranksearch.study._storage import artifact_store, check_storage, open_storage, read_study, release, worker_id, write_study
-from ranksearch.study._vocab import Sensitivity
+from ranksearch.study._vocab import Method, Sensitivity
 
 __all__ = ["run_worker", "search"]
 
@@ -103,7 +103,7 @@ def search(
         raise StudyError("Give n_trials, timeout or both, or the search never ends.")
     out = Path(run.out_dir) if run.out_dir is not None else None
     settings = resolve(model, settings, work, given, run.cache_dir)
-    name = run.name_for(settings.model, settings.target_ratio)
+    name = run.name_for(settings.model, settings.target_ratio, settings.target_latency)
     if out is not None:
         check_results_folder(out, name, run.resume)
     if isinstance(run.storage, str) or run.storage is None:
@@ -113,6 +113,10 @@ def search(
         raise StudyError("workers > 1 needs a space (settings.space), a storage URL or journal file (or out_dir) and "
                          "named sampler/pruner; from Python, start run_worker() in your own processes instead.")
     plan = make_plan(model, settings, work, given, run.cache_dir)
+    timing = None
+    if plan.latency is not None and not run.resume:  # before any study is written (a resumed one has its own)
+        timing = measure_timing(model, plan.allocator, plan.latency, plan.calls.input_shape, run.progress)
+        plan = plan.with_timing(timing)
     _check_reachable(plan)
     for w in given.warm_start:  # before any study is written
         if unknown := sorted(set(w) - set(plan.views.curves)):
@@ -130,12 +134,15 @@ def search(
         table: list[Sensitivity | None] = [given.sensitivity]
 
         def setup() -> None:
-            table[0] = set_up(study, model, plan, sensitivity=given.sensitivity, warm_start=given.warm_start, progress=run.progress)
+            table[0] = set_up(study, model, plan, sensitivity=given.sensitivity, timing=timing, warm_start=given.warm_start,
+                              progress=run.progress)
 
         if created:
             setup()
         else:
             wait_until_ready(study, on_orphan=setup)
+        if plan.latency is not None and (stored := read_study(study).timing) is not None:
+            plan = plan.with_timing(stored)  # the study's table, whoever measured it
         arts = artifact_store(where) if where is not None else None
         if run.workers > 1:
             from ranksearch._workers import spawn
@@ -156,6 +163,8 @@ def search(
                          factors=plan.views.plain_factors)
         if result.sensitivity is None and table[0] is not None:
             result = dataclasses.replace(result, sensitivity=table[0])
+        if plan.latency is not None:
+            result = _with_latency(result, study, model, plan)
         if out is not None:
             write_folder(result, out, report=run.report)
         return result
@@ -170,8 +179,17 @@ def _check_model(model: object) -> None:
 
 def _check_reachable(plan: Plan) -> None:
     """The solver raises, in one line, for a target the model cannot reach (before any study is written)."""
-    a = plan.allocator
-    solve_ratio(plan.views.plain_curves, a.target, a.total, None, a.grid, a.min_rank)
+    plan.allocator.solution(Method.SEED_RULE, None)
+
+
+def _with_latency(result: SearchResult, study: optuna.Study, model: nn.Module, plan: Plan) -> SearchResult:
+    """``result`` with its best model's end-to-end latency against the dense model's in its config."""
+    record = read_study(study)
+    assert plan.latency is not None and record.timing is not None
+    measured = end_to_end(model, result.model, record.timing, plan.latency, plan.calls.input_shape or record.input_shape,
+                          result.config.ranks)
+    config = dataclasses.replace(result.config, search={**result.config.search, "latency": measured})
+    return dataclasses.replace(result, config=config, summary=dataclasses.replace(result.summary, latency=measured))
 
 
 def _artifacts_where(study: optuna.Study, created: bool, run: RunOptions) -> Any:
@@ -188,8 +206,10 @@ def _artifacts_where(study: optuna.Study, created: bool, run: RunOptions) -> Any
 
 def _objective(study: optuna.Study, model: nn.Module, plan: Plan, artifacts: Any, n_trials: int | None) -> Objective:
     """The trial function of a set-up study (the prior's centre read from the study)."""
-    centre = read_study(study).centre or {}
-    return Objective(model, plan.allocator.with_centre(centre), plan.calls, artifacts=artifacts, n_trials=n_trials)
+    record = read_study(study)
+    if plan.latency is not None and record.timing is not None:
+        plan = plan.with_timing(record.timing)
+    return Objective(model, plan.allocator.with_centre(record.centre or {}), plan.calls, artifacts=artifacts, n_trials=n_trials)
 
 
 def check_results_folder(out: Path, name: str, resume: bool) -> None:

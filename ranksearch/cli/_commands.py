@@ -35,6 +35,7 @@ from ranksearch.results._report import write_report
 from ranksearch.results._tables import layer_table, summary_table, working_points_table
 from ranksearch.spaces._space import Space, cache_root, load_space
 from ranksearch.study._join import precheck
+from ranksearch.study._plan import cpu_block
 from ranksearch.study._settings import RunOptions, SearchSettings
 from ranksearch.study._storage import check_storage
 
@@ -69,13 +70,13 @@ def _source(space: Space) -> dict[str, object]:
             "pretrained_cache": None if space.weights else str(space.pretrained_path())}
 
 
-def _grid(args: argparse.Namespace, space: Space, model: nn.Module, target: float) -> int:
-    """The rank step: ``--rank-multiple N``, or for ``auto`` the space's (CPU) or 8 on CUDA, halved on a
-    small model (:func:`~ranksearch.core.rank_multiple_for`)."""
+def _grid(args: argparse.Namespace, space: Space, model: nn.Module, target: float, block: int | None = None) -> int:
+    """The rank step: ``--rank-multiple N``, or for ``auto`` the space's (CPU) or 8 on CUDA (and for a latency
+    working point timed on the CPU), halved on a small model (:func:`~ranksearch.core.rank_multiple_for`)."""
     if getattr(args, "rank_multiple", "auto") != "auto":
         return space.rank_multiple
-    curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude) if best_device().type == "cuda" else None
-    return rank_multiple_for(best_device(), space.rank_multiple, curves, target, count_params(model), space.min_rank)
+    curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude) if best_device().type == "cuda" or block else None
+    return rank_multiple_for(best_device(), space.rank_multiple, curves, target, count_params(model), space.min_rank, block)
 
 
 def _spectra(args: argparse.Namespace) -> int:
@@ -148,20 +149,20 @@ def _search(args: argparse.Namespace) -> int:
                      progress=args.progress)
     several = len(targets) > 1
     check_points(targets)
-    for t in targets:  # every path is checked before any training (nothing is created here)
-        here = point_options(run, t, several)
-        check_results_folder(Path(here.out_dir), here.name_for(space.name, t), run.resume)  # type: ignore[arg-type]
+    settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
+    for s in settings:  # every path is checked before any training (nothing is created here)
+        here = point_options(run, s.target_ratio, several)
+        check_results_folder(Path(here.out_dir), here.name_for(space.name, s.target_ratio, s.target_latency), run.resume)  # type: ignore[arg-type]
         check_storage(here.storage if isinstance(here.storage, str) else None, here.out_dir)
     if run.artifacts:
         check_writable(run.artifacts, folder=True, what="--artifacts")
-    settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
     for s in settings:  # an existing study: joined only with --resume and the same settings, said before any training
         here = point_options(run, s.target_ratio, several)
-        precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir, here.name_for(space.name, s.target_ratio),
-                 s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
+        precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir,
+                 here.name_for(space.name, s.target_ratio, s.target_latency), s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
-    settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio)) for s in settings]
+    settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio, cpu_block(s))) for s in settings]
     for s in settings:  # every working point must be reachable before any of them writes a file
         solve(model, s.target_ratio, exclude=s.exclude, rank_multiple=s.rank_multiple, min_rank=s.min_rank,  # type: ignore[arg-type]
               cache_dir=cache_root() / "spectra")

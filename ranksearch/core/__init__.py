@@ -13,7 +13,7 @@ from ranksearch._lazy import exports
 
 _NAMES = {
     # the pure-numpy solver
-    "BAND": "_solver", "Curve": "_solver", "Solution": "_solver", "log2_ranks": "_solver", "project_ranks": "_solver",
+    "BAND": "_solver", "Curve": "_solver", "Latency": "_solver", "Solution": "_solver", "log2_ranks": "_solver", "project_ranks": "_solver",
     "ranks_for_bound": "_solver", "reachable_ratio": "_solver", "solve_ratio": "_solver",
     # decompositions, low-rank layers, surgery
     "FactorKind": "_decompose", "Factors": "_decompose", "singular_values": "_decompose", "decompose": "_decompose:factorize",
@@ -24,9 +24,12 @@ _NAMES = {
     # inputs of any structure
     "call": "_inputs", "to_device": "_inputs", "batch_len": "_inputs",
     # cost, retrain, task
-    "ModelCost": "_cost", "model_cost": "_cost", "rank_multiple_for": "_cost", "TENSOR_CORE_MULTIPLE": "_cost",
+    "ModelCost": "_cost", "model_cost": "_cost", "rank_multiple_for": "_cost", "TENSOR_CORE_MULTIPLE": "_cost", "CPU_BLOCK": "_cost",
     "Optimizer": "_retrain", "RetrainSettings": "_retrain", "best_device": "_retrain", "compile_for_training": "_retrain",
     "evaluate": "_retrain", "fit": "_retrain", "sample_scores": "_retrain", "Task": "_task",
+    # latency: per-layer timing tables and end-to-end medians
+    "FASTER": "_timing", "Runtime": "_timing", "TimingTable": "_timing", "measure_layers": "_timing", "measure_models": "_timing",
+    "timing_ranks": "_timing",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
     "dense_reasons": "_allocation", "load_factorized": "_allocation", "solve": "_allocation",
@@ -39,14 +42,25 @@ if TYPE_CHECKING:
     from ranksearch.core._allocation import apply, config_for, dense_reasons, load_factorized, solve
     from ranksearch.core._calibrate import calibration_batches, input_moments, whitened
     from ranksearch.core._config import LayerRank, RankConfig
-    from ranksearch.core._cost import TENSOR_CORE_MULTIPLE, ModelCost, model_cost, rank_multiple_for
+    from ranksearch.core._cost import CPU_BLOCK, TENSOR_CORE_MULTIPLE, ModelCost, model_cost, rank_multiple_for
     from ranksearch.core._decompose import FactorKind, Factors, singular_values
     from ranksearch.core._decompose import factorize as decompose
     from ranksearch.core._inputs import batch_len, call, to_device
     from ranksearch.core._layers import LowRank, LowRankConv, LowRankConvTranspose2d, LowRankLinear, build_low_rank
     from ranksearch.core._retrain import Optimizer, RetrainSettings, best_device, compile_for_training, evaluate, fit, sample_scores
-    from ranksearch.core._solver import BAND, Curve, Solution, log2_ranks, project_ranks, ranks_for_bound, reachable_ratio, solve_ratio
+    from ranksearch.core._solver import (
+        BAND,
+        Curve,
+        Latency,
+        Solution,
+        log2_ranks,
+        project_ranks,
+        ranks_for_bound,
+        reachable_ratio,
+        solve_ratio,
+    )
     from ranksearch.core._spectra import curve_of, spectra
     from ranksearch.core._surgery import count_params, factorize, find_layers, layer_factors, layer_groups
     from ranksearch.core._task import Task
+    from ranksearch.core._timing import FASTER, Runtime, TimingTable, measure_layers, measure_models, timing_ranks
     from ranksearch.core._weights import load_state_dict, save_state_dict, state_digest

@@ -98,7 +98,9 @@ def dense_reasons(model: nn.Module, curves: Mapping[str, Curve], solution: Solut
         if rank is not None:
             continue
         c = curves[name]
-        if len(c.ranks(rank_multiple, min_rank)) == 0:
+        if c.limit == 0:
+            out[name] = "no pair runs faster than the dense layer (the latency working point's timing table)"
+        elif len(c.ranks(rank_multiple, min_rank)) == 0:
             out[name] = (f"no rank on the grid (multiples of {rank_multiple}, at least {min_rank}) gives the {c.shape[0]}x"
                          f"{c.shape[1]} weight a pair with fewer parameters and multiply-adds (at most rank {c.max_rank} does)")
         else:

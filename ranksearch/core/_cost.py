@@ -29,20 +29,27 @@ from ranksearch.core._layers import DENSE_TYPES, matrix_shape
 from ranksearch.core._solver import BAND, Curve, log2_ranks, project_ranks, reachable_ratio, solve_ratio
 from ranksearch.errors import RankSearchError
 
-__all__ = ["GRID_SHARE", "TENSOR_CORE_MULTIPLE", "ModelCost", "dense_macs", "model_cost", "positions", "rank_multiple_for"]
+__all__ = ["CPU_BLOCK", "GRID_SHARE", "TENSOR_CORE_MULTIPLE", "ModelCost", "dense_macs", "model_cost", "positions", "rank_multiple_for"]
 
 #: rank step for CUDA half / bf16: tensor cores want matrix sizes in multiples of 8 (PyTorch's tuning
 #: guide); one 4096-wide layer of rank 1017 ran 5x slower than at 1016 in a bf16 test
 TENSOR_CORE_MULTIPLE = 8
+#: rank step of a latency working point on the CPU: onnxruntime's and oneDNN's convolutions block channels
+#: by 8 (AVX2); a rank off the block breaks the blocked layout between the pair's two convolutions. MobileNetV2
+#: at its Table 1 points on onnxruntime: the seed rule 1.15-1.28x of dense on a grid of 1, 0.96-0.99x on 8
+#: (benchmarks/LOG.md, "Latency working points")
+CPU_BLOCK = 8
 #: auto's CUDA grid: one rank step of the widest layer may cost at most this share of the kept parameters
 GRID_SHARE = 0.02
 _log = logging.getLogger(__name__)
 
 
 def rank_multiple_for(device: torch.device, fallback: int = 1, curves: Mapping[str, Curve] | None = None,
-                      target_ratio: float | None = None, total_params: int | None = None, min_rank: int = 1) -> int:
+                      target_ratio: float | None = None, total_params: int | None = None, min_rank: int = 1,
+                      block: int | None = None) -> int:
     """The rank step ``rank_multiple="auto"`` means on ``device``: :data:`TENSOR_CORE_MULTIPLE` on
-    CUDA (the retrain runs there under bf16 autocast), else ``fallback`` (the space's setting).
+    CUDA (the retrain runs there under bf16 autocast), else ``block`` when given (a latency working
+    point on the CPU: :data:`CPU_BLOCK`), else ``fallback`` (the space's setting).
 
     Given the layers' ``curves``, the ``target_ratio`` and the model's ``total_params``, a CUDA step
     is halved (8, 4, 2, 1), with a warning, until both hold:
@@ -56,15 +63,16 @@ def rank_multiple_for(device: torch.device, fallback: int = 1, curves: Mapping[s
     * the CE1 rule on that grid, and projections of seeded random steps around it (what the
       incumbent space's trials are), land within :data:`~ranksearch.core._solver.BAND` below the target.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" and block is None:
         return fallback
-    step = TENSOR_CORE_MULTIPLE
+    step = TENSOR_CORE_MULTIPLE if device.type == "cuda" else int(block)  # type: ignore[arg-type]
+    wanted = step
     if curves is not None and target_ratio is not None and total_params is not None and curves:
         reasons, widest = [], max(sum(c.shape) for c in curves.values())
         kept = target_ratio * total_params
         while step > 1 and step * widest > GRID_SHARE * kept:
             step //= 2
-        if step < TENSOR_CORE_MULTIPLE:
+        if step < wanted:
             reasons.append(f"a step of {2 * step} in the widest layer costs {2 * step * widest / kept:.1%} of the "
                            f"{kept:,.0f} parameters kept at {target_ratio:g}, over {GRID_SHARE:.0%}")
         fine = step
@@ -73,8 +81,8 @@ def rank_multiple_for(device: torch.device, fallback: int = 1, curves: Mapping[s
         if step < fine:
             reasons.append(f"on the grid of {2 * step} the allocations do not all land within {BAND:g} below the target")
         if reasons:
-            _log.warning("rank multiple auto: %d instead of %d (%s): the layers are too small for tensor cores to gain",
-                         step, TENSOR_CORE_MULTIPLE, "; ".join(reasons))
+            _log.warning("rank multiple auto: %d instead of %d (%s): the layers are too small for the blocked kernels to gain",
+                         step, wanted, "; ".join(reasons))
     return step
 
 

@@ -9,21 +9,17 @@ is within the layer's bound:
 * a target ratio: the bound is found by an exact search over all error breakpoints so that the whole
   model's parameter count after factorization, divided by the original count, is at most the target
   and as close to it as the rank granularity allows. With ``weights`` the bound of layer l is
-  ``bound * weights[l]``: that is how a search shares the budget between layers while every proposal
-  still lands exactly on the target.
-
-  Whatever the breakpoints leave of the budget is then filled greedily, one rank step at a time, where
-  it lowers the weighted MSE most per parameter (``fill=True``, the default), so the ratio lands within
-  one rank step of the narrowest layer; if more than 0.1% of the model is still unspent (small models
-  with wide layers), exchanges (some steps back in one layer, then refill) are tried to spend it. Without fill, every rank
-  is monotone in the bound; with it, no further step fits.
-
+  ``bound * weights[l]``: how a search shares the budget between layers, every proposal on the target.
+  What the breakpoints leave is filled greedily, one rank step at a time, best weighted MSE reduction
+  per parameter first (``fill=True``); more than 0.1% unspent (small models with wide layers) is spent
+  by exchanges (steps back in one layer, then refill). Without fill every rank is monotone in the bound.
 * proportions of ranks (``project_ranks``): per-layer ``log2`` rank targets (an incumbent allocation
   plus a proposed step) shifted by one common amount until the allocation fills the budget; the
   search's default proposals, in which a step means the same relative change in every layer.
 
-A layer whose bound would need a rank at which the pair is no smaller than the dense weight stays dense
-(its rank is reported as ``None``).
+A layer stays dense (rank ``None``) where its bound would need a rank whose pair is no smaller than the
+dense weight, or above its curve's ``limit`` (a latency working point's: the pair must run faster).
+A :class:`Latency` adds a second budget, seconds of the eligible layers; every allocation fits both.
 
 Example:
     >>> import numpy as np
@@ -45,7 +41,7 @@ from ranksearch.errors import RankSearchError
 
 BAND = 0.005  #: an allocation lands within this fraction of the model below its target ratio where the rank steps allow
 
-__all__ = ["BAND", "Curve", "Solution", "log2_ranks", "project_ranks", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
+__all__ = ["BAND", "Curve", "Latency", "Solution", "log2_ranks", "project_ranks", "ranks_for_bound", "reachable_ratio", "solve_ratio"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +51,13 @@ class Curve:
     Attributes:
         shape: (m, n) of the weight matrix.
         singular_values: All min(m, n) singular values, descending.
+        limit: The largest rank allowed, besides the parameter break-even (None: no other limit; 0: the layer
+            stays dense), e.g. the largest rank whose pair runs faster than the dense layer.
     """
 
     shape: tuple[int, int]
     singular_values: np.ndarray = field(repr=False)
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         m, n = self.shape
@@ -67,6 +66,8 @@ class Curve:
             raise RankSearchError(f"A {m}x{n} weight has {min(m, n)} singular values, got shape {s.shape}.")
         if np.any(s < 0) or np.any(np.diff(s) > 1e-12 * max(float(s[0]), 1e-300)):
             raise RankSearchError("Singular values must be non-negative and sorted in descending order.")
+        if self.limit is not None and (not isinstance(self.limit, (int, np.integer)) or self.limit < 0):
+            raise RankSearchError(f"A curve's rank limit must be an int >= 0 (0: stays dense), got {self.limit!r}.")
         object.__setattr__(self, "shape", (int(m), int(n)))
         object.__setattr__(self, "singular_values", s)
 
@@ -83,9 +84,10 @@ class Curve:
 
     @property
     def max_rank(self) -> int:
-        """The largest rank whose pair is strictly smaller than the dense weight (0: none is)."""
+        """The largest rank whose pair is strictly smaller than the dense weight and within ``limit`` (0: none is)."""
         m, n = self.shape
-        return max(0, math.ceil(m * n / (m + n)) - 1)
+        smaller = max(0, math.ceil(m * n / (m + n)) - 1)
+        return smaller if self.limit is None else min(smaller, int(self.limit))
 
     def params(self, rank: int | None) -> int:
         """Weights used at ``rank`` (None: dense)."""
@@ -103,10 +105,8 @@ class Solution:
 
     Attributes:
         ranks: Layer name -> rank, or None where the layer stays dense.
-        bound: The (scaled) MSE bound found by the search; per layer it is ``bound * weights[l]``.
-            Without fill it reproduces ``ranks``; with fill some ranks are a step or more above it.
-        params: Parameters of the whole model after factorization.
-        original_params: Parameters of the dense model.
+        bound: The (scaled) MSE bound found; per layer ``bound * weights[l]`` (with fill, some ranks lie above it).
+        params, original_params: Parameters of the whole model after factorization, and of the dense model.
     """
 
     ranks: dict[str, int | None]
@@ -121,6 +121,18 @@ class Solution:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """A second budget: ``pair[l][r]``, seconds of layer l's pair at rank r = 0 .. min(m, n) (non-decreasing);
+    ``dense[l]``, of the dense layer (counted as at least its slowest allowed rank's: the curves' ``limit``
+    keeps the allowed pairs faster, as :meth:`~ranksearch.core.TimingTable.limits` sets it); ``budget``,
+    the seconds all eligible layers may take together."""
+
+    pair: Mapping[str, np.ndarray]
+    dense: Mapping[str, float]
+    budget: float
+
+
+@dataclass(frozen=True)
 class _Options:
     """Per layer, the allowed choices (ranks, then dense) padded into 2-D arrays."""
 
@@ -128,17 +140,26 @@ class _Options:
     ranks: np.ndarray  # (L, K) int, -1 marks dense
     cost: np.ndarray  # (L, K) weights of each choice; padding repeats the dense choice
     error: np.ndarray  # (L, K) MSE of each choice, non-increasing along K, dense = 0
+    time: np.ndarray  # (L, K) seconds of each choice, non-decreasing along K (zeros without a latency budget)
+    time_budget: float  # seconds the eligible layers may take (inf without a latency budget)
+
+    def fits(self, idx: np.ndarray, budget: float) -> bool:  # the choices idx within both budgets (budget: eligible weights)
+        rows = np.arange(len(idx))
+        return bool(self.cost[rows, idx].sum() <= budget and self.time[rows, idx].sum() <= self.time_budget * (1 + 1e-12))
 
 
-def _options(curves: Mapping[str, Curve], multiple: int, min_rank: int) -> _Options:
+def _options(curves: Mapping[str, Curve], multiple: int, min_rank: int, latency: Latency | None = None) -> _Options:
     if multiple < 1 or min_rank < 1:
         raise RankSearchError(f"rank_multiple ({multiple}) and min_rank ({min_rank}) must be >= 1.")
     names = list(curves)
+    if latency is not None and (missing := sorted((set(names) - set(latency.pair)) | (set(names) - set(latency.dense)))):
+        raise RankSearchError(f"The latency table has no times for layers {missing[:3]}; measure it on this model.")
     per_layer = [curves[n].ranks(multiple, min_rank) for n in names]
     width = max((len(r) for r in per_layer), default=0) + 1
     ranks = np.full((len(names), width), -1, dtype=np.int64)
     cost = np.empty((len(names), width), dtype=np.int64)
     error = np.zeros((len(names), width), dtype=np.float64)
+    time = np.zeros((len(names), width), dtype=np.float64)
     for i, (name, allowed) in enumerate(zip(names, per_layer)):
         c = curves[name]
         k = len(allowed)
@@ -146,7 +167,10 @@ def _options(curves: Mapping[str, Curve], multiple: int, min_rank: int) -> _Opti
         cost[i, :k] = allowed * (c.shape[0] + c.shape[1])
         cost[i, k:] = c.dense_params
         error[i, :k] = c.mse[allowed]
-    return _Options(names, ranks, cost, error)
+        if latency is not None:
+            time[i, :k] = np.asarray(latency.pair[name], dtype=np.float64)[allowed]
+            time[i, k:] = max(float(latency.dense[name]), float(time[i, k - 1]) if k else 0.0)
+    return _Options(names, ranks, cost, error, time, math.inf if latency is None else float(latency.budget))
 
 
 def _choose(opts: _Options, scaled_error: np.ndarray, bound: float) -> np.ndarray:
@@ -219,6 +243,7 @@ def solve_ratio(
     rank_multiple: int = 1,
     min_rank: int = 1,
     fill: bool = True,
+    latency: Latency | None = None,
 ) -> Solution:
     """Ranks whose whole-model ratio is at most ``target_ratio`` and as close to it as possible.
 
@@ -229,6 +254,8 @@ def solve_ratio(
     spent greedily, one allowed rank step at a time, on the steps with the largest (weighted) MSE
     reduction per parameter that still fit, so the ratio lands within one step of the narrowest layer.
 
+    With ``latency`` the choices also fit its budget of seconds (the bound is the smallest that fits both).
+
     Raises:
         ValueError: for a ratio outside (0, 1], non-positive weights, or an unreachable target (the
             message names the smallest reachable ratio).
@@ -236,27 +263,20 @@ def solve_ratio(
     if not (isinstance(target_ratio, (int, float)) and 0.0 < target_ratio <= 1.0):
         raise RankSearchError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
     fixed = _check_totals(curves, total_params)
-    opts = _options(curves, rank_multiple, min_rank)
+    opts = _options(curves, rank_multiple, min_rank, latency)
     w = np.ones(len(opts.names))
     if weights is not None:
         w = np.array([float(weights.get(n, 1.0)) for n in opts.names])
         if not np.all(np.isfinite(w) & (w > 0)):
             raise RankSearchError(f"Layer weights must be finite and > 0, got {dict(weights)}.")
     budget = _budget(target_ratio, total_params)
-    smallest = fixed + int(opts.cost[:, 0].sum())
-    if smallest > budget:
-        raise RankSearchError(
-            f"target ratio {target_ratio} is unreachable: with the smallest rank in every eligible layer "
-            f"the model keeps {smallest / total_params:.4f} of its parameters; ask for a ratio >= "
-            f"{math.ceil(smallest / total_params * 1e4) / 1e4} or make more layers eligible."
-        )
+    _check_smallest(opts, target_ratio, fixed, budget, total_params)
     scaled = opts.error / w[:, None]
     candidates = np.unique(scaled)  # ascending; the largest always fits (every layer at its first choice)
     lo, hi = 0, len(candidates) - 1
     while lo < hi:  # smallest candidate bound whose choices fit the budget
         mid = (lo + hi) // 2
-        cost = fixed + opts.cost[np.arange(len(w)), _choose(opts, scaled, candidates[mid])].sum()
-        if cost <= budget:
+        if opts.fits(_choose(opts, scaled, candidates[mid]), budget - fixed):
             hi = mid
         else:
             lo = mid + 1
@@ -267,17 +287,32 @@ def solve_ratio(
     return _solution(opts, idx, bound, fixed, total_params)
 
 
+def _check_smallest(opts: _Options, target_ratio: float, fixed: int, budget: int, total_params: int) -> None:
+    """Raise, in one line, when even the smallest allowed rank in every layer misses a budget."""
+    smallest, limited = fixed + int(opts.cost[:, 0].sum()), opts.time_budget < math.inf
+    if smallest > budget:
+        raise RankSearchError(f"target ratio {target_ratio} is unreachable: with the smallest rank{' the latency limits allow' * limited} "
+                              f"in every eligible layer the model keeps {smallest / total_params:.4f} of its parameters; ask for a "
+                              f"ratio >= {math.ceil(smallest / total_params * 1e4) / 1e4}" + (
+                                  ", or time on a runtime (or batch) where more pairs run faster than their dense layers." if limited
+                                  else " or make more layers eligible."))
+    if not opts.fits(np.zeros(len(opts.names), dtype=np.int64), budget - fixed):
+        raise RankSearchError(f"the latency budget is unreachable: at their smallest ranks the eligible layers take "
+                              f"{float(opts.time[:, 0].sum()):.3g} s, over the {opts.time_budget:.3g} s allowed; ask for a larger latency fraction.")
+
+
 def _tighten(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float, total: int,
              slack: float = 1e-3, max_back: int = 32, distance: np.ndarray | None = None) -> np.ndarray:
-    """While more than ``slack`` of the model is left unspent, try taking up to ``max_back`` rank steps
-    back in one layer and refilling: keep the exchange that leaves the least unspent (small models);
-    with ``distance`` (per layer and choice), of the exchanges that leave at most ``slack`` the one
-    nearest (least total distance)."""
+    """While over ``slack`` of the model is unspent, try up to ``max_back`` rank steps back in one layer, then
+    refill: keep the exchange leaving least unspent; with ``distance``, the nearest of those within ``slack``."""
     rows = np.arange(len(idx))
     last = opts.ranks.shape[1] - 1
 
     def left(i: np.ndarray) -> float:
         return budget - float(opts.cost[rows, i].sum())
+
+    def fits(i: np.ndarray) -> bool:
+        return left(i) >= 0 and opts.fits(i, budget)
 
     for _ in range(len(idx)):
         if left(idx) <= slack * total:
@@ -290,7 +325,7 @@ def _tighten(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float,
                 for i in np.flatnonzero((np.arange(len(idx)) != j) & (idx < last)):
                     cand = lowered.copy()
                     cand[i] += 1  # force the exchange, then let the fill spend the rest
-                    if left(cand) >= 0:
+                    if fits(cand):
                         moves.append(_fill(opts, scaled, cand, budget))
         best = min(moves, key=left, default=idx)
         if left(best) >= left(idx):
@@ -308,16 +343,19 @@ def _fill(opts: _Options, scaled: np.ndarray, idx: np.ndarray, budget: float) ->
     rows = np.arange(len(idx))
     last = opts.ranks.shape[1] - 1
     left = budget - opts.cost[rows, idx].sum()
+    seconds = opts.time_budget - opts.time[rows, idx].sum()
     while True:
         nxt = np.minimum(idx + 1, last)
         step = opts.cost[rows, nxt] - opts.cost[rows, idx]
-        ok = (step > 0) & (step <= left)
+        slower = opts.time[rows, nxt] - opts.time[rows, idx]
+        ok = (step > 0) & (step <= left) & (slower <= seconds)
         if not ok.any():
             return idx
         gain = np.where(ok, (scaled[rows, idx] - scaled[rows, nxt]) / np.maximum(step, 1), -np.inf)
         j = int(np.argmax(gain))
         idx[j] += 1
         left -= step[j]
+        seconds -= slower[j]
 
 
 def _budget(target_ratio: float, total_params: int) -> int:
@@ -342,6 +380,7 @@ def project_ranks(
     total_params: int,
     rank_multiple: int = 1,
     min_rank: int = 1,
+    latency: Latency | None = None,
 ) -> Solution:
     """The allocation nearest in proportion to per-layer target ranks that fills the budget.
 
@@ -352,7 +391,8 @@ def project_ranks(
     below its shifted target (in ``log2``), so a step of ``+0.5`` in one layer means the same relative
     change of its rank, and so of its parameters, whichever layer it is. Should more than :data:`BAND` of
     the model still be unspent (coarse steps: a grid of 8, or one rank of a wide layer of a small
-    model), exchanges (steps back in one layer, then refill) are tried until it is not.
+    model), exchanges (steps back in one layer, then refill) are tried until it is not. With ``latency``
+    every choice also fits its budget of seconds.
 
     Raises:
         RankSearchError: for a ratio outside (0, 1], a target that is not finite, or an unreachable target.
@@ -360,15 +400,12 @@ def project_ranks(
     if not (isinstance(target_ratio, (int, float)) and 0.0 < target_ratio <= 1.0):
         raise RankSearchError(f"target ratio {target_ratio!r} must be in (0, 1], e.g. 0.25 to keep a quarter.")
     fixed = _check_totals(curves, total_params)
-    opts = _options(curves, rank_multiple, min_rank)
+    opts = _options(curves, rank_multiple, min_rank, latency)
     t = np.array([float(targets.get(n, math.log2(min(curves[n].shape)))) for n in opts.names])
     if not np.all(np.isfinite(t)):
         raise RankSearchError(f"log2 rank targets must be finite, got {dict(targets)}.")
     budget = _budget(target_ratio, total_params) - fixed
-    if int(opts.cost[:, 0].sum()) > budget:
-        reach = (fixed + int(opts.cost[:, 0].sum())) / total_params
-        raise RankSearchError(f"target ratio {target_ratio} is unreachable: with the smallest rank in every eligible layer the "
-                              f"model keeps {reach:.4f} of its parameters; ask for a ratio >= {math.ceil(reach * 1e4) / 1e4}.")
+    _check_smallest(opts, target_ratio, fixed, budget + fixed, total_params)
     full = np.array([min(curves[n].shape) for n in opts.names], dtype=np.float64)
     value = np.where(opts.ranks < 0, full[:, None], opts.ranks).astype(np.float64)  # rank of each choice (dense: full)
     with np.errstate(divide="ignore"):
@@ -383,27 +420,30 @@ def project_ranks(
         return int(opts.cost[rows, idx].sum())
 
     lo, hi = -64.0 - float(t.max()), 64.0 - float(t.min())  # all at the first choice / all at the last
-    if cost(pick(hi)) <= budget:
+    if opts.fits(pick(hi), budget):
         lo = hi
     for _ in range(100):  # bisection on the common shift: cost is non-decreasing in it
         if hi - lo < 1e-9:
             break
         mid = (lo + hi) / 2
-        if cost(pick(mid)) <= budget:
+        if opts.fits(pick(mid), budget):
             lo = mid
         else:
             hi = mid
     idx = pick(lo)
     left = budget - cost(idx)
+    seconds = opts.time_budget - float(opts.time[rows, idx].sum())
     while True:  # spend the rest on the layers furthest below their targets
         nxt = np.minimum(idx + 1, last)
         step = opts.cost[rows, nxt] - opts.cost[rows, idx]
-        ok = (step > 0) & (step <= left)
+        slower = opts.time[rows, nxt] - opts.time[rows, idx]
+        ok = (step > 0) & (step <= left) & (slower <= seconds)
         if not ok.any():
             break
         j = int(np.argmax(np.where(ok, t + lo - logv[rows, idx], -np.inf)))
         idx[j] += 1
         left -= int(step[j])
+        seconds -= float(slower[j])
     if left > BAND * total_params:  # coarse steps (a grid of 8, or one rank of a small model): exchange to fill the band
         below = np.maximum(0.0, (t + lo)[:, None] - logv)  # how far each choice is under its layer's target, in log2
         idx = _tighten(opts, below, idx, budget, total_params, slack=BAND, distance=np.abs((t + lo)[:, None] - logv))

@@ -77,6 +77,7 @@ class Summary:
         wall_time_s: From the study's creation to its last finished trial.
         cost: The best model's cost model (MACs and parameter ratios; empty without an input shape).
         fixed_cost: What the study's setup took before its first trial.
+        latency: At a latency working point, the best model's and the dense model's seconds, measured side by side.
     """
 
     metric: str
@@ -90,6 +91,7 @@ class Summary:
     wall_time_s: float | None = None
     cost: dict[str, Any] = field(default_factory=dict)
     fixed_cost: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
 
     @property
     def best_method(self) -> Method:
@@ -119,4 +121,5 @@ class Summary:
                               if m.get(Method.SEED_RULE) else None),
                    best=Figures.from_dict(m.get(Method.SEARCHED), config.achieved_ratio),
                    baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
-                   trials=counts, wall_time_s=config.search.get("wall_time_s"), cost=dict(config.cost), fixed_cost=fixed_cost)
+                   trials=counts, wall_time_s=config.search.get("wall_time_s"), cost=dict(config.cost), fixed_cost=fixed_cost,
+                   latency=config.search.get("latency"))

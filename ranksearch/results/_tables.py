@@ -101,6 +101,10 @@ def summary_table(s: Summary) -> Table:
         notes.append(f"Cost of the best model: parameters {cost['params_ratio']:.4f} of the dense model's, multiply-adds "
                      f"{cost['macs_ratio']:.4f} ({cost['macs_after']:,} against {cost['macs_before']:,} MACs per input of "
                      f"shape {cost['input_shape']}, Linear/Conv layers).")
+    if (lat := s.latency) is not None:
+        notes.append(f"Latency of the best model on {lat['runtime']} ({lat['device']}, batch {lat['batch']}): {lat['ratio']:.3f}x of "
+                     f"the dense model's ({lat['factorized_s'] * 1e3:.3g} against {lat['dense_s'] * 1e3:.3g} ms, medians side by side; "
+                     f"target {lat['target']:g}x, the timing table predicted {lat['predicted_ratio']:.3f}x).")
     name = s.metric
     return Table(("model", "ratio", f"val {name}", f"test {name}", "before retrain", "trial"), tuple(rows), notes=tuple(notes))
 

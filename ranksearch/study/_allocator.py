@@ -27,7 +27,7 @@ import optuna
 import xxhash
 from optuna.trial import FrozenTrial, TrialState
 
-from ranksearch.core._solver import Solution, log2_ranks, project_ranks, solve_ratio
+from ranksearch.core._solver import Latency, Solution, log2_ranks, project_ranks, solve_ratio
 from ranksearch.study._record import TrialRecord
 from ranksearch.study._storage import write_trial
 from ranksearch.study._views import Views
@@ -67,6 +67,8 @@ class Allocator:
         step: The sampler's step (std of the redraws of a step that repeats a trial's ranks).
         enqueued_anchor: Step from the best enqueued allocation, not the best trial (CMA-ES).
         centre: Per-layer log-weights the searched offsets are added to (the prior's centre).
+        latency: A latency working point's budget of seconds (the views' curves then carry each layer's
+            limit: the largest rank whose pair runs faster than the dense layer).
     """
 
     views: Views
@@ -80,6 +82,7 @@ class Allocator:
     step: float
     enqueued_anchor: bool = False
     centre: Mapping[str, float] = field(default_factory=dict)
+    latency: Latency | None = None
 
     def with_centre(self, centre: Mapping[str, float]) -> Allocator:
         return dataclasses.replace(self, centre=dict(centre))
@@ -103,9 +106,10 @@ class Allocator:
     def solution(self, method: Method | None, logw: Mapping[str, float] | None) -> tuple[Solution, FactorKind]:
         """Ranks of an allocation and the kind of factors they use (the seed rule: plain, no weights)."""
         if method is Method.SEED_RULE:
-            return solve_ratio(self.views.plain_curves, self.target, self.total, None, self.grid, self.min_rank), FactorKind.PLAIN
+            return (solve_ratio(self.views.plain_curves, self.target, self.total, None, self.grid, self.min_rank, latency=self.latency),
+                    FactorKind.PLAIN)
         w = {n: 10.0 ** (logw or {}).get(n, 0.0) for n in self.views.curves}
-        return solve_ratio(self.views.curves, self.target, self.total, w, self.grid, self.min_rank), self.views.kind
+        return solve_ratio(self.views.curves, self.target, self.total, w, self.grid, self.min_rank, latency=self.latency), self.views.kind
 
     def exact(self, method: Method | None, ranks: Mapping[str, int]) -> tuple[Solution, FactorKind]:
         """An allocation given as ranks (an enqueued one, or the rerun of a failed trial): exactly those, in
@@ -155,7 +159,7 @@ class Allocator:
             return self.solution(record.method, record.log10w)
         curves = self.views.curves
         if record.log2r is not None:  # a retried trial: exactly what it allocated before
-            return project_ranks(curves, record.log2r, self.target, self.total, self.grid, self.min_rank), self.views.kind
+            return project_ranks(curves, record.log2r, self.target, self.total, self.grid, self.min_rank, self.latency), self.views.kind
         number, ranks = self.anchor(trial.study)
         base = log2_ranks(curves, ranks)
         seen = [r.ranks for t in trial.study.get_trials(deepcopy=False) if (r := TrialRecord.of(t)).ranks is not None]
@@ -169,7 +173,7 @@ class Allocator:
                 wider = 1.5**redraw
                 step = {g: float(np.clip(rng.normal(0.0, self.step * wider), -STEP_BOUND, STEP_BOUND)) * wider for g in u}
             targets = {n: base[n] + step[self.groups[n]] for n in curves}
-            sol = project_ranks(curves, targets, self.target, self.total, self.grid, self.min_rank)
+            sol = project_ranks(curves, targets, self.target, self.total, self.grid, self.min_rank, self.latency)
             if {n: r for n, r in sol.ranks.items() if r is not None} not in seen:
                 break
         write_trial(trial, TrialRecord(anchor=number, redraws=redraw, log2r=targets))

@@ -213,8 +213,17 @@ def log_weights_for(curves: Mapping[str, Curve], ranks: Mapping[str, int | None]
     return {n: v - mean for n, v in logs.items()}
 
 
+def _dense_only(curves: Mapping[str, Curve], budget: int) -> tuple[dict[str, Curve], int]:
+    """The layers that have a rank to choose, and ``budget`` less the weights of those that stay dense
+    (no allowed rank: e.g. no pair that runs faster at a latency working point)."""
+    open_ = {n: c for n, c in curves.items() if c.max_rank >= 1}
+    return open_, budget - sum(c.dense_params for n, c in curves.items() if n not in open_)
+
+
 def uniform_ranks(curves: Mapping[str, Curve], budget: int) -> dict[str, int]:
     """The largest common fraction of every layer's useful rank range that fits ``budget`` weights."""
+    curves, budget = _dense_only(curves, budget)
+
     def ranks_at(frac: float) -> dict[str, int]:
         return {n: max(1, math.floor(frac * c.max_rank)) for n, c in curves.items() if c.max_rank >= 1}
 
@@ -232,6 +241,9 @@ def greedy_ranks(curves: Mapping[str, Curve], table: Sensitivity, budget: int) -
     For a score s, layer l takes the smallest measured rank whose metric is >= s (its largest measured
     rank if none is); the best s whose allocation costs at most ``budget`` weights is kept.
     """
+    curves, budget = _dense_only(curves, budget)
+    table = {n: rows for n, rows in table.items() if n in curves and rows}
+
     def ranks_at(score: float) -> dict[str, int]:
         out = {}
         for n, rows in table.items():
@@ -256,7 +268,8 @@ def additive_ranks(curves: Mapping[str, Curve], table: Sensitivity, budget: int,
     it is thinned to that many states evenly spread over the weights (then nearly optimal).
     If even the smallest ranks do not fit, they are returned.
     """
-    names = list(table)
+    curves, budget = _dense_only(curves, budget)
+    names = [n for n in table if n in curves]
     options = []
     for n in names:
         c, rows = curves[n], table[n]

@@ -18,16 +18,19 @@ from typing import Any
 import optuna
 from torch import nn
 
-from ranksearch.core._cost import rank_multiple_for
+from ranksearch._extras import require
+from ranksearch.core._cost import CPU_BLOCK, rank_multiple_for
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
 from ranksearch.core._surgery import count_params, layer_groups
 from ranksearch.core._task import Task
+from ranksearch.core._timing import Runtime, TimingTable
 from ranksearch.core._weights import state_digest
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._callables import Callables, Evaluate, Retrain, task_callables, user_callables
+from ranksearch.study._latency import LatencyPlan, limited
 from ranksearch.study._pruners import make_pruner
 from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
@@ -35,7 +38,7 @@ from ranksearch.study._settings import Components, SearchSettings
 from ranksearch.study._views import Views, views_for
 from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Sampler, SensitivityKind
 
-__all__ = ["Plan", "Workload", "check_model", "make_plan", "resolve"]
+__all__ = ["Plan", "Workload", "check_model", "cpu_block", "make_plan", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ class Plan:
     baselines: bool
     prior: Prior
     sensitivity: SensitivityPlan
+    latency: LatencyPlan | None = None
+
+    def with_timing(self, table: TimingTable) -> Plan:
+        """The plan allocating within a latency working point's timing table (see :func:`~ranksearch.study._latency.limited`)."""
+        if self.latency is None:
+            return self
+        allocator = limited(self.allocator, table, self.latency.fraction)
+        return dataclasses.replace(self, allocator=allocator, views=allocator.views)
 
 
 def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, given: Components = Components(),
@@ -90,8 +101,9 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
     elif s.factors is Factors.DATA_AWARE and not work.has_inputs:
         raise StudyError("factors='data_aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
     if s.rank_multiple == "auto":
-        curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" else None
-        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank)
+        block = cpu_block(s)
+        curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" or block else None
+        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank, block)
     if work.task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if work.task is None and s.retrain is not None:
@@ -102,6 +114,12 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
     if given.pruner is not None:
         changes["pruner"] = CUSTOM + type(given.pruner).__name__
     return s.replace(**changes)
+
+
+def cpu_block(s: SearchSettings) -> int | None:
+    """The channel block a latency working point timed on the CPU wants ranks on (None: no latency, or CUDA)."""
+    on_cpu = s.runtime is Runtime.ONNXRUNTIME or best_device().type == "cpu"
+    return CPU_BLOCK if s.target_latency is not None and on_cpu else None
 
 
 def check_model(settings: SearchSettings, model: nn.Module, study_name: str) -> None:
@@ -142,5 +160,8 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     sampler = given.sampler if given.sampler is not None else make_sampler(s.sampler, s.seed, s.step)
     pruner = given.pruner if given.pruner is not None else make_pruner(s.pruner, s.keep)
     plan = sensitivity_plan(s.sensitivity, s.sensitivity_budget, s.sensitivity_samples, views, calls, s.rank_multiple, s.min_rank)
-    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan)
+    latency = None if s.target_latency is None else LatencyPlan(s.target_latency, s.runtime, s.latency_batch)
+    if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
+        require("onnxruntime", "onnx", "runtime onnxruntime")
+    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency)
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ranksearch.core._timing import TimingTable
 from ranksearch.study._settings import SearchSettings
 from ranksearch.study._vocab import FactorKind, Method, Sensitivity, SensitivityKind
 
@@ -126,7 +127,8 @@ class StudyRecord:
     ``metric`` (its name), the sensitivity table (``sensitivity``; while it is measured, one row per
     layer in ``sensitivity_rows``), how it was made (``sensitivity_kind``, ``sensitivity_samples`` as
     ``[samples, of]``, ``sensitivity_measured`` for the proxy's measured points), ``fixed_cost`` and
-    ``centre`` (the prior's per-layer log-weights).
+    ``centre`` (the prior's per-layer log-weights); at a latency working point, ``timing`` (the per-layer
+    timing table every process allocates with).
     """
 
     settings: SearchSettings | None = None
@@ -145,6 +147,7 @@ class StudyRecord:
     sensitivity_measured: list[tuple[str, int]] | None = None
     fixed_cost: dict[str, Any] | None = None
     centre: dict[str, float] | None = None
+    timing: TimingTable | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], origin: str = "the study") -> StudyRecord:
@@ -164,6 +167,8 @@ class StudyRecord:
             values["sensitivity_samples"] = tuple(int(v) for v in values["sensitivity_samples"])
         if "sensitivity_measured" in values:
             values["sensitivity_measured"] = [(str(n), int(r)) for n, r in values["sensitivity_measured"]]
+        if "timing" in values:
+            values["timing"] = TimingTable.from_dict(values["timing"])
         rows = {k[len(_ROW):]: v for k, v in raw.items() if k.startswith(_ROW)}
         return cls(**values, sensitivity_rows=sensitivity_of(rows) if rows else None)
 
@@ -180,6 +185,8 @@ class StudyRecord:
             out["sensitivity_samples"] = list(out["sensitivity_samples"])
         if "sensitivity_measured" in out:
             out["sensitivity_measured"] = [list(p) for p in out["sensitivity_measured"]]
+        if "timing" in out:
+            out["timing"] = out["timing"].to_dict()
         rows = out.pop("sensitivity_rows", None) or {}
         flat = {ATTR + k: v for k, v in out.items()}
         flat.update({f"{ATTR}{_ROW}{n}": [[r, v] for r, v in row] for n, row in rows.items()})

@@ -25,6 +25,7 @@ from typing import Any
 
 from ranksearch._fields import document, option, validate
 from ranksearch.core._retrain import RetrainSettings
+from ranksearch.core._timing import Runtime
 from ranksearch.errors import ConfigError, StudyError
 from ranksearch.study._vocab import (
     CUSTOM,
@@ -42,13 +43,13 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 6  #: 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 7  #: 7 adds latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
@@ -95,6 +96,14 @@ class SearchSettings:
                                       group=GRID, metavar="N|auto")
     min_rank: int = option(1, "smallest rank allowed", "int", low=1,
                            rare=True, group=GRID)
+    target_latency: float | None = option(None, "also keep the model's latency at most this fraction of the dense model's, "
+                                          "on --runtime; every layer stays dense where its pair does not run faster",
+                                          "float", low=0, high=1, open_low=True, optional=True, group=GRID, flag="--latency",
+                                          hint="e.g. 1.0: never slower than dense; 0.8: a fifth faster", metavar="FRACTION")
+    runtime: Runtime = option(Runtime.TORCH, "where latency is measured: torch (eager, on the search's device), "
+                              "torch-compile or onnxruntime (CPU)", "choice", choices=Runtime, group=GRID)
+    latency_batch: int = option(1, "batch size latency is measured at", "int", low=1, group=GRID,
+                                hint="samples per timed batch")
     exclude: tuple[str, ...] = option((), "layer names or regular expressions kept dense", "strings",
                                       hint="layer names or regular expressions")
     baselines: bool = option(True, "enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule",
@@ -232,9 +241,9 @@ class RunOptions:
     def replace(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)
 
-    def name_for(self, model: str, ratio: float) -> str:
-        """The study's name: ``study_name``, else ``MODEL@RATIO``."""
-        return self.study_name or f"{model}@{ratio:g}"
+    def name_for(self, model: str, ratio: float, latency: float | None = None) -> str:
+        """The study's name: ``study_name``, else ``MODEL@RATIO`` (``MODEL@RATIO+latency0.9`` at a latency working point)."""
+        return self.study_name or f"{model}@{ratio:g}" + ("" if latency is None else f"+latency{latency:g}")
 
 
 document(RunOptions, """How one process runs a study: none of it is stored as the study's settings.

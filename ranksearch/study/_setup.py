@@ -14,7 +14,9 @@ import optuna
 from torch import nn
 
 from ranksearch.core._surgery import count_params
+from ranksearch.core._timing import TimingTable
 from ranksearch.study._baselines import additive_ranks, greedy_ranks, log_weights_for, uniform_ranks
+from ranksearch.study._latency import measure_timing
 from ranksearch.study._plan import Plan
 from ranksearch.study._record import StudyRecord, TrialRecord, fixed_cost_line
 from ranksearch.study._sensitivity import measure_table
@@ -28,12 +30,15 @@ _log = logging.getLogger(__name__)
 
 
 def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Sensitivity | None = None,
-           warm_start: Sequence[Mapping[str, float]] = (), progress: bool = False) -> Sensitivity | None:
-    """Set a created study up, once: the dense model's metric, the sensitivity table (measured here
-    unless given; rows already stored by an interrupted setup are kept), the prior's centre, and the
-    enqueued allocations (the seed rule first, then uniform, the AIMET-style greedy and the
-    sensitivity-sum ones, then the warm starts). An allocation the study already holds is not
-    enqueued again, so a setup taken over after a crash enqueues each one once. Returns the table."""
+           timing: TimingTable | None = None, warm_start: Sequence[Mapping[str, float]] = (),
+           progress: bool = False) -> Sensitivity | None:
+    """Set a created study up, once: the dense model's metric, at a latency working point the timing
+    table (measured here unless given or stored), the sensitivity table (measured here unless given;
+    rows already stored by an interrupted setup are kept), the prior's centre, and the enqueued
+    allocations (the seed rule first, then uniform, the AIMET-style greedy and the sensitivity-sum ones,
+    then the warm starts), all within the timing table's limits. An allocation the study already holds
+    is not enqueued again, so a setup taken over after a crash enqueues each one once. Returns the
+    sensitivity table."""
     record = read_study(study)
     setup = dict(record.setup or {})
 
@@ -53,6 +58,15 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
         write_study(study, StudyRecord(dense=dense, metric=plan.calls.metric))
         _log.info("dense model: %s", dense)
         cost.update(dense_s=round(time.perf_counter() - start, 3), dense_evaluations=len(dense))
+    if plan.latency is not None:  # stored once: every process allocates with the same table
+        timing = record.timing or timing
+        if record.timing is None:
+            start = time.perf_counter()
+            timing = timing or measure_timing(model, plan.allocator, plan.latency, plan.calls.input_shape, progress)
+            write_study(study, StudyRecord(timing=timing))
+            cost["timing_s"] = round(time.perf_counter() - start, 3)
+        assert timing is not None
+        plan = plan.with_timing(timing)
     table, start, measured = sensitivity, time.perf_counter(), 0
     if table is None and (plan.baselines or plan.prior is Prior.SENSITIVITY):
         table = read_study(study).sensitivity

@@ -238,6 +238,10 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
      ["--data", "ships with it"]),
     ("weights-folder", [*BASE, "--ratio", "0.2", "--weights", f"{R}/folder", "--out", f"{R}/o"], ["is a folder"]),
     # flags that mean nothing here
+    ("latency-zero", [*BASE, "--ratio", "0.2", "--latency", "0", "--out", f"{R}/o"], ["--latency 0", "(0, 1]"]),
+    ("latency-above-one", [*BASE, "--ratio", "0.2", "--latency", "1.5", "--out", f"{R}/o"], ["--latency 1.5"]),
+    ("runtime-unknown", [*BASE, "--ratio", "0.2", "--latency", "1", "--runtime", "tflite", "--out", f"{R}/o"], ["tflite", "onnxruntime"]),
+    ("latency-batch-zero", [*BASE, "--ratio", "0.2", "--latency", "1", "--latency-batch", "0", "--out", f"{R}/o"], ["--latency-batch 0"]),
     ("gpus-without-cuda", [*BASE, "--ratio", "0.2", "--workers", "2", "--gpus", "0", "--out", f"{R}/o"], ["no CUDA device"]),
     ("seed-too-big", [*BASE, "--ratio", "0.2", "--seed", str(2**70), "--out", f"{R}/o"], ["--seed", "2**32"]),
     ("grace-below-heartbeat", [*BASE, "--ratio", "0.2", "--heartbeat", "9", "--grace", "5", "--out", f"{R}/o"], ["grace"]),

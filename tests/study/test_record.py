@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from ranksearch import Method, RunOptions, SearchSettings, StudyRecord, TrialRecord, search
+from ranksearch.core import TimingTable
 from ranksearch.study import FactorKind, SensitivityKind
 from ranksearch.study._record import ATTR, fixed_cost_line
 from ranksearch.study._settings import FORMAT_VERSION
@@ -42,7 +43,8 @@ def test_a_study_record_round_trips_every_field():
         "settings": SearchSettings(0.3, model="m"), "source": {"space": "s"}, "setup": {"state": "ready"}, "created_at": 1.5,
         "n_trials": 12, "artifacts": "/a", "input_shape": (1, 8, 8), "dense": {"val": 0.9}, "metric": "accuracy",
         "sensitivity": {"a": [(1, 0.5), (2, 0.7)]}, "sensitivity_rows": {"b": [(1, 0.4)]}, "sensitivity_kind": SensitivityKind.OUTPUT,
-        "sensitivity_samples": (16, 400), "sensitivity_measured": [("a", 1)], "fixed_cost": {"total_s": 1.0}, "centre": {"a": 0.1}})
+        "sensitivity_samples": (16, 400), "sensitivity_measured": [("a", 1)], "fixed_cost": {"total_s": 1.0}, "centre": {"a": 0.1},
+        "timing": TimingTable("onnxruntime", 4, "cpu", 2, 1e-3, {"a": 2e-4}, {"a": [1, 2]}, {"a": [1e-4, 1.5e-4]})})
     attrs = record.to_attrs()
     assert all(k.startswith(ATTR) for k in attrs)
     assert attrs[ATTR + "sensitivity_row:b"] == [[1, 0.4]] and attrs[ATTR + "settings"]["format_version"] == FORMAT_VERSION

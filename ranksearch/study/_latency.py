@@ -1,0 +1,95 @@
+"""A latency working point in a study: its timing table, measured once, and the allocator that keeps to it.
+
+The process that creates the study measures the per-layer timing table (:func:`measure_timing`) before
+the study is written, and the setup stores it; every process then allocates with the stored table
+(:func:`limited`): each layer only at ranks whose pair runs faster than the dense layer, and the
+eligible layers together within the latency fraction. The winner's end-to-end latency is measured
+against the dense model's, side by side (:func:`end_to_end`), and recorded in its config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ranksearch.core._retrain import best_device
+from ranksearch.core._surgery import find_layers
+from ranksearch.core._timing import Runtime, TimingTable, measure_layers, measure_models, timing_ranks
+from ranksearch.errors import StudyError
+from ranksearch.study._allocator import Allocator
+
+__all__ = ["LatencyPlan", "end_to_end", "limited", "measure_timing"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """A latency working point: at most ``fraction`` of the dense model's seconds on ``runtime``, batches of ``batch``."""
+
+    fraction: float
+    runtime: Runtime
+    batch: int
+
+    def device(self) -> torch.device:
+        """Where it is measured: the CPU for onnxruntime, else the device the search retrains on."""
+        return torch.device("cpu") if self.runtime is Runtime.ONNXRUNTIME else best_device()
+
+    def example(self, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+        """A batch of random inputs (a time does not depend on the values)."""
+        if input_shape is None:
+            raise StudyError("A latency working point times the model on inputs of its shape, which is not known here: "
+                             "give task= or calibration= batches, or Components(input_shape=...).")
+        return torch.randn(self.batch, *input_shape, generator=torch.Generator().manual_seed(0)).to(self.device())
+
+
+def measure_timing(model: nn.Module, allocator: Allocator, plan: LatencyPlan, input_shape: tuple[int, ...] | None,
+                   progress: bool = False) -> TimingTable:
+    """The timing table of the allocator's layers, each at the ranks of its grid the table samples."""
+    example = plan.example(input_shape)
+    here = copy.deepcopy(model).to(example.device).eval()
+    layers = find_layers(here).eligible
+    curves = allocator.views.plain_curves
+    ranks = {n: timing_ranks(c, allocator.grid, allocator.min_rank) for n, c in curves.items()}
+    _log.info("timing %d layers at up to %d ranks each on %s (batch %d, %s)", len(curves), max(map(len, ranks.values()), default=0),
+              plan.runtime.value, plan.batch, example.device)
+    table = measure_layers(here, {n: layers[n] for n in curves}, ranks, example, plan.runtime, progress=progress)
+    slow = sorted(n for n, r in table.limits(curves).items() if r == 0)
+    _log.info("dense model %.3g ms on %s; %d of %d layers have no faster pair and stay dense%s", table.model * 1e3,
+              plan.runtime.value, len(slow), len(curves), f" ({', '.join(slow[:4])}{', ...' if len(slow) > 4 else ''})" if slow else "")
+    return table
+
+
+def limited(allocator: Allocator, table: TimingTable, fraction: float) -> Allocator:
+    """``allocator`` keeping to ``table``: each layer at most at its largest faster rank, and the eligible
+    layers within ``fraction`` of the dense model's seconds."""
+    views = allocator.views
+    limits = table.limits(views.plain_curves)
+
+    def capped(curves: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: dataclasses.replace(c, limit=limits[n]) for n, c in curves.items()}
+
+    views = dataclasses.replace(views, curves=capped(views.curves), plain_curves=capped(views.plain_curves))
+    return dataclasses.replace(allocator, views=views, latency=table.latency(views.plain_curves, fraction))
+
+
+def end_to_end(dense: nn.Module, factorized: nn.Module, table: TimingTable, plan: LatencyPlan,
+               input_shape: tuple[int, ...] | None, ranks: Mapping[str, int | None]) -> dict[str, Any]:
+    """The dense and the factorized model's seconds, measured side by side, and what the table predicted."""
+    example = plan.example(input_shape)
+    models = [copy.deepcopy(m).to(example.device).eval() for m in (dense, factorized)]
+    dense_s, factorized_s = measure_models(models, example, plan.runtime)
+    predicted = table.predicted(ranks)
+    out = {"runtime": plan.runtime.value, "batch": plan.batch, "device": str(example.device), "threads": torch.get_num_threads(),
+           "target": plan.fraction, "dense_s": dense_s, "factorized_s": factorized_s, "ratio": factorized_s / dense_s,
+           "predicted_ratio": predicted / table.model}
+    _log.info("latency on %s (batch %d): dense %.3g ms, factorized %.3g ms: %.3fx of dense (the timing table predicted %.3fx)",
+              plan.runtime.value, plan.batch, dense_s * 1e3, factorized_s * 1e3, out["ratio"], out["predicted_ratio"])
+    return out

@@ -1,0 +1,101 @@
+"""A latency working point end to end: the timing table is measured once and stored in the study, every
+trial keeps to its limits and budget, a worker and a resumed search allocate with the stored table, and
+the winner's end-to-end latency is measured against dense and recorded."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+import ranksearch.core._timing as timing_module
+from ranksearch import RunOptions, SearchSettings, TrialRecord, run_worker, search
+from ranksearch.core import spectra
+from ranksearch.study import open_storage, read_study
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(256, 768), torch.nn.ReLU(), torch.nn.Linear(768, 768), torch.nn.ReLU(),
+                               torch.nn.Linear(768, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+
+
+def _ev(m: torch.nn.Module) -> float:
+    with torch.no_grad():
+        x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+        return float(-(m(x) - _net()(x)).pow(2).mean())
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """How many timing tables were measured."""
+    calls = []
+    real = timing_module.measure_layers
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr("ranksearch.study._latency.measure_layers", counting)
+    return calls
+
+
+def test_a_latency_search_keeps_every_trial_within_the_stored_table(tmp_path, measured):
+    net = _net()
+    settings = SearchSettings(0.5, sampler="random", target_latency=0.95, latency_batch=32, baselines=False)
+    run = RunOptions(n_trials=5, out_dir=tmp_path / "out", report=False)
+    result = search(net, settings, evaluate=_ev, calibration=[torch.randn(8, 256)], run=run)
+    assert measured == [1]
+    record = read_study(result.study)
+    table = record.timing
+    assert table is not None and table.batch == 32 and table.runtime == "torch" and set(table.dense) == set(spectra(net))
+    limits = table.limits(spectra(net))
+    lat = table.latency(spectra(net), 0.95)
+    for t in result.study.trials:
+        ranks = TrialRecord.of(t).kept_ranks
+        assert ranks and all(r <= limits[n] for n, r in ranks.items())  # only faster pairs
+        assert sum(float(lat.pair[n][r]) for n, r in ranks.items()) + sum(lat.dense[n] for n in lat.dense if n not in ranks) <= lat.budget * (1 + 1e-9)
+        assert table.predicted(ranks) <= 0.95 * table.model * (1 + 1e-9)
+    got = result.config.search["latency"]
+    assert got["runtime"] == "torch" and got["batch"] == 32 and got["target"] == 0.95
+    assert got["dense_s"] > 0 and got["factorized_s"] > 0 and got["ratio"] == pytest.approx(got["factorized_s"] / got["dense_s"])
+    assert "Latency of the best model on torch" in (tmp_path / "out" / "summary.md").read_text()
+    assert result.study.study_name == "Sequential@0.5+latency0.95"
+    assert result.config.search["settings"]["target_latency"] == 0.95
+
+    # a worker joining the study allocates with the stored table: it measures nothing
+    ran = run_worker(_net(), RunOptions(storage=str(tmp_path / "out" / "study.journal"), study_name=result.study.study_name, n_trials=7),
+                     evaluate=_ev, calibration=[torch.randn(8, 256)])
+    assert ran == 2 and measured == [1]
+    study = optuna.load_study(study_name=result.study.study_name, storage=open_storage(str(tmp_path / "out" / "study.journal")))
+    assert len(study.trials) == 7
+    for t in study.trials:
+        assert all(r <= limits[n] for n, r in TrialRecord.of(t).kept_ranks.items())
+
+    # so does a resumed search, which then measures the winner end to end again
+    again = search(_net(), settings, evaluate=_ev, calibration=[torch.randn(8, 256)],
+                   run=RunOptions(n_trials=8, out_dir=tmp_path / "out", resume=True, report=False))
+    assert measured == [1] and len(again.study.trials) == 8 and again.config.search["latency"]["dense_s"] > 0
+    assert all(r <= limits[n] for t in again.study.trials for n, r in TrialRecord.of(t).kept_ranks.items())
+
+
+def test_a_ratio_the_faster_pairs_cannot_reach_is_one_line_before_any_study(tmp_path):
+    """Said after the timing table, before the study: in one line that names the latency limits."""
+    with pytest.raises(Exception, match="unreachable: with the smallest rank the latency limits allow") as e:
+        search(_net(), SearchSettings(0.001, target_latency=1.0, latency_batch=32), evaluate=_ev, calibration=[torch.randn(8, 256)],
+               run=RunOptions(n_trials=2, out_dir=tmp_path / "out"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "study.journal").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the grid is 8 with or without a latency working point")
+def test_a_latency_working_point_on_the_cpu_puts_ranks_on_the_channel_block():
+    """onnxruntime's and oneDNN's convolutions block channels by 8: auto resolves to 8 (halved on a small model), 1 without latency."""
+    from ranksearch.study._plan import Workload, resolve
+
+    work = Workload(evaluate=_ev)
+    plain = resolve(_net(), SearchSettings(0.5), work)
+    timed = resolve(_net(), SearchSettings(0.5, target_latency=1.0, runtime="onnxruntime"), work)
+    assert plain.rank_multiple == 1 and timed.rank_multiple in (2, 4, 8)
+    wide = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048))
+    assert resolve(wide, SearchSettings(0.5, target_latency=1.0), work).rank_multiple == 8
