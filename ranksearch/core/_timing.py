@@ -67,6 +67,7 @@ class TimingTable:
         dense: Layer -> seconds of the dense layer.
         ranks: Layer -> the measured ranks, ascending.
         pair: Layer -> seconds of the pair at each of ``ranks``.
+        took_s: Seconds the measurement took.
     """
 
     runtime: str
@@ -77,6 +78,7 @@ class TimingTable:
     dense: dict[str, float]
     ranks: dict[str, list[int]]
     pair: dict[str, list[float]]
+    took_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,6 +289,7 @@ def measure_layers(model: nn.Module, modules: Mapping[str, nn.Module], ranks: Ma
     device = next(model.parameters()).device
     if runtime is Runtime.ONNXRUNTIME and device.type != "cpu":
         raise RankSearchError(f"runtime onnxruntime times on the CPU; the model is on {device}: move it to the CPU or use runtime torch.")
+    start = time.perf_counter()
     inputs = _inputs(model, modules, example, forward)
     sync = _sync(device)
     dense, pair = {}, {}
@@ -306,7 +309,7 @@ def measure_layers(model: nn.Module, modules: Mapping[str, nn.Module], ranks: Ma
             shown.update(1)
     (model_s,) = measure_models([model], example, runtime, repeats=repeats, forward=forward)
     return TimingTable(runtime.value, _batch(example), str(device), torch.get_num_threads(), model_s, dense,
-                       {n: [int(r) for r in ranks[n]] for n in modules}, pair)
+                       {n: [int(r) for r in ranks[n]] for n in modules}, pair, time.perf_counter() - start)
 
 
 def _batch(example: Any) -> int:

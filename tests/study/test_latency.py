@@ -49,6 +49,7 @@ def test_a_latency_search_keeps_every_trial_within_the_stored_table(tmp_path, me
     record = read_study(result.study)
     table = record.timing
     assert table is not None and table.batch == 32 and table.runtime == "torch" and set(table.dense) == set(spectra(net))
+    assert record.fixed_cost is not None and record.fixed_cost["timing_s"] == round(table.took_s, 3) > 0
     limits = table.limits(spectra(net))
     lat = table.latency(spectra(net), 0.95)
     for t in result.study.trials:
