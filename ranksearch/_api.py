@@ -122,7 +122,10 @@ def search(
         if unknown := sorted(set(w) - set(plan.views.curves)):
             raise StudyError(f"warm_start names layers {unknown[:3]} that {type(model).__name__} has no eligible layer for; "
                              "give per-layer log10 weights of this model (a trial's log10w).")
-    _log.info("searching %s at ratio %g on %s (%s trials%s%s)", settings.model, settings.target_ratio, best_device(),
+    point = f"ratio {settings.target_ratio:g}" if settings.target_ratio < 1 else ""
+    if settings.target_latency is not None:
+        point += f"{' and ' if point else ''}latency {settings.target_latency:g} of dense on {settings.runtime.value}"
+    _log.info("searching %s at %s on %s (%s trials%s%s)", settings.model, point, best_device(),
               run.n_trials if run.n_trials is not None else "no cap on", f", timeout {run.timeout:g} s" if run.timeout else "",
               f", {run.workers} workers" if run.workers > 1 else "")
     store = open_storage(run.storage, run.out_dir, heartbeat=run.heartbeat, grace=run.grace)

@@ -76,7 +76,8 @@ def _grid(args: argparse.Namespace, space: Space, model: nn.Module, target: floa
     if getattr(args, "rank_multiple", "auto") != "auto":
         return space.rank_multiple
     curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude) if best_device().type == "cuda" or block else None
-    return rank_multiple_for(best_device(), space.rank_multiple, curves, target, count_params(model), space.min_rank, block)
+    return rank_multiple_for(best_device(), space.rank_multiple, curves, target if target < 1 else None, count_params(model),
+                             space.min_rank, block)
 
 
 def _spectra(args: argparse.Namespace) -> int:
@@ -115,7 +116,10 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
         return list(space.working_points) if args.wp.lower() == "all" else [space.working_point(w.strip()) for w in args.wp.split(",")]
     if "target_ratio" in file:
         return [file["target_ratio"]]
-    raise RankSearchError("search needs a working point: --ratio R, --wp WP (or all), or target_ratio in the --settings file.")
+    if getattr(args, "target_latency", None) is not None or file.get("target_latency") is not None:
+        return [1.0]  # a latency working point alone: no parameter budget
+    raise RankSearchError("search needs a working point: --ratio R, --wp WP (or all), --latency F, or target_ratio in the "
+                          "--settings file.")
 
 
 def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[str, Any]) -> SearchSettings:

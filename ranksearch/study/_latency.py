@@ -87,9 +87,13 @@ def end_to_end(dense: nn.Module, factorized: nn.Module, table: TimingTable, plan
     models = [copy.deepcopy(m).to(example.device).eval() for m in (dense, factorized)]
     dense_s, factorized_s = measure_models(models, example, plan.runtime)
     predicted = table.predicted(ranks)
-    out = {"runtime": plan.runtime.value, "batch": plan.batch, "device": str(example.device), "threads": torch.get_num_threads(),
+    out: dict[str, Any] = {"runtime": plan.runtime.value, "batch": plan.batch, "device": str(example.device), "threads": torch.get_num_threads(),
            "target": plan.fraction, "dense_s": dense_s, "factorized_s": factorized_s, "ratio": factorized_s / dense_s,
            "predicted_ratio": predicted / table.model}
     _log.info("latency on %s (batch %d): dense %.3g ms, factorized %.3g ms: %.3fx of dense (the timing table predicted %.3fx)",
               plan.runtime.value, plan.batch, dense_s * 1e3, factorized_s * 1e3, out["ratio"], out["predicted_ratio"])
+    if out["ratio"] > plan.fraction:
+        _log.warning("the winner runs %.3fx of the dense model's time, above the target %gx, where the timing table predicted %.3fx: "
+                     "layers timed alone mispredict a model this fast (%.3g ms); time a larger --latency-batch or ask for a lower "
+                     "--latency", out["ratio"], plan.fraction, out["predicted_ratio"], dense_s * 1e3)
     return out

@@ -103,7 +103,8 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
     if s.rank_multiple == "auto":
         block = cpu_block(s)
         curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" or block else None
-        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, s.target_ratio, count_params(model), s.min_rank, block)
+        target = s.target_ratio if s.target_ratio < 1 else None  # a latency working point alone: no parameter budget to land on
+        changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, target, count_params(model), s.min_rank, block)
     if work.task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if work.task is None and s.retrain is not None:

@@ -57,8 +57,9 @@ SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivi
 
 @dataclass(frozen=True)
 class SearchSettings:
-    target_ratio: float = option(..., "fraction of the whole model's parameters to keep, in (0, 1)", "float", low=0, high=1,
-                                 open_low=True, open_high=True, hint="e.g. 0.25 keeps a quarter of the parameters")
+    target_ratio: float = option(..., "fraction of the whole model's parameters to keep, in (0, 1]; 1 only with target_latency "
+                                 "(a latency working point alone)", "float", low=0, high=1, open_low=True,
+                                 hint="e.g. 0.25 keeps a quarter of the parameters")
     model: str = option("", "space name, model factory or class name of the dense model", "str")
     weights_digest: str = option("", "XXH3-128 digest of the dense model's state dict (search fills it in)", "str")
     space: str | None = option(None, "space name or .yaml path a worker rebuilds the model and task from (None: Python only)",
@@ -127,6 +128,9 @@ class SearchSettings:
         if isinstance(self.factors, str) and self.factors in _OLD_FACTORS:
             raise ConfigError(f"factors {self.factors!r} is spelled {_OLD_FACTORS[self.factors]!r} now.")
         validate(self)
+        if self.target_ratio == 1 and self.target_latency is None:
+            raise ConfigError("target_ratio 1 would keep every parameter; give a ratio below 1 (e.g. 0.25 keeps a quarter), or "
+                              "target_latency for a latency working point alone.")
         if isinstance(self.retrain, dict):
             try:
                 object.__setattr__(self, "retrain", RetrainSettings(**self.retrain))
@@ -242,8 +246,13 @@ class RunOptions:
         return replace(self, **changes)
 
     def name_for(self, model: str, ratio: float, latency: float | None = None) -> str:
-        """The study's name: ``study_name``, else ``MODEL@RATIO`` (``MODEL@RATIO+latency0.9`` at a latency working point)."""
-        return self.study_name or f"{model}@{ratio:g}" + ("" if latency is None else f"+latency{latency:g}")
+        """The study's name: ``study_name``, else ``MODEL@RATIO`` (``MODEL@RATIO+latency0.9`` at a latency working point,
+        ``MODEL@latency0.9`` at one alone)."""
+        if self.study_name:
+            return self.study_name
+        if latency is None:
+            return f"{model}@{ratio:g}"
+        return f"{model}@latency{latency:g}" if ratio == 1 else f"{model}@{ratio:g}+latency{latency:g}"
 
 
 document(RunOptions, """How one process runs a study: none of it is stored as the study's settings.

@@ -100,3 +100,16 @@ def test_a_latency_working_point_on_the_cpu_puts_ranks_on_the_channel_block():
     assert plain.rank_multiple == 1 and timed.rank_multiple in (2, 4, 8)
     wide = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048))
     assert resolve(wide, SearchSettings(0.5, target_latency=1.0), work).rank_multiple == 8
+
+
+def test_a_latency_working_point_alone_has_no_parameter_budget(tmp_path):
+    """target_ratio 1 with target_latency: only the latency budget binds; target_ratio 1 alone is refused."""
+    net = _net()
+    settings = SearchSettings(1.0, sampler="random", target_latency=0.9, latency_batch=32, baselines=False)
+    result = search(net, settings, evaluate=_ev, calibration=[torch.randn(8, 256)], run=RunOptions(n_trials=3))
+    table = read_study(result.study).timing
+    assert table is not None and result.study.study_name == "Sequential@latency0.9"
+    assert all(table.predicted(TrialRecord.of(t).kept_ranks) <= 0.9 * table.model * (1 + 1e-9) for t in result.study.trials)
+    assert result.config.achieved_ratio < 1 and result.config.search["latency"]["target"] == 0.9
+    with pytest.raises(Exception, match="target_ratio 1 would keep every parameter"):
+        SearchSettings(1.0)

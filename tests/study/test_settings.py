@@ -26,7 +26,8 @@ def test_round_trip_through_json():
 
 
 @pytest.mark.parametrize("bad, words", [
-    ({"target_ratio": 1.0}, "target_ratio 1.0"),
+    ({"target_ratio": 1.0}, "target_ratio 1 would keep every parameter"),
+    ({"target_ratio": 1.5, "target_latency": 0.9}, "target_ratio 1.5"),
     ({"target_ratio": 0}, "target_ratio 0"),
     ({"target_ratio": "0.2"}, "target_ratio '0.2'"),
     ({"sampler": "tpe2"}, "sampler 'tpe2'"),
