@@ -39,15 +39,14 @@ def _power_law(model: torch.nn.Module, alpha: float, rms: float) -> None:
     the convolutions' and the spectra flat, and one MSE bound then cuts the classifier alone; with trained
     weights the rule spreads the cut over many layers, as it does here (32-34 of 36 layers at Table 1's points)."""
     from ranksearch.core import find_layers
-    from ranksearch.core._layers import matrix_shape
 
     with torch.no_grad():
         for module in find_layers(model).eligible.values():
             w = module.weight
-            m, n = matrix_shape(module)
-            mat = w.reshape(m, n) if not isinstance(module, torch.nn.ConvTranspose2d) else None
-            if mat is None:
+            if isinstance(module, torch.nn.ConvTranspose2d):  # (in, out, kh, kw): not MobileNetV2's
                 continue
+            mat = w.reshape(w.shape[0], -1)  # out x (in * kernel), the matrix ranksearch factorizes
+            m, n = mat.shape
             u, s, vh = torch.linalg.svd(mat, full_matrices=False)
             decay = torch.arange(1, len(s) + 1, dtype=s.dtype) ** -alpha
             decay *= rms * (m * n) ** 0.5 / decay.norm()
@@ -56,8 +55,17 @@ def _power_law(model: torch.nn.Module, alpha: float, rms: float) -> None:
 
 def _rows(space_name: str, runtime: str, args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     from ranksearch import count_params, factorize, load_space
-    from ranksearch.core import CPU_BLOCK, measure_layers, measure_models, rank_multiple_for, solve_ratio, spectra, timing_ranks
-    from ranksearch.core._surgery import find_layers, layer_factors
+    from ranksearch.core import (
+        CPU_BLOCK,
+        find_layers,
+        layer_factors,
+        measure_layers,
+        measure_models,
+        rank_multiple_for,
+        solve_ratio,
+        spectra,
+        timing_ranks,
+    )
 
     space = load_space(space_name)
     torch.manual_seed(0)
