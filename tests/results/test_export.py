@@ -160,6 +160,14 @@ def test_summary_table_contents() -> None:
     assert "| uniform | 0.4999 | 0.7000 | 0.6900 |" in with_baseline  # the baselines, between the seed rule and the best
     html = summary_table(_summary()).html()
     assert "<th>val accuracy</th>" in html and "<td>best (sampled trial)</td>" in html  # the same table as a page
+    assert "Latency" not in text  # no latency working point, no latency line
+    lat = {"runtime": "onnxruntime", "device": "cpu", "batch": 1, "dense_s": 0.004, "factorized_s": 0.0038, "ratio": 0.95,
+           "target": 1.0, "predicted_ratio": 0.94}
+    met = summary_table(_summary(latency=lat)).markdown()
+    assert ("Latency of the best model on onnxruntime (cpu, batch 1): 0.950x of the dense model's (3.8 against 4 ms, medians "
+            "side by side; target 1x, the timing table predicted 0.940x).") in met
+    missed = summary_table(_summary(latency={**lat, "ratio": 1.02, "factorized_s": 0.00408})).markdown()
+    assert "1.020x of the dense model's" in missed and "target 1x, missed," in missed
 
 
 def test_write_results_writes_every_file(tmp_path: Path) -> None:
