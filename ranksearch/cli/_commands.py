@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -22,11 +23,12 @@ from ranksearch.cli._flags import given, read_settings_file
 from ranksearch.cli._parser import RUN_FIELDS
 from ranksearch.core._allocation import load_factorized, solve
 from ranksearch.core._config import RankConfig
-from ranksearch.core._cost import rank_multiple_for
+from ranksearch.core._cost import CPU_BLOCK, rank_multiple_for
 from ranksearch.core._decompose import FactorKind
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
 from ranksearch.core._surgery import count_params
+from ranksearch.core._timing import Runtime, measure_table
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import ConfigError, RankSearchError
 from ranksearch.results._files import load_runs
@@ -35,6 +37,7 @@ from ranksearch.results._report import write_report
 from ranksearch.results._tables import layer_table, summary_table, working_points_table
 from ranksearch.spaces._space import Space, cache_root, load_space
 from ranksearch.study._join import precheck
+from ranksearch.study._latency import LatencyPlan
 from ranksearch.study._plan import cpu_block
 from ranksearch.study._settings import RunOptions, SearchSettings
 from ranksearch.study._storage import check_storage
@@ -101,9 +104,19 @@ def _solve(args: argparse.Namespace) -> int:
         raise RankSearchError(f"--mse-bound {args.mse_bound} must be a finite number >= 0 (an MSE per weight element).")
     check_writable(args.out, folder=False, what="--out")
     target = None if args.mse_bound is not None else (args.ratio if args.ratio is not None else space.working_point(args.wp))
-    grid = _grid(args, space, model, target if target is not None else 1.0)
+    latency = getattr(args, "target_latency", None)
+    plan = None if latency is None else LatencyPlan(latency, Runtime(getattr(args, "runtime", "torch")), getattr(args, "latency_batch", 1))
+    on_cpu = plan is not None and (plan.runtime is Runtime.ONNXRUNTIME or best_device().type == "cpu")
+    grid = _grid(args, space, model, target if target is not None else 1.0, CPU_BLOCK if on_cpu else None)
+    timing = None
+    if plan is not None:  # each layer only at ranks whose pair runs faster, the model within the latency
+        example = plan.example(tuple(space.input_shape) if space.input_shape else None)
+        curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude)
+        timing = measure_table(copy.deepcopy(model).to(example.device).eval(), curves, example, plan.runtime, multiple=grid,
+                               min_rank=space.min_rank, progress=args.progress)
     cfg = solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=grid, min_rank=space.min_rank,
-                cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space), input_shape=space.input_shape)
+                cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space), input_shape=space.input_shape,
+                timing=timing, latency=latency or 1.0)
     cfg.save(args.out)
     print(layer_table(cfg).markdown())
     return 0

@@ -88,7 +88,8 @@ def parser(show_rare: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("solve", parents=[common], help="ranks at a working point from one MSE bound (no training)")
     _space_args(p)
     _target_args(p, mse_bound=True)
-    add_fields(p, SearchSettings, {}, show_rare=True, only=("rank_multiple", "min_rank"), defaults=SPACE_DEFAULTS)
+    add_fields(p, SearchSettings, {}, show_rare=True, only=("rank_multiple", "min_rank", "target_latency", "runtime", "latency_batch"),
+               defaults=SPACE_DEFAULTS)
     p.add_argument("--out", required=True, help="rank_config.json to write")
 
     _search(sub, common, show_rare)

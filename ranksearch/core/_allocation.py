@@ -7,6 +7,7 @@ factorized model from a dense model and a config, refusing configs made for anot
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from ranksearch.core._layers import matrix_shape
 from ranksearch.core._solver import Curve, Solution, ranks_for_bound, solve_ratio
 from ranksearch.core._spectra import spectra
 from ranksearch.core._surgery import count_params, factorize, find_layers
+from ranksearch.core._timing import TimingTable
 from ranksearch.core._weights import load_state_dict
 from ranksearch.errors import ConfigError
 
@@ -124,6 +126,8 @@ def solve(
     model_name: str | None = None,
     source: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
+    timing: TimingTable | None = None,
+    latency: float = 1.0,
 ) -> RankConfig:
     """Ranks for ``model`` without training: at a target ratio, or from an MSE bound.
 
@@ -140,6 +144,9 @@ def solve(
         source: Where the dense model came from, recorded in the config.
         input_shape: One input sample's shape (no batch dimension): the config then records the
             multiply-adds per layer and in total (:mod:`ranksearch.core._cost`).
+        timing: A timing table of the model (:func:`~ranksearch.core.measure_table`): each layer then takes
+            only ranks whose pair runs faster than its dense layer, and the model at most ``latency`` of the
+            dense model's time (the table's prediction, recorded in the config's ``search.latency``).
 
     Example:
         >>> import torch
@@ -153,12 +160,20 @@ def solve(
     if not curves:
         raise ConfigError(f"{type(model).__name__} has no eligible Linear/Conv layer to factorize; nothing to solve.")
     total = count_params(model)
+    budget = None
+    if timing is not None:
+        limits = timing.limits(curves)
+        curves = {n: dataclasses.replace(c, limit=limits[n]) for n, c in curves.items()}
+        budget = timing.latency(curves, latency)
     if target_ratio is not None:
-        solution = solve_ratio(curves, target_ratio, total, weights, rank_multiple, min_rank)
+        solution = solve_ratio(curves, target_ratio, total, weights, rank_multiple, min_rank, latency=budget)
     else:
         solution = ranks_for_bound(curves, mse_bound, total, rank_multiple, min_rank)  # type: ignore[arg-type]
-    settings = {"method": "mse_rule" if weights is None else "weighted_mse", "bound": solution.bound,
-                "rank_multiple": rank_multiple, "min_rank": min_rank, "exclude": _exclude_list(exclude)}
+    settings: dict[str, Any] = {"method": "mse_rule" if weights is None else "weighted_mse", "bound": solution.bound,
+                                "rank_multiple": rank_multiple, "min_rank": min_rank, "exclude": _exclude_list(exclude)}
+    if timing is not None:
+        settings["latency"] = {"runtime": timing.runtime, "batch": timing.batch, "device": timing.device, "target": latency,
+                               "predicted_ratio": timing.predicted(solution.ranks) / timing.model}
     ratio = target_ratio if target_ratio is not None else solution.ratio
     cost = model_cost(model, input_shape) if input_shape is not None else None
     return config_for(model, curves, solution, ratio, model_name=model_name, source=source, search=settings, cost=cost,

@@ -39,7 +39,7 @@ from ranksearch.core._progress import bar
 from ranksearch.core._solver import Curve, Latency
 from ranksearch.errors import RankSearchError
 
-__all__ = ["FASTER", "Runtime", "TimingTable", "measure_layers", "measure_models", "timing_ranks"]
+__all__ = ["FASTER", "Runtime", "TimingTable", "measure_layers", "measure_models", "measure_table", "timing_ranks"]
 
 #: a pair counts as faster than its dense layer when its median takes at most this share of the dense median
 #: (the 5% left absorb the run-to-run spread of a warm median, about 1-3% here, and what a layer alone does not show)
@@ -310,6 +310,17 @@ def measure_layers(model: nn.Module, modules: Mapping[str, nn.Module], ranks: Ma
     (model_s,) = measure_models([model], example, runtime, repeats=repeats, forward=forward)
     return TimingTable(runtime.value, _batch(example), str(device), torch.get_num_threads(), model_s, dense,
                        {n: [int(r) for r in ranks[n]] for n in modules}, pair, time.perf_counter() - start)
+
+
+def measure_table(model: nn.Module, curves: Mapping[str, Curve], example: Any, runtime: Runtime | str = Runtime.TORCH, *,
+                  multiple: int = 1, min_rank: int = 1, progress: bool = False) -> TimingTable:
+    """The timing table of ``model``'s layers named in ``curves``, each at the ranks :func:`timing_ranks`
+    samples on the grid (``multiple``, ``min_rank``), on ``example`` (a batch on the model's device)."""
+    from ranksearch.core._surgery import find_layers
+
+    layers = find_layers(model).eligible
+    ranks = {n: timing_ranks(c, multiple, min_rank) for n, c in curves.items()}
+    return measure_layers(model, {n: layers[n] for n in curves}, ranks, example, runtime, progress=progress)
 
 
 def _batch(example: Any) -> int:

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from ranksearch.core._retrain import best_device
-from ranksearch.core._surgery import find_layers
-from ranksearch.core._timing import Runtime, TimingTable, measure_layers, measure_models, timing_ranks
+from ranksearch.core._timing import Runtime, TimingTable, measure_models, measure_table
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
 
@@ -55,12 +54,9 @@ def measure_timing(model: nn.Module, allocator: Allocator, plan: LatencyPlan, in
     """The timing table of the allocator's layers, each at the ranks of its grid the table samples."""
     example = plan.example(input_shape)
     here = copy.deepcopy(model).to(example.device).eval()
-    layers = find_layers(here).eligible
     curves = allocator.views.plain_curves
-    ranks = {n: timing_ranks(c, allocator.grid, allocator.min_rank) for n, c in curves.items()}
-    _log.info("timing %d layers at up to %d ranks each on %s (batch %d, %s)", len(curves), max(map(len, ranks.values()), default=0),
-              plan.runtime.value, plan.batch, example.device)
-    table = measure_layers(here, {n: layers[n] for n in curves}, ranks, example, plan.runtime, progress=progress)
+    _log.info("timing %d layers at up to 8 ranks each on %s (batch %d, %s)", len(curves), plan.runtime.value, plan.batch, example.device)
+    table = measure_table(here, curves, example, plan.runtime, multiple=allocator.grid, min_rank=allocator.min_rank, progress=progress)
     slow = sorted(n for n, r in table.limits(curves).items() if r == 0)
     _log.info("dense model %.3g ms on %s; %d of %d layers have no faster pair and stay dense%s", table.model * 1e3,
               plan.runtime.value, len(slow), len(curves), f" ({', '.join(slow[:4])}{', ...' if len(slow) > 4 else ''})" if slow else "")

@@ -43,6 +43,21 @@ def test_solve_then_apply(tmp_path, capsys):
     assert sum(t.numel() for t in load_state_dict(out).values()) == cfg.compressed_params
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_solve_at_a_latency_keeps_to_the_faster_ranks(tmp_path, capsys, runtime):
+    """solve --latency: the CE1 rule within a timing table measured here; the config records the prediction."""
+    cfg_path = tmp_path / "rc.json"
+    assert main(["solve", "--space", "tiny-digits", "--ratio", "0.9", "--latency", "1.0", "--runtime", runtime, "--latency-batch", "4",
+                 "--out", str(cfg_path)]) == 0
+    cfg = RankConfig.load(cfg_path)
+    lat = cfg.search["latency"]
+    assert lat["runtime"] == runtime and lat["batch"] == 4 and lat["target"] == 1.0 and lat["predicted_ratio"] <= 1.0 + 1e-9
+    assert cfg.achieved_ratio <= 0.9
+    reasons = " ".join(cfg.dense.values())
+    assert all(n in cfg.layers or n in cfg.dense for n in ("2", "5", "7"))  # each layer factorized, or dense with its reason
+    assert "no pair runs faster" in reasons or len(cfg.layers) == 3
+
+
 def test_spectra_writes_curves(tmp_path, capsys):
     out = tmp_path / "curves.json"
     assert main(["spectra", "--space", "tiny-digits", "--out", str(out)]) == 0

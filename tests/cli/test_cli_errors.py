@@ -238,6 +238,7 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
      ["--data", "ships with it"]),
     ("weights-folder", [*BASE, "--ratio", "0.2", "--weights", f"{R}/folder", "--out", f"{R}/o"], ["is a folder"]),
     # flags that mean nothing here
+    ("solve-latency-zero", ["solve", "--space", "tiny-digits", "--ratio", "0.5", "--latency", "0", "--out", f"{R}/rc.json"], ["--latency 0"]),
     ("latency-zero", [*BASE, "--ratio", "0.2", "--latency", "0", "--out", f"{R}/o"], ["--latency 0", "(0, 1]"]),
     ("latency-above-one", [*BASE, "--ratio", "0.2", "--latency", "1.5", "--out", f"{R}/o"], ["--latency 1.5"]),
     ("runtime-unknown", [*BASE, "--ratio", "0.2", "--latency", "1", "--runtime", "tflite", "--out", f"{R}/o"], ["tflite", "onnxruntime"]),

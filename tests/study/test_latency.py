@@ -30,13 +30,13 @@ def _ev(m: torch.nn.Module) -> float:
 def measured(monkeypatch):
     """How many timing tables were measured."""
     calls = []
-    real = timing_module.measure_layers
+    real = timing_module.measure_table
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr("ranksearch.study._latency.measure_layers", counting)
+    monkeypatch.setattr("ranksearch.study._latency.measure_table", counting)
     return calls
 
 
