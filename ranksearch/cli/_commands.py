@@ -28,7 +28,7 @@ from ranksearch.core._decompose import FactorKind
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
 from ranksearch.core._surgery import count_params
-from ranksearch.core._timing import Runtime, measure_table
+from ranksearch.core._timing import Runtime, TimingTable, calibrate, measure_table
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import ConfigError, RankSearchError
 from ranksearch.results._files import load_runs
@@ -108,15 +108,19 @@ def _solve(args: argparse.Namespace) -> int:
     plan = None if latency is None else LatencyPlan(latency, Runtime(getattr(args, "runtime", "torch")), getattr(args, "latency_batch", 1))
     on_cpu = plan is not None and (plan.runtime is Runtime.ONNXRUNTIME or best_device().type == "cpu")
     grid = _grid(args, space, model, target if target is not None else 1.0, CPU_BLOCK if on_cpu else None)
-    timing = None
-    if plan is not None:  # each layer only at ranks whose pair runs faster, the model within the latency
+    def solved(timing: TimingTable | None = None) -> RankConfig:
+        return solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=grid, min_rank=space.min_rank,
+                     cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space), input_shape=space.input_shape,
+                     timing=timing, latency=latency or 1.0)
+
+    if plan is None:
+        cfg = solved()
+    else:  # each layer only at ranks whose pair runs faster, the model within the latency; the table calibrated in place
         example = plan.example(tuple(space.input_shape) if space.input_shape else None)
+        here = copy.deepcopy(model).to(example.device).eval()
         curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=space.exclude)
-        timing = measure_table(copy.deepcopy(model).to(example.device).eval(), curves, example, plan.runtime, multiple=grid,
-                               min_rank=space.min_rank, progress=args.progress)
-    cfg = solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=grid, min_rank=space.min_rank,
-                cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space), input_shape=space.input_shape,
-                timing=timing, latency=latency or 1.0)
+        timing = measure_table(here, curves, example, plan.runtime, multiple=grid, min_rank=space.min_rank, progress=args.progress)
+        cfg = solved(calibrate(timing, here, timing.fastest(curves, grid, space.min_rank), example, plan.runtime))
     cfg.save(args.out)
     print(layer_table(cfg).markdown())
     return 0

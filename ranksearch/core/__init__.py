@@ -28,7 +28,7 @@ _NAMES = {
     "Optimizer": "_retrain", "RetrainSettings": "_retrain", "best_device": "_retrain", "compile_for_training": "_retrain",
     "evaluate": "_retrain", "fit": "_retrain", "sample_scores": "_retrain", "Task": "_task",
     # latency: per-layer timing tables and end-to-end medians
-    "FASTER": "_timing", "Runtime": "_timing", "TimingTable": "_timing", "measure_layers": "_timing", "measure_models": "_timing", "measure_table": "_timing",
+    "FASTER": "_timing", "Runtime": "_timing", "calibrate": "_timing", "TimingTable": "_timing", "measure_layers": "_timing", "measure_models": "_timing", "measure_table": "_timing",
     "timing_ranks": "_timing",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
@@ -62,5 +62,5 @@ if TYPE_CHECKING:
     from ranksearch.core._spectra import curve_of, spectra
     from ranksearch.core._surgery import count_params, factorize, find_layers, layer_factors, layer_groups
     from ranksearch.core._task import Task
-    from ranksearch.core._timing import FASTER, Runtime, TimingTable, measure_layers, measure_models, measure_table, timing_ranks
+    from ranksearch.core._timing import FASTER, Runtime, TimingTable, calibrate, measure_layers, measure_models, measure_table, timing_ranks
     from ranksearch.core._weights import load_state_dict, save_state_dict, state_digest

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -39,7 +39,7 @@ from ranksearch.core._progress import bar
 from ranksearch.core._solver import Curve, Latency
 from ranksearch.errors import RankSearchError
 
-__all__ = ["FASTER", "Runtime", "TimingTable", "measure_layers", "measure_models", "measure_table", "timing_ranks"]
+__all__ = ["FASTER", "Runtime", "TimingTable", "calibrate", "measure_layers", "measure_models", "measure_table", "timing_ranks"]
 
 #: a pair counts as faster than its dense layer when its median takes at most this share of the dense median
 #: (the 5% left absorb the run-to-run spread of a warm median, about 1-3% here, and what a layer alone does not show)
@@ -68,6 +68,9 @@ class TimingTable:
         ranks: Layer -> the measured ranks, ascending.
         pair: Layer -> seconds of the pair at each of ``ranks``.
         took_s: Seconds the measurement took.
+        scale: What pairs save in the whole model, measured end to end, per second they save timed alone
+            (:meth:`calibrated`; 1: not calibrated). Layers timed alone miss what the graph around them does
+            (fusions, caches, per-call overhead); on a model of microseconds they save far less in place.
     """
 
     runtime: str
@@ -79,6 +82,7 @@ class TimingTable:
     ranks: dict[str, list[int]]
     pair: dict[str, list[float]]
     took_s: float = 0.0
+    scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,9 +97,9 @@ class TimingTable:
             raise RankSearchError("A stored timing table names different layers in its dense, ranks and pair entries.")
         return table
 
-    def seconds(self, name: str, full: int) -> np.ndarray:
-        """Seconds of ``name``'s pair at each rank 0 .. ``full`` (linear between measured ranks, flat beyond,
-        non-decreasing; 0 at rank 0)."""
+    def alone(self, name: str, full: int) -> np.ndarray:
+        """Seconds of ``name``'s pair timed alone at each rank 0 .. ``full`` (linear between measured ranks, flat
+        beyond, non-decreasing; 0 at rank 0)."""
         ranks, times = self.ranks[name], self.pair[name]
         if not ranks:
             return np.full(full + 1, float(self.dense[name]))
@@ -104,13 +108,40 @@ class TimingTable:
         out[0] = 0.0
         return out
 
+    def seconds(self, name: str, full: int) -> np.ndarray:
+        """Seconds ``name``'s pair is predicted to take in the model at each rank 0 .. ``full``: its dense
+        seconds less ``scale`` times what it saves alone (0 at rank 0)."""
+        dense = float(self.dense[name])
+        out = dense - self.scale * (dense - self.alone(name, full))
+        out[0] = 0.0
+        return out
+
+    def calibrated(self, ranks: Mapping[str, int | None], ratio: float) -> TimingTable:
+        """The table whose predictions match a measurement: the model with ``ranks`` ran ``ratio`` of the dense
+        model's time, side by side. ``scale`` becomes the measured saving over the saving timed alone
+        (clipped to [0, 1.5]; unchanged when the pairs save under 1% of the model alone)."""
+        alone = sum(self.dense[n] - float(self.alone(n, r)[r]) for n, r in ranks.items() if r is not None and n in self.dense)
+        if alone < 0.01 * self.model:
+            return self
+        return replace(self, scale=float(np.clip((1.0 - ratio) * self.model / alone, 0.0, 1.5)))
+
     def limits(self, curves: Mapping[str, Curve], faster: float = FASTER) -> dict[str, int]:
         """Per layer, the largest rank whose pair takes at most ``faster`` of the dense layer's time (0: none)."""
         out = {}
         for name, c in curves.items():
-            t = self.seconds(name, min(c.shape))
+            t = self.alone(name, min(c.shape))
             ok = np.flatnonzero(t[1:] <= faster * self.dense[name])
             out[name] = int(ok[-1]) + 1 if len(ok) else 0
+        return out
+
+    def fastest(self, curves: Mapping[str, Curve], multiple: int = 1, min_rank: int = 1) -> dict[str, int | None]:
+        """Each layer at its smallest allowed rank within :meth:`limits` (None: no faster pair): the allocation
+        that saves most timed alone, the largest signal to :meth:`calibrated` on against the timing noise."""
+        limits = self.limits(curves)
+        out: dict[str, int | None] = {}
+        for n, c in curves.items():
+            allowed = replace(c, limit=limits[n]).ranks(multiple, min_rank)
+            out[n] = int(allowed[0]) if len(allowed) else None
         return out
 
     def latency(self, curves: Mapping[str, Curve], fraction: float) -> Latency:
@@ -321,6 +352,21 @@ def measure_table(model: nn.Module, curves: Mapping[str, Curve], example: Any, r
     layers = find_layers(model).eligible
     ranks = {n: timing_ranks(c, multiple, min_rank) for n, c in curves.items()}
     return measure_layers(model, {n: layers[n] for n in curves}, ranks, example, runtime, progress=progress)
+
+
+def calibrate(table: TimingTable, model: nn.Module, ranks: Mapping[str, int | None], example: Any,
+              runtime: Runtime | str = Runtime.TORCH, factors: Mapping[str, Any] | None = None) -> TimingTable:
+    """``table`` calibrated on ``model`` factorized at ``ranks`` (with ``factors``, else a fresh SVD), timed
+    against ``model`` side by side on ``example`` (:meth:`TimingTable.calibrated`); unchanged without a pair."""
+    from ranksearch.core._surgery import factorize
+
+    kept = {n: r for n, r in ranks.items() if r is not None}
+    if not kept:
+        return table
+    device = next(model.parameters()).device
+    small = factorize(model, kept, factors).to(device).eval()
+    dense_s, small_s = measure_models([model.eval(), small], example, runtime)
+    return table.calibrated(ranks, small_s / dense_s)
 
 
 def _batch(example: Any) -> int:

@@ -90,6 +90,14 @@ def test_the_table_interpolates_limits_predicts_and_round_trips():
     assert lat.budget == pytest.approx(0.3 - 0.1)  # its layers' dense seconds less a tenth of the model's
     assert table.predicted({"a": 4, "b": None}) == pytest.approx(1.0 - (0.2 - 0.15))
     assert TimingTable.from_dict(table.to_dict()) == table
+    # calibrated on a measurement: a saving of 0.05 alone that saved 0.025 in place halves every saving
+    half = table.calibrated({"a": 4}, 0.975)
+    assert half.scale == pytest.approx(0.5) and half.predicted({"a": 4}) == pytest.approx(0.975)
+    assert half.limits(curves) == table.limits(curves)  # which pairs are faster is decided alone
+    assert half.latency(curves, 1.0).budget == pytest.approx(0.3) and half.seconds("a", 10)[4] == pytest.approx(0.2 - 0.025)
+    assert table.calibrated({"a": 4}, 1.2).scale == 0.0 and table.calibrated({"a": 4}, 0.0).scale == 1.5  # clipped
+    assert table.calibrated({"b": None}, 0.5) is table  # nothing saved alone: nothing to calibrate
+    assert table.fastest(curves) == {"a": 1, "b": None} and table.fastest(curves, multiple=4) == {"a": 4, "b": None}
     with pytest.raises(RankSearchError, match="measure it again"):
         TimingTable.from_dict({**table.to_dict(), "extra": 1})
     with pytest.raises(RankSearchError, match="another model"):
