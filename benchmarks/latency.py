@@ -156,7 +156,7 @@ def main() -> None:
         "ranksearch searched before latency working points); `rule on the latency grid`: the same on the grid `--latency` "
         "resolves `auto` to; `latency 1.0`: the seed rule within the timing table on that grid (`--ratio R --latency 1.0`: the "
         "allocation a latency study enqueues first; its other trials keep to the same limits). Predicted: the table's estimate "
-        "of `latency 1.0`.",
+        "of `latency 1.0` from layers timed alone (not calibrated in place, as a search's table is).",
         "",
         "| space | runtime | batch | ratio | dense ms | rule / dense (pairs, ratio) | rule on the latency grid / dense | latency 1.0 / dense | "
         "predicted |",
