@@ -23,7 +23,7 @@ from ranksearch.cli._flags import given, read_settings_file
 from ranksearch.cli._parser import RUN_FIELDS
 from ranksearch.core._allocation import load_factorized, solve
 from ranksearch.core._config import RankConfig
-from ranksearch.core._cost import CPU_BLOCK, rank_multiple_for
+from ranksearch.core._cost import rank_multiple_for
 from ranksearch.core._decompose import FactorKind
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
@@ -38,7 +38,7 @@ from ranksearch.results._tables import layer_table, summary_table, working_point
 from ranksearch.spaces._space import Space, cache_root, load_space
 from ranksearch.study._join import precheck
 from ranksearch.study._latency import LatencyPlan
-from ranksearch.study._plan import cpu_block
+from ranksearch.study._plan import latency_plan
 from ranksearch.study._settings import RunOptions, SearchSettings
 from ranksearch.study._storage import check_storage
 
@@ -106,8 +106,7 @@ def _solve(args: argparse.Namespace) -> int:
     target = None if args.mse_bound is not None else (args.ratio if args.ratio is not None else space.working_point(args.wp))
     latency = getattr(args, "target_latency", None)
     plan = None if latency is None else LatencyPlan(latency, Runtime(getattr(args, "runtime", "torch")), getattr(args, "latency_batch", 1))
-    on_cpu = plan is not None and (plan.runtime is Runtime.ONNXRUNTIME or best_device().type == "cpu")
-    grid = _grid(args, space, model, target if target is not None else 1.0, CPU_BLOCK if on_cpu else None)
+    grid = _grid(args, space, model, target if target is not None else 1.0, plan.block if plan is not None else None)
     def solved(timing: TimingTable | None = None) -> RankConfig:
         return solve(model, target, mse_bound=args.mse_bound, exclude=space.exclude, rank_multiple=grid, min_rank=space.min_rank,
                      cache_dir=cache_root() / "spectra", model_name=space.name, source=_source(space), input_shape=space.input_shape,
@@ -183,7 +182,7 @@ def _search(args: argparse.Namespace) -> int:
                  here.name_for(space.name, s.target_ratio, s.target_latency), s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
-    settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio, cpu_block(s))) for s in settings]
+    settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio, lp.block if (lp := latency_plan(s)) else None)) for s in settings]
     for s in settings:  # every working point must be reachable before any of them writes a file
         solve(model, s.target_ratio, exclude=s.exclude, rank_multiple=s.rank_multiple, min_rank=s.min_rank,  # type: ignore[arg-type]
               cache_dir=cache_root() / "spectra")

@@ -19,7 +19,6 @@ fraction) hand it plain numbers.
 from __future__ import annotations
 
 import copy
-import io
 import math
 import statistics
 import time
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ranksearch._extras import require
-from ranksearch.core._inputs import Forward, call
+from ranksearch.core._inputs import Forward, batch_len, call
 from ranksearch.core._layers import build_low_rank, matrix_shape
 from ranksearch.core._progress import bar
 from ranksearch.core._solver import Curve, Latency
@@ -73,7 +72,7 @@ class TimingTable:
             (fusions, caches, per-call overhead); on a model of microseconds they save far less in place.
     """
 
-    runtime: str
+    runtime: Runtime
     batch: int
     device: str
     threads: int
@@ -90,8 +89,8 @@ class TimingTable:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TimingTable:
         try:
-            table = cls(**d)
-        except TypeError as e:
+            table = cls(**{**d, "runtime": Runtime(str(d.get("runtime")))})
+        except (TypeError, ValueError) as e:
             raise RankSearchError(f"A stored timing table does not read ({e}); measure it again.") from None
         if set(table.dense) != set(table.ranks) or set(table.ranks) != set(table.pair):
             raise RankSearchError("A stored timing table names different layers in its dense, ranks and pair entries.")
@@ -328,18 +327,17 @@ def measure_layers(model: nn.Module, modules: Mapping[str, nn.Module], ranks: Ma
     with shown:
         for name, module in modules.items():
             x, rs = inputs[name], list(ranks[name])
-            variants = [copy.deepcopy(module)] + [_pair(module, r) for r in rs]
             if runtime is Runtime.ONNXRUNTIME and _onnx_graph_fits(module) and isinstance(x, torch.Tensor):
                 runners = [_ort_runner(_layer_graph(module, x, r), x) for r in [None, *rs]]
-            elif runtime is Runtime.ONNXRUNTIME:
-                runners = [_ort_runner(_export(v, x), x) for v in variants]
             else:
-                runners = [_torch_runner(v, x, runtime is Runtime.TORCH_COMPILE) for v in variants]
+                variants = [copy.deepcopy(module)] + [_pair(module, r) for r in rs]
+                runners = [_ort_runner(_export(v, x), x) if runtime is Runtime.ONNXRUNTIME
+                           else _torch_runner(v, x, runtime is Runtime.TORCH_COMPILE) for v in variants]
             times = _median_seconds(runners, repeats, sync)
             dense[name], pair[name] = times[0], times[1:]
             shown.update(1)
     (model_s,) = measure_models([model], example, runtime, repeats=repeats, forward=forward)
-    return TimingTable(runtime.value, _batch(example), str(device), torch.get_num_threads(), model_s, dense,
+    return TimingTable(runtime, batch_len(example), str(device), torch.get_num_threads(), model_s, dense,
                        {n: [int(r) for r in ranks[n]] for n in modules}, pair, time.perf_counter() - start)
 
 
@@ -369,12 +367,6 @@ def calibrate(table: TimingTable, model: nn.Module, ranks: Mapping[str, int | No
     return table.calibrated(ranks, small_s / dense_s)
 
 
-def _batch(example: Any) -> int:
-    from ranksearch.core._inputs import batch_len
-
-    return batch_len(example)
-
-
 def _export(model: nn.Module, x: torch.Tensor) -> bytes:
     """``model`` as ONNX bytes, traced on ``x`` by the torch.export-based exporter."""
     import warnings
@@ -386,9 +378,7 @@ def _export(model: nn.Module, x: torch.Tensor) -> bytes:
         except Exception as e:
             raise RankSearchError(f"torch.onnx cannot export {type(model).__name__} for timing in onnxruntime: "
                                   f"{type(e).__name__}: {str(e).splitlines()[0][:160]}; use runtime torch.") from e
-    buffer = io.BytesIO()
-    buffer.write(program.model_proto.SerializeToString())  # type: ignore[union-attr]
-    return buffer.getvalue()
+    return bytes(program.model_proto.SerializeToString())  # type: ignore[union-attr]
 
 
 def measure_models(models: Sequence[nn.Module], example: Any, runtime: Runtime | str = Runtime.TORCH, *, repeats: int = 15,

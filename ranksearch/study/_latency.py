@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ranksearch.core._cost import CPU_BLOCK
 from ranksearch.core._retrain import best_device
 from ranksearch.core._timing import Runtime, TimingTable, calibrate, measure_models, measure_table
 from ranksearch.errors import StudyError
@@ -42,6 +43,11 @@ class LatencyPlan:
         """Where it is measured: the CPU for onnxruntime, else the device the search retrains on."""
         return torch.device("cpu") if self.runtime is Runtime.ONNXRUNTIME else best_device()
 
+    @property
+    def block(self) -> int | None:
+        """The channel block ranks go on when it is measured on the CPU (``rank_multiple`` auto; None on CUDA)."""
+        return CPU_BLOCK if self.device().type == "cpu" else None
+
     def example(self, input_shape: tuple[int, ...] | None) -> torch.Tensor:
         """A batch of random inputs (a time does not depend on the values)."""
         if input_shape is None:
@@ -58,7 +64,7 @@ def measure_timing(model: nn.Module, allocator: Allocator, plan: LatencyPlan, in
     curves = allocator.views.plain_curves
     _log.info("timing %d layers at up to 8 ranks each on %s (batch %d, %s)", len(curves), plan.runtime.value, plan.batch, example.device)
     table = measure_table(here, curves, example, plan.runtime, multiple=allocator.grid, min_rank=allocator.min_rank, progress=progress)
-    table = _calibrated(table, model, allocator, plan, example)
+    table = _calibrated(table, here, allocator, plan, example)
     slow = sorted(n for n, r in table.limits(curves).items() if r == 0)
     _log.info("dense model %.3g ms on %s; %d of %d layers have no faster pair and stay dense%s", table.model * 1e3,
               plan.runtime.value, len(slow), len(curves), f" ({', '.join(slow[:4])}{', ...' if len(slow) > 4 else ''})" if slow else "")
@@ -66,12 +72,12 @@ def measure_timing(model: nn.Module, allocator: Allocator, plan: LatencyPlan, in
 
 
 def _calibrated(table: TimingTable, model: nn.Module, allocator: Allocator, plan: LatencyPlan, example: torch.Tensor) -> TimingTable:
+    # model: the dense model on the example's device
     """``table`` calibrated on the allocation that saves most when timed alone (every layer at its smallest rank
     within the limits: the largest signal against the timing noise), timed against dense, side by side."""
     start = time.perf_counter()
     ranks = table.fastest(allocator.views.plain_curves, allocator.grid, allocator.min_rank)
-    here = copy.deepcopy(model).to(example.device).eval()
-    out = calibrate(table, here, ranks, example, plan.runtime, allocator.views.plain_factors)
+    out = calibrate(table, model, ranks, example, plan.runtime, allocator.views.plain_factors)
     if out is table:  # no layer has a faster pair: nothing to calibrate on
         return table
     _log.info("calibrated on every layer at its smallest rank within the limits (%.3fx of dense predicted alone, %.3fx measured "

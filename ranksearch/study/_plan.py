@@ -19,7 +19,7 @@ import optuna
 from torch import nn
 
 from ranksearch._extras import require
-from ranksearch.core._cost import CPU_BLOCK, rank_multiple_for
+from ranksearch.core._cost import rank_multiple_for
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
@@ -38,7 +38,7 @@ from ranksearch.study._settings import Components, SearchSettings
 from ranksearch.study._views import Views, views_for
 from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Sampler, SensitivityKind
 
-__all__ = ["Plan", "Workload", "check_model", "cpu_block", "make_plan", "resolve"]
+__all__ = ["Plan", "Workload", "check_model", "latency_plan", "make_plan", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
     elif s.factors is Factors.DATA_AWARE and not work.has_inputs:
         raise StudyError("factors='data_aware' needs calibration inputs: pass calibration= (input batches) or task=, or use factors='plain'.")
     if s.rank_multiple == "auto":
-        block = cpu_block(s)
+        block = lp.block if (lp := latency_plan(s)) is not None else None
         curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" or block else None
         target = s.target_ratio if s.target_ratio < 1 else None  # a latency working point alone: no parameter budget to land on
         changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, target, count_params(model), s.min_rank, block)
@@ -117,10 +117,9 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
     return s.replace(**changes)
 
 
-def cpu_block(s: SearchSettings) -> int | None:
-    """The channel block a latency working point timed on the CPU wants ranks on (None: no latency, or CUDA)."""
-    on_cpu = s.runtime is Runtime.ONNXRUNTIME or best_device().type == "cpu"
-    return CPU_BLOCK if s.target_latency is not None and on_cpu else None
+def latency_plan(s: SearchSettings) -> LatencyPlan | None:
+    """The latency working point of ``s`` (None without one)."""
+    return None if s.target_latency is None else LatencyPlan(s.target_latency, s.runtime, s.latency_batch)
 
 
 def check_model(settings: SearchSettings, model: nn.Module, study_name: str) -> None:
@@ -161,7 +160,7 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     sampler = given.sampler if given.sampler is not None else make_sampler(s.sampler, s.seed, s.step)
     pruner = given.pruner if given.pruner is not None else make_pruner(s.pruner, s.keep)
     plan = sensitivity_plan(s.sensitivity, s.sensitivity_budget, s.sensitivity_samples, views, calls, s.rank_multiple, s.min_rank)
-    latency = None if s.target_latency is None else LatencyPlan(s.target_latency, s.runtime, s.latency_batch)
+    latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
     return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency)

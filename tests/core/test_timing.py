@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranksearch.core import Curve, Latency, TimingTable, measure_layers, measure_models, project_ranks, solve_ratio, timing_ranks
+from ranksearch.core import Curve, Latency, Runtime, TimingTable, measure_layers, measure_models, project_ranks, solve_ratio, timing_ranks
 from ranksearch.core._timing import _layer_graph, _session
 from ranksearch.errors import RankSearchError
 
@@ -100,6 +100,9 @@ def test_the_table_interpolates_limits_predicts_and_round_trips():
     assert table.fastest(curves) == {"a": 1, "b": None} and table.fastest(curves, multiple=4) == {"a": 4, "b": None}
     with pytest.raises(RankSearchError, match="measure it again"):
         TimingTable.from_dict({**table.to_dict(), "extra": 1})
+    with pytest.raises(RankSearchError, match="measure it again"):
+        TimingTable.from_dict({**table.to_dict(), "runtime": "tflite"})
+    assert TimingTable.from_dict(table.to_dict()).runtime is Runtime.TORCH
     with pytest.raises(RankSearchError, match="another model"):
         table.latency({"zz": curves["a"]}, 1.0)
 
