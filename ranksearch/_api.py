@@ -33,7 +33,6 @@ from ranksearch._io import check_writable
 from ranksearch.core._config import RankConfig
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import best_device
-from ranksearch.core._surgery import factorize
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError, StudyError
 from ranksearch.results._collect import SearchResult, collect
@@ -103,7 +102,7 @@ def search(
         raise StudyError("Give n_trials, timeout or both, or the search never ends.")
     out = Path(run.out_dir) if run.out_dir is not None else None
     settings = resolve(model, settings, work, given, run.cache_dir)
-    name = run.name_for(settings.model, settings.target_ratio, settings.target_latency)
+    name = run.name_for(settings.model, settings.point)
     if out is not None:
         check_results_folder(out, name, run.resume)
     if isinstance(run.storage, str) or run.storage is None:
@@ -156,11 +155,7 @@ def search(
                        grace=run.grace, progress=run.progress)
 
         def rebuild(t: FrozenTrial) -> nn.Module:  # the weights were not uploaded: retrain again, same seed
-            r = TrialRecord.of(t)
-            _, factors = plan.views.of(r.factors or plan.views.kind)
-            best = factorize(model, r.kept_ranks, factors)
-            plan.calls.retrain_again(best)
-            return best.eval()
+            return plan.retrained(model, TrialRecord.of(t))
 
         result = collect(study, model, plan.views.plain_curves, artifacts=arts, rebuild=rebuild, source=run.source,
                          factors=plan.views.plain_factors)
@@ -181,8 +176,10 @@ def _check_model(model: object) -> None:
 
 
 def _check_reachable(plan: Plan) -> None:
-    """The solver raises, in one line, for a target the model cannot reach (before any study is written)."""
-    plan.allocator.solution(Method.SEED_RULE, None)
+    """The solver raises, in one line, for a target the model cannot reach (before any study is written); a Pareto
+    study's smallest ratio too."""
+    for target in (plan.allocator.target, *plan.allocator.front[-1:]):
+        plan.allocator.at(target).solution(Method.SEED_RULE, None)
 
 
 def _with_latency(result: SearchResult, study: optuna.Study, model: nn.Module, plan: Plan) -> SearchResult:
@@ -212,7 +209,8 @@ def _objective(study: optuna.Study, model: nn.Module, plan: Plan, artifacts: Any
     record = read_study(study)
     if plan.latency is not None and record.timing is not None:
         plan = plan.with_timing(record.timing)
-    return Objective(model, plan.allocator.with_centre(record.centre or {}), plan.calls, artifacts=artifacts, n_trials=n_trials)
+    return Objective(model, plan.allocator.with_centre(record.centre or {}), plan.calls, artifacts=artifacts, n_trials=n_trials,
+                     screen=plan.screen)
 
 
 def check_results_folder(out: Path, name: str, resume: bool) -> None:

@@ -18,7 +18,7 @@ from ranksearch.errors import ConfigError
 
 __all__ = ["Kind", "Spec", "check_value", "document", "option", "spec", "validate"]
 
-Kind = Literal["float", "int", "bool", "str", "choice", "strings"]
+Kind = Literal["float", "int", "bool", "str", "choice", "strings", "floats"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,10 @@ def check_value(name: str, value: Any, s: Spec) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name} {value!r} must be a list of strings{hint}.")
         return tuple(value)
+    if s.kind == "floats":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} {value!r} must be a list of numbers{hint}.")
+        return tuple(check_value(f"{name} value", v, dataclasses.replace(s, kind="float", hint="")) for v in value)
     wants_int = s.kind == "int"
     ok_type = not isinstance(value, bool) and isinstance(value, int if wants_int else (int, float))
     if not ok_type or not _number_ok(s, float(value)):

@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ranksearch._api import run_worker
@@ -34,7 +34,8 @@ from ranksearch.results._export import export_study
 from ranksearch.spaces._space import Space, cache_root, list_spaces, load_space
 from ranksearch.study._join import create_or_join, join_study, stored_settings
 from ranksearch.study._loop import TrialsFailing
-from ranksearch.study._plan import check_model
+from ranksearch.study._plan import Workload, check_model, make_plan
+from ranksearch.study._record import TrialRecord
 from ranksearch.study._settings import RunOptions
 from ranksearch.study._storage import artifact_store, open_storage, read_study, release
 from ranksearch.study._vocab import FactorKind
@@ -72,8 +73,9 @@ def join_from_space(run: RunOptions, *, weights: str | None = None, data: str | 
 
 
 def export_from_space(storage: str, study_name: str, out_dir: str | Path, *, weights: str | None = None,
-                      artifacts: str | None = None) -> tuple[SearchResult, Space]:
-    """Write the best trial so far of a space's study into ``out_dir`` (also while workers run)."""
+                      artifacts: str | None = None, trial: int | None = None) -> tuple[SearchResult, Space]:
+    """Write the best trial so far of a space's study (or its trial number ``trial``: one that uploaded no weights
+    is retrained again, with the study's seed) into ``out_dir`` (also while workers run)."""
     store = open_storage(storage, existing=True)
     try:
         study, _ = create_or_join(store, study_name, None, resume=True)
@@ -90,7 +92,12 @@ def export_from_space(storage: str, study_name: str, out_dir: str | Path, *, wei
         model = space.build_model()
         check_model(settings, model, study_name)
         curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=settings.exclude)
-        result = export_study(study, model, curves, out_dir, artifacts=arts, source=record.source)
+        def rebuild(t: FrozenTrial) -> nn.Module:  # only an asked-for trial without weights: its retrain again
+            plan = make_plan(model, settings, Workload(task=space.build_task()), cache_dir=cache_root() / "spectra")
+            return plan.retrained(model, TrialRecord.of(t))
+
+        result = export_study(study, model, curves, out_dir, artifacts=arts, source=record.source, trial=trial,
+                              rebuild=rebuild if trial is not None else None)
         return result, space
     finally:
         release(store)

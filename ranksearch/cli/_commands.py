@@ -34,7 +34,7 @@ from ranksearch.errors import ConfigError, RankSearchError
 from ranksearch.results._files import load_runs
 from ranksearch.results._formats import FORMATS, check_packages, get_format, sample_input, shaped_input, write_model
 from ranksearch.results._report import write_report
-from ranksearch.results._tables import layer_table, summary_table, working_points_table
+from ranksearch.results._tables import layer_table, pareto_tables, summary_table, working_points_table
 from ranksearch.spaces._space import Space, cache_root, load_space
 from ranksearch.study._join import precheck
 from ranksearch.study._latency import LatencyPlan
@@ -167,19 +167,25 @@ def _search(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),
                      progress=args.progress)
-    several = len(targets) > 1
     check_points(targets)
-    settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
+    if args.pareto:  # one study over all the points
+        if len(targets) < 2:
+            raise RankSearchError(f"--pareto spans two working points or more; give e.g. --ratio {targets[0]:g},{targets[0] / 2.5:g} "
+                                  "or --wp all (one point is a plain search: leave --pareto out).")
+        settings = [_settings(args, space, max(targets), file).replace(pareto=tuple(targets))]
+    else:
+        settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
+    several = len(settings) > 1
     for s in settings:  # every path is checked before any training (nothing is created here)
         here = point_options(run, s.target_ratio, several)
-        check_results_folder(Path(here.out_dir), here.name_for(space.name, s.target_ratio, s.target_latency), run.resume)  # type: ignore[arg-type]
+        check_results_folder(Path(here.out_dir), here.name_for(space.name, s.point), run.resume)  # type: ignore[arg-type]
         check_storage(here.storage if isinstance(here.storage, str) else None, here.out_dir)
     if run.artifacts:
         check_writable(run.artifacts, folder=True, what="--artifacts")
     for s in settings:  # an existing study: joined only with --resume and the same settings, said before any training
         here = point_options(run, s.target_ratio, several)
         precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir,
-                 here.name_for(space.name, s.target_ratio, s.target_latency), s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
+                 here.name_for(space.name, s.point), s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
     model = space.build_model(task, progress=args.progress)
     settings = [s.replace(rank_multiple=_grid(args, space, model, s.target_ratio, lp.block if (lp := latency_plan(s)) else None)) for s in settings]
@@ -187,10 +193,11 @@ def _search(args: argparse.Namespace) -> int:
         solve(model, s.target_ratio, exclude=s.exclude, rank_multiple=s.rank_multiple, min_rank=s.min_rank,  # type: ignore[arg-type]
               cache_dir=cache_root() / "spectra")
     results = search_points(model, settings, task=task, run=run)
-    for r, t in zip(results, targets):
+    for r, s in zip(results, settings):
         print(summary_table(r.summary).markdown(), end="")
+        print(pareto_tables(r.summary), end="")
         print(layer_table(r.config).markdown())
-        print(_where(point_options(run, t, several), r.config, space.name))
+        print(_where(point_options(run, s.target_ratio, several), r.config, space.name))
     if several:
         print(working_points_table([r.summary for r in results]).markdown(), end="")
     return 0
@@ -211,6 +218,8 @@ def _where(run: RunOptions, cfg: RankConfig, space: str) -> str:
         "  summary.md                  the table above",
         "  report.html                 the result as a page: figures (also as PNGs) and the per-layer table",
         "  trials.json, curves.json    every trial's figures and the layers' error curves, which the report draws",
+        *([f"Any point of the front: ranksearch export --storage {store} --study-name {cfg.search.get('study_name')} --trial N "
+           "--out DIR"] if cfg.search.get("front") else []),
         f"Watch it live: optuna-dashboard {store}",
         f"Next: more trials with --resume; more workers with: ranksearch worker --storage {store} --study-name {cfg.search.get('study_name')}",
         f"The model untrained, with the factors its trial started from: ranksearch apply --space {space} --config "
@@ -242,8 +251,10 @@ def _export(args: argparse.Namespace) -> int:
         raise RankSearchError(f"{', '.join(only)} only go with --config; a study's export writes its results folder to --out.")
     check_writable(args.out, folder=True, what="--out")
     _cache()
-    result, _ = export_from_space(args.storage, args.study_name, args.out, weights=args.weights, artifacts=args.artifacts)
+    result, _ = export_from_space(args.storage, args.study_name, args.out, weights=args.weights, artifacts=args.artifacts,
+                                  trial=args.trial)
     print(summary_table(result.summary).markdown(), end="")
+    print(pareto_tables(result.summary), end="")
     print(layer_table(result.config).markdown())
     print(_where(RunOptions(storage=args.storage, out_dir=args.out), result.config, str(result.config.source.get("space"))))
     return 0
@@ -251,7 +262,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_config(args: argparse.Namespace) -> int:
     """``export --config``: the config's factorized model (its retrained weights when given) as one file."""
-    only = [f"--{k.replace('_', '-')}" for k in ("storage", "study_name", "artifacts") if getattr(args, k) is not None]
+    only = [f"--{k.replace('_', '-')}" for k in ("storage", "study_name", "artifacts", "trial") if getattr(args, k) is not None]
     if only:
         raise RankSearchError(f"--config exports a rank config; {', '.join(only)} belong to a study's export: give one or the other.")
     if args.format is None:

@@ -63,6 +63,10 @@ def _search(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParse
     _space_args(p)
     groups: dict[str, argparse._ArgumentGroup] = {"working point": p.add_argument_group("working point")}
     _target_args(groups["working point"], several=True)
+    groups["working point"].add_argument("--pareto", action="store_true",
+                                         help="one multi-objective study over the given ratios (two or more, e.g. --ratio 0.25,0.1 "
+                                              "or --wp all) instead of one study each: the front of the metric against the "
+                                              "parameters between them; the seed rule and the baselines run at each")
     groups["search"] = p.add_argument_group("search")
     groups["search"].add_argument("--settings", metavar="FILE", help="YAML or JSON file of SearchSettings fields (a flag given here wins)")
     add_fields(p, SearchSettings, groups, show_rare=show_rare, defaults=SPACE_DEFAULTS)
@@ -117,6 +121,8 @@ def parser(show_rare: bool = False) -> argparse.ArgumentParser:
                                      "--config: the factorized model's weights (factorized.safetensors of a search; "
                                      "default: the config's ranks applied to the dense model, untrained)")
     p.add_argument("--artifacts", help="a study: the artifact folder the workers wrote to (default: the study's)")
+    p.add_argument("--trial", type=int, metavar="N", help="a study: export its trial N instead of the best (e.g. any point of a "
+                                                          "Pareto study's front; one without uploaded weights is retrained again)")
     p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
     p.add_argument("--qp", type=int, help="with --format nnr: NNCodec's quantization parameter in [-128, 127]: the weights' step is "
                                            "2**(qp/4), so the default -38 is 0.0014; lower is finer, above -16 most weights are lost")

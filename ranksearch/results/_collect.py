@@ -26,8 +26,8 @@ from ranksearch.core._solver import Curve, Solution
 from ranksearch.core._surgery import count_params, factorize
 from ranksearch.core._weights import load_state_dict
 from ranksearch.errors import StudyError
-from ranksearch.results._summary import Figures, Summary, TrialCounts
-from ranksearch.study._record import StudyRecord, TrialRecord
+from ranksearch.results._summary import Figures, Summary, TrialCounts, front_of
+from ranksearch.study._record import StudyRecord, TrialRecord, metric_of
 from ranksearch.study._storage import read_study
 from ranksearch.study._vocab import BASELINES, Method, Sensitivity
 
@@ -68,11 +68,13 @@ def _figures(t: FrozenTrial | None) -> Figures | None:
     if t is None:
         return None
     r = TrialRecord.of(t)
-    return Figures(t.number, t.value, r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio)
+    return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio)
 
 
-def _first(study: optuna.Study, method: Method) -> FrozenTrial | None:
-    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if TrialRecord.of(t).method is method), None)
+def _first(study: optuna.Study, method: Method, target: float | None = None) -> FrozenTrial | None:
+    """The first complete trial of ``method`` (in a Pareto study: enqueued at the working point ``target``)."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if (r := TrialRecord.of(t)).method is method and (target is None or r.target == target)), None)
 
 
 def _weights_of(study: optuna.Study, t: FrozenTrial) -> str | None:
@@ -113,20 +115,42 @@ def _solution(t: FrozenTrial, curves: Mapping[str, Curve], total: int) -> Soluti
     return Solution({n: r.kept_ranks.get(n) for n in curves}, float("nan"), int(r.params or 0), total)
 
 
+def _rank(t: FrozenTrial) -> tuple[float, float, int]:
+    """Best first: the higher metric, then (a Pareto study) the smaller ratio, then the earlier trial."""
+    values = t.values or [float("-inf")]
+    return values[0], -values[1] if len(values) > 1 else 0.0, -t.number
+
+
 def _pick(study: optuna.Study, complete: list[FrozenTrial], artifacts: Any, can_rebuild: bool) -> FrozenTrial:
     """The best trial (of equal values the earliest; Optuna's tie-break differs), or without a way to
     rebuild its weights the best one that uploaded them."""
-    best = max(complete, key=lambda t: (t.value, -t.number))
+    best = max(complete, key=_rank)
     if can_rebuild or (artifacts is not None and _weights_of(study, best) is not None):
         return best
     with_weights = [t for t in complete if _weights_of(study, t) is not None] if artifacts is not None else []
     if not with_weights:
         raise StudyError(f"No trial of study {study.study_name!r} has uploaded its weights (no artifact store, "
                          "or a wrong --artifacts folder); give the folder the workers wrote to.")
-    chosen = max(with_weights, key=lambda t: (t.value, -t.number))
+    chosen = max(with_weights, key=_rank)
     _log.warning("the best trial %d has no weights; exporting trial %d (%.4f against %.4f)", best.number, chosen.number,
-                 chosen.value, best.value)
+                 metric_of(chosen), metric_of(best))
     return chosen
+
+
+def _chosen(study: optuna.Study, complete: list[FrozenTrial], number: int, artifacts: Any, can_rebuild: bool) -> FrozenTrial:
+    """Trial ``number``, which must be complete and have its weights (or a way to rebuild them)."""
+    t = next((t for t in complete if t.number == number), None)
+    if t is None:
+        figures = [f for c in complete if (f := _figures(c)) is not None]
+        front = [f.trial for f in front_of(figures)]
+        state = next((x.state.name.lower() for x in study.get_trials(deepcopy=False) if x.number == number), None)
+        raise StudyError(f"Trial {number} of study {study.study_name!r} is {state or 'not in it'}; export a complete trial, "
+                         f"e.g. one of the front: {front[:12]}.")
+    if not can_rebuild and (artifacts is None or _weights_of(study, t) is None):
+        raise StudyError(f"Trial {number} uploaded no weights (a trial uploads them when it is the best so far; in a Pareto study, "
+                         "on the front or the best made for its ratio); export it where its space's data is, so that it is "
+                         "retrained again, or export another trial.")
+    return t
 
 
 def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: FrozenTrial | None) -> Summary:
@@ -137,16 +161,28 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m))) is not None}  # a pruned baseline has no figures
     dense = record.dense or {}
     assert record.settings is not None
-    return Summary(metric=record.metric or "metric", target_ratio=record.settings.target_ratio,
-                   achieved_ratio=float(TrialRecord.of(best).ratio or 0.0),
-                   dense=Figures(val=dense.get("val"), test=dense.get("test"), ratio=1.0), seed_rule=_figures(seed),
-                   best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
+    summary = Summary(metric=record.metric or "metric", target_ratio=TrialRecord.of(best).target or record.settings.target_ratio,
+                      achieved_ratio=float(TrialRecord.of(best).ratio or 0.0),
+                      dense=Figures(val=dense.get("val"), test=dense.get("test"), ratio=1.0), seed_rule=_figures(seed),
+                      best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
+    if not record.settings.pareto:
+        return summary
+    done = [f for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (f := _figures(t)) is not None]
+    front = front_of(done)
+    points = []
+    for point in record.settings.pareto:  # the best no larger than each point, against what was enqueued there
+        best_here = next((f for f in front if f.ratio is not None and f.ratio <= point * (1 + 1e-9)), Figures())
+        baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m, point))) is not None}
+        points.append(dataclasses.replace(summary, target_ratio=point, achieved_ratio=float(best_here.ratio or 0.0),
+                                          seed_rule=_figures(_first(study, Method.SEED_RULE, point)), best=best_here,
+                                          baselines=baselines, fixed_cost=None))
+    return dataclasses.replace(summary, front=front, points=tuple(points))
 
 
 def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], *, artifacts: Any = None,
             rebuild: Callable[[FrozenTrial], nn.Module] | None = None, source: Mapping[str, Any] | None = None,
-            factors: Mapping[str, Factors] | None = None) -> SearchResult:
-    """The best trial of ``study`` so far as a :class:`SearchResult`.
+            factors: Mapping[str, Factors] | None = None, trial: int | None = None) -> SearchResult:
+    """The best trial of ``study`` so far (or trial number ``trial``) as a :class:`SearchResult`.
 
     Args:
         study: A ranksearch study (its settings, dense metric and trials are read from it).
@@ -158,6 +194,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
         source: Where the dense model came from, recorded in the configs (default: the study's record).
         factors: Decompositions already computed (the search's), to shape the factorized model
             without another SVD per layer; its weights are then the trial's.
+        trial: Export this complete trial instead of the best (e.g. any point of a Pareto study's front).
     """
     record = read_study(study)
     settings = record.settings
@@ -165,7 +202,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     if not complete or settings is None:
         raise StudyError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
                          "raise --timeout or --trials, or export later.")
-    best = _pick(study, complete, artifacts, rebuild is not None)
+    best = _pick(study, complete, artifacts, rebuild is not None) if trial is None else _chosen(study, complete, trial, artifacts,
+                                                                                             rebuild is not None)
     weights = _weights_of(study, best) if artifacts is not None else None
     best_model = trial_model(study, best, model, artifacts, factors) if weights is not None else None
     if best_model is None:
@@ -178,14 +216,16 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
 
     def config_of(t: FrozenTrial, metric: dict[str, Any], extra: dict[str, Any]) -> RankConfig:
         r = TrialRecord.of(t)
-        return config_for(model, curves, _solution(t, curves, total), settings.target_ratio, model_name=settings.model,
+        return config_for(model, curves, _solution(t, curves, total), r.target or settings.target_ratio, model_name=settings.model,
                           source=dict(source if source is not None else record.source or {}), metric=metric,
                           search={**base, **extra, "factors": r.factors, "trial_method": r.method, "trial": t.number},
                           mse=r.mse, cost=cost, rank_multiple=settings.rank_multiple,  # type: ignore[arg-type]
                           min_rank=settings.min_rank, exclude=settings.exclude)
 
     summary = _summary(study, record, best, seed_trial)
-    extra = {"trials": summary.trials.to_dict(), "wall_time_s": summary.wall_time_s}
+    extra: dict[str, Any] = {"trials": summary.trials.to_dict(), "wall_time_s": summary.wall_time_s}
+    if summary.front:
+        extra.update(front=[{**f.to_dict(), "ratio": f.ratio} for f in summary.front], points=[p.point_record() for p in summary.points])
     metric = summary.metric_record()
     cfg = config_of(best, metric, extra)
     summary = dataclasses.replace(summary, cost=dict(cfg.cost))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from ranksearch._extras import available, install_hint
@@ -40,9 +41,10 @@ def write_folder(result: SearchResult, out_dir: str | Path, *, report: bool = Tr
 
 
 def export_study(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], out_dir: str | Path, *,
-                 artifacts: Any = None, source: Mapping[str, Any] | None = None) -> SearchResult:
-    """Write the best trial of ``study`` so far into ``out_dir``; from any machine that has the storage,
-    the artifacts and the dense model, also while workers run."""
-    result = collect(study, model, curves, artifacts=artifacts, source=source)
+                 artifacts: Any = None, source: Mapping[str, Any] | None = None, trial: int | None = None,
+                 rebuild: Callable[[FrozenTrial], nn.Module] | None = None) -> SearchResult:
+    """Write the best trial of ``study`` so far (or trial number ``trial``) into ``out_dir``; from any machine that has
+    the storage, the artifacts and the dense model, also while workers run. ``rebuild``: see :func:`collect`."""
+    result = collect(study, model, curves, artifacts=artifacts, source=source, trial=trial, rebuild=rebuild)
     write_folder(result, out_dir)
     return result

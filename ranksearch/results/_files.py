@@ -33,8 +33,8 @@ from ranksearch.core._solver import Curve
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
 from ranksearch.results._summary import Summary
-from ranksearch.results._tables import summary_table
-from ranksearch.study._record import TrialRecord
+from ranksearch.results._tables import pareto_tables, summary_table
+from ranksearch.study._record import TrialRecord, metric_of
 
 __all__ = ["CURVES_FILE", "TRIALS_FILE", "Run", "curves_record", "load_runs", "nnr_tensors", "trials_record", "write_results"]
 
@@ -61,14 +61,16 @@ def nnr_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def trials_record(study: optuna.Study, fixed_cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every trial of a study, as the report reads them (``trials.json``): number, state, method, value (or
-    the last reported value of a pruned trial), achieved ratio, test metric, metric before retrain; with
-    the study's fixed cost."""
+    the last reported value of a pruned trial), achieved ratio, the ratio a Pareto study's trial allocated for
+    (``target``), test metric, metric before retrain; with the study's fixed cost."""
     trials = []
     for t in study.get_trials(deepcopy=False):
         r = TrialRecord.of(t)
-        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": t.value,
-                       "last_reported": last, "ratio": r.ratio, "test": r.test, "before_retrain": r.before_retrain})
+        reports = t.intermediate_values or r.reports or {}  # a Pareto study's trials keep their reports in their record
+        last = reports[max(reports)] if reports else None
+        trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": metric_of(t),
+                       "last_reported": last, "ratio": r.ratio, "target": r.target, "test": r.test,
+                       "before_retrain": r.before_retrain})
     return {"format": "ranksearch.trials", "format_version": 1, "study_name": study.study_name,
             "fixed_cost": dict(fixed_cost) if fixed_cost else None, "trials": trials}
 
@@ -100,7 +102,8 @@ def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, see
         written.append(atomic_write_text(out / CURVES_FILE, json.dumps(curves_record(curves))))
     if seed_rule is not None:
         written.append(seed_rule.save(out / "rank_config_seed_rule.json"))
-    written.append(atomic_write_text(out / "summary.md", f"# ranksearch: {config.model}\n\n" + summary_table(summary).markdown()))
+    written.append(atomic_write_text(out / "summary.md", f"# ranksearch: {config.model}\n\n" + summary_table(summary).markdown()
+                                     + pareto_tables(summary)))
     written.append(config.save(out / "rank_config.json"))  # last: its presence means the rest is there
     return written
 
@@ -144,7 +147,8 @@ def _checked_trials(path: Path, record: object) -> tuple[list[dict[str, Any]], d
     for i, t in enumerate(record.get("trials", [])):
         ok = (isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("state"), str)
               and isinstance(t.get("method", ""), str)
-              and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "test", "before_retrain")))
+              and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "target", "test",
+                                                                           "before_retrain")))
         if not ok:
             raise RankSearchError(f"{str(path)!r}: trial entry {i} is damaged ({str(t)[:60]}); {_FIX}.")
     cost = record.get("fixed_cost")

@@ -27,7 +27,7 @@ from typing import Any
 from ranksearch._extras import require
 from ranksearch._io import atomic_write_bytes, atomic_write_text
 from ranksearch.results._files import Run, load_runs
-from ranksearch.results._tables import layer_table, summary_table
+from ranksearch.results._tables import front_table, layer_table, summary_table, working_points_table
 from ranksearch.study._vocab import Method
 
 __all__ = ["write_report"]
@@ -143,11 +143,18 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
     for run in runs:
         pts = [(t["ratio"], t["value"]) for t in run.trials if t["state"] == "complete" and t.get("ratio") is not None]
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label=f"trials at {run.label}")
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12,
+                       label="trials" if run.summary.points else f"trials at {run.label}")
             drawn = True
-        seed = next((t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete"), None)
-        if seed is not None and seed.get("ratio") is not None:
-            ax.scatter([seed["ratio"]], [seed["value"]], marker="s", s=30, facecolors="none", edgecolors="k")
+        seeds = [t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete" and t.get("ratio") is not None]
+        if seeds:  # a Pareto study has one at each working point
+            ax.scatter([t["ratio"] for t in seeds], [t["value"] for t in seeds], marker="s", s=30, facecolors="none", edgecolors="k")
+        front = run.summary.front
+        if front:
+            up = front[::-1]  # the best no larger than each ratio: a step up at each point of the front
+            ax.step([f.ratio for f in up], [f.val for f in up], where="post", color="k", lw=1, label="front")
+            for point in run.summary.points:
+                ax.axvline(point.target_ratio, color="0.5", ls=":", lw=1)
         best = run.config.metric.get(Method.SEARCHED, {}).get("val")
         if best is not None:
             ax.scatter([run.config.achieved_ratio], [best], marker="*", s=80, color="k")
@@ -160,7 +167,7 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
     ax.xaxis.set_major_formatter(FormatStrFormatter("%.4f"))
     ax.set_xlabel("achieved ratio (parameters kept)")
     ax.set_ylabel(f"val {metric}")
-    ax.set_title("metric against ratio (square: seed rule, star: best)", fontsize=9)
+    ax.set_title("metric against ratio (square: seed rule, star: best; dotted: a Pareto study's working points)", fontsize=9)
     ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -191,6 +198,8 @@ def write_report(folder: str | Path) -> Path:
         here = run.folder
         parts.append(f"<h2>ratio {run.label}</h2>")
         parts.append(summary_table(run.summary).html())
+        if run.summary.points:
+            parts.append(working_points_table(run.summary.points).html() + front_table(run.summary).html())
         parts.append(_img(_history_figure(run, here / "history.png", metric), "optimization history"))
         parts.append(_img(_kept_figure(run, here / "kept.png"), "kept fraction per layer"))
         parts.append(_img(_errors_figure(run, here / "errors.png"), "error against rank"))

@@ -8,14 +8,15 @@ Its figures are stored in a rank config's ``metric`` (:meth:`Summary.metric_reco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ranksearch.core._config import RankConfig
 from ranksearch.study._vocab import BASELINES, Method
 
-__all__ = ["Figures", "Summary", "TrialCounts"]
+__all__ = ["Figures", "Summary", "TrialCounts", "front_of"]
 
 
 def _number(v: Any) -> float | None:
@@ -78,6 +79,10 @@ class Summary:
         cost: The best model's cost model (MACs and parameter ratios; empty without an input shape).
         fixed_cost: What the study's setup took before its first trial.
         latency: At a latency working point, the best model's and the dense model's seconds, measured side by side.
+        front: A Pareto study's non-dominated trials (no other trial has a smaller ratio and a metric as high, or a
+            higher metric at no larger ratio), largest ratio first.
+        points: A Pareto study's working points, each as a summary: the best trial no larger than the point, the seed
+            rule and the baselines enqueued at it.
     """
 
     metric: str
@@ -92,6 +97,8 @@ class Summary:
     cost: dict[str, Any] = field(default_factory=dict)
     fixed_cost: dict[str, Any] | None = None
     latency: dict[str, Any] | None = None
+    front: tuple[Figures, ...] = ()
+    points: tuple[Summary, ...] = ()
 
     @property
     def best_method(self) -> Method:
@@ -115,11 +122,44 @@ class Summary:
         for t in trials:  # each method's first trial: the enqueued baselines' achieved ratios
             ratios.setdefault(t.get("method", Method.SEARCHED), t.get("ratio"))
         counts = TrialCounts(**{s: sum(t.get("state") == s for t in trials) for s in ("complete", "pruned", "fail")})
+        front = tuple(Figures.from_dict(f, _number(f.get("ratio"))) for f in config.search.get("front") or ())
+        wall = config.search.get("wall_time_s")
+        points = tuple(dataclasses.replace(cls.from_point(p), trials=counts, wall_time_s=wall) for p in config.search.get("points") or ())
         return cls(metric=str(m.get("name", "metric")), target_ratio=config.target_ratio, achieved_ratio=config.achieved_ratio,
                    dense=Figures.from_dict(m.get("dense"), 1.0),
                    seed_rule=(Figures.from_dict(m.get(Method.SEED_RULE), seed_rule.achieved_ratio if seed_rule else None)
                               if m.get(Method.SEED_RULE) else None),
                    best=Figures.from_dict(m.get(Method.SEARCHED), config.achieved_ratio),
                    baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
-                   trials=counts, wall_time_s=config.search.get("wall_time_s"), cost=dict(config.cost), fixed_cost=fixed_cost,
-                   latency=config.search.get("latency"))
+                   trials=counts, wall_time_s=wall, cost=dict(config.cost), fixed_cost=fixed_cost,
+                   latency=config.search.get("latency"), front=front, points=points)
+
+    def point_record(self) -> dict[str, Any]:
+        """A Pareto study's working point as its rank config records it (``search.points``)."""
+        ratios = {str(m): f.ratio for m, f in self.baselines.items()}
+        return {"target_ratio": self.target_ratio, "achieved_ratio": self.achieved_ratio, "metric": self.metric_record(),
+                "ratios": {**ratios, Method.SEED_RULE: self.seed_rule.ratio if self.seed_rule else None}}
+
+    @classmethod
+    def from_point(cls, d: Mapping[str, Any]) -> Summary:
+        """A working point of a Pareto study from :meth:`point_record`."""
+        m, ratios = d.get("metric") or {}, d.get("ratios") or {}
+        return cls(metric=str(m.get("name", "metric")), target_ratio=float(d["target_ratio"]), achieved_ratio=float(d["achieved_ratio"]),
+                   dense=Figures.from_dict(m.get("dense"), 1.0),
+                   seed_rule=Figures.from_dict(m[Method.SEED_RULE], _number(ratios.get(Method.SEED_RULE))) if m.get(Method.SEED_RULE) else None,
+                   best=Figures.from_dict(m.get(Method.SEARCHED), float(d["achieved_ratio"])),
+                   baselines={b: Figures.from_dict(m[b], _number(ratios.get(b))) for b in BASELINES if m.get(b)})
+
+
+def front_of(figures: Sequence[Figures]) -> tuple[Figures, ...]:
+    """The non-dominated ones of ``figures`` (by validation metric up and ratio down), largest ratio first; of equal
+    figures the earliest trial."""
+    out: list[Figures] = []
+    best = -math.inf
+    for f in sorted((f for f in figures if f.val is not None and f.ratio is not None),
+                    key=lambda f: (f.ratio, -f.val, f.trial if f.trial is not None else 0)):  # type: ignore[operator]
+        assert f.val is not None
+        if f.val > best:
+            out.append(f)
+            best = f.val
+    return tuple(reversed(out))

@@ -17,7 +17,7 @@ from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
 from ranksearch.study._vocab import BASELINES, Method
 
-__all__ = ["Row", "Table", "layer_table", "summary_table", "working_points_table"]
+__all__ = ["Row", "Table", "front_table", "layer_table", "pareto_tables", "summary_table", "working_points_table"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +154,23 @@ def working_points_table(summaries: Sequence[Summary]) -> Table:
                          f"{s.trials.complete}+{s.trials.pruned} pruned", str(s.wall_time_s))))
     columns = ("target", "ratio", "MACs ratio", "dense", *(str(m) for m in methods), "trials", "wall s")
     return Table(columns, tuple(rows), title=f"Test {name} (val {name} in brackets) after the same short retrain.\n")
+
+
+def front_table(s: Summary) -> Table:
+    """A Pareto study's front: every non-dominated trial, largest ratio first."""
+    rows = tuple(Row((fmt(f.ratio), fmt(f.val), fmt(f.test), fmt(f.trial), f.method.label if f.method else "-")) for f in s.front)
+    return Table(("ratio", f"val {s.metric}", f"test {s.metric}", "trial", "allocation"), rows,
+                 title=f"The front: the {len(s.front)} trials no other beats at a smaller or equal ratio "
+                       "(export any with `ranksearch export --trial N`).\n")
+
+
+def pareto_tables(s: Summary) -> str:
+    """A Pareto study's working points (the front's best no larger than each, against what was enqueued there) and its
+    front, as Markdown; empty for a study of one working point."""
+    if not s.points:
+        return ""
+    points = working_points_table(s.points)
+    columns = tuple("front's best" if c == str(Method.SEARCHED) else c for c in points.columns)
+    points = Table(columns, points.rows, title=f"Working points of the Pareto study: the front's best no larger than each; "
+                   f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
+    return "\n" + points.markdown() + "\n" + front_table(s).markdown()

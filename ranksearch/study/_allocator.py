@@ -12,12 +12,17 @@ its parameters, by about 23%, whether the layer is a 9x9 stem or a 4096-wide cla
 ``weights`` space the same step in one layer's MSE weight may move nothing or everything. The anchor is
 the best completed trial (ties: the earliest); with CMA-ES, whose own mean moves, the best completed
 *enqueued* allocation, so its coordinates stay put; before any trial completed, the prior's centre.
+
+In a Pareto study each trial also draws the ratio it allocates for (the ``ratio`` parameter, one of the study's
+front ratios; an enqueued allocation carries its own), and its anchor is the best trial at that ratio, or at
+the nearest ratio that has one (its ranks scaled onto this trial's budget).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,28 +33,34 @@ import xxhash
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksearch.core._solver import Latency, Solution, log2_ranks, project_ranks, solve_ratio
-from ranksearch.study._record import TrialRecord
+from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import write_trial
 from ranksearch.study._views import Views
 from ranksearch.study._vocab import FactorKind, Method, Proposals
 
-__all__ = ["PARAM_PREFIX", "REDRAWS", "STEP_BOUND", "STEP_PREFIX", "Allocator", "anchor_trial"]
+__all__ = ["PARAM_PREFIX", "RATIO_PARAM", "REDRAWS", "STEP_BOUND", "STEP_PREFIX", "Allocator", "anchor_trial"]
 
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
 STEP_PREFIX = "log2r:"  #: Optuna parameter of one searched step (incumbent proposals): STEP_PREFIX + layer (or group)
 STEP_BOUND = 1.0  #: searched steps range over [-STEP_BOUND, STEP_BOUND] (log2 of the rank factor)
+RATIO_PARAM = "ratio"  #: Optuna parameter of a Pareto study's trial: the ratio it allocates for
 REDRAWS = 8  #: new draws of a sampled step whose ranks a trial of the study already has (the k-th: 2.25**k wider, up to +-1.5**k)
 
 
-def anchor_trial(study: optuna.Study, *, enqueued_only: bool = False) -> FrozenTrial | None:
+def anchor_trial(study: optuna.Study, *, enqueued_only: bool = False, target: float | None = None) -> FrozenTrial | None:
     """The completed trial sampled proposals start from: the best by value (the earliest of equals);
-    ``enqueued_only``: among the enqueued allocations. None before any qualifying trial completed."""
-    done = []
+    ``enqueued_only``: among the enqueued allocations; ``target`` (a Pareto study): among the trials that allocated
+    for that ratio, else for the nearest one (in log; of two as near, the smaller). None before any qualifying
+    trial completed."""
+    done: list[tuple[FrozenTrial, TrialRecord]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.of(t)
         if record.ranks is not None and not (enqueued_only and record.method is Method.SEARCHED):
-            done.append(t)
-    return max(done, key=lambda t: (t.value, -t.number), default=None)
+            done.append((t, record))
+    if target is not None and (targets := {r.target for _, r in done if r.target is not None}):
+        near = min(targets, key=lambda r: (abs(math.log(r / target)), r))
+        done = [(t, r) for t, r in done if r.target == near]
+    return max((t for t, _ in done), key=lambda t: (metric_of(t), -t.number), default=None)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class Allocator:
         centre: Per-layer log-weights the searched offsets are added to (the prior's centre).
         latency: A latency working point's budget of seconds (the views' curves then carry each layer's
             limit: the largest rank whose pair runs faster than the dense layer).
+        front: A Pareto study's ratios (largest first): each trial allocates for one of them, not for ``target``.
     """
 
     views: Views
@@ -83,6 +95,11 @@ class Allocator:
     enqueued_anchor: bool = False
     centre: Mapping[str, float] = field(default_factory=dict)
     latency: Latency | None = None
+    front: tuple[float, ...] = ()
+
+    def at(self, target: float) -> Allocator:
+        """The allocator of another target ratio (a Pareto study's working points)."""
+        return dataclasses.replace(self, target=float(target))
 
     def with_centre(self, centre: Mapping[str, float]) -> Allocator:
         return dataclasses.replace(self, centre=dict(centre))
@@ -123,7 +140,7 @@ class Allocator:
 
     def anchor(self, study: optuna.Study) -> tuple[int | None, dict[str, int | None]]:
         """The trial number and ranks sampled incumbent-space proposals step from (None: the centre)."""
-        best = anchor_trial(study, enqueued_only=self.enqueued_anchor)
+        best = anchor_trial(study, enqueued_only=self.enqueued_anchor, target=self.target if self.front else None)
         if best is not None:
             return best.number, dict(TrialRecord.of(best).kept_ranks)
         return None, dict(self.solution(None, self.centre)[0].ranks)
@@ -135,8 +152,18 @@ class Allocator:
         allocates exactly as it was given (its per-layer log-weights, or for a retried sampled trial
         of the incumbent space its log2 rank targets, ride in the trial's record); its parameters are
         its nearest point in the searched space, for the sampler to learn from. Every trial records
-        what it allocated with, absolutely.
+        what it allocated with, absolutely. In a Pareto study the trial first takes its ratio (:data:`RATIO_PARAM`).
         """
+        if self.front:
+            drawn = trial.suggest_categorical(RATIO_PARAM, self.front)  # an enqueued or retried trial: its own, fixed
+            target = TrialRecord.of(trial).target
+            if target is None:
+                target = float(drawn)
+                write_trial(trial, TrialRecord(target=target))
+            return self.at(target)._propose(trial)
+        return self._propose(trial)
+
+    def _propose(self, trial: optuna.Trial) -> tuple[Solution, FactorKind]:
         if self.proposals is Proposals.INCUMBENT:
             return self._propose_steps(trial)
         groups = dict.fromkeys(self.groups.values())

@@ -16,6 +16,10 @@ the search must beat, and the incumbent sampled trials start from.
 Every decision is logged (``ranksearch.study._gate`` logger) and kept in the trial's ``gate`` user attr:
 step, value, threshold, how many values it was ranked among, the budget used before it (``went_on``
 of ``screened``), and ``promoted`` (``gate:<step>`` for the later reports).
+
+Optuna prunes no multi-objective study. A Pareto study's objective asks the :class:`FrontGate` instead: the
+same fractions, among the trials that allocated for its ratio or a smaller one (a trial is worth a full
+retrain only if it may beat the cheaper ones), on the values the trials record themselves (``reports``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksearch.study._record import TrialRecord
-from ranksearch.study._storage import write_frozen_trial
+from ranksearch.study._storage import write_frozen_trial, write_trial
 from ranksearch.study._vocab import Method
 
-__all__ = ["GatePruner"]
+__all__ = ["FrontGate", "GatePruner"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,11 +71,8 @@ class GatePruner(optuna.pruners.BasePruner):
         others = [float(t.intermediate_values[step]) for t in trials if step in t.intermediate_values]
         values = np.array([*others, value])
         record: dict[str, object] = {"step": int(step), "value": value}
-        if len(values) < self.n_min:
-            threshold, promoted = float("-inf"), True
-        else:
-            threshold = float(np.quantile(values, 1.0 - fraction, method="higher"))
-            promoted = value >= threshold
+        threshold = _threshold(values, fraction, self.n_min)
+        promoted = value >= threshold
         if screen:  # the budget: at most `keep` of the sampled trials screened so far go on, but a best screen does
             gated = [g for t in trials if (g := TrialRecord.of(t).gate) is not None]
             went_on = sum(1 for g in gated if g.get("promoted"))
@@ -87,6 +88,51 @@ class GatePruner(optuna.pruners.BasePruner):
                   f"; {record['went_on']} of the {record['screened']} screened before went on" if screen else "",
                   "goes on" if promoted else "pruned")
         return not promoted
+
+
+class FrontGate:
+    """The gate of a Pareto study, asked by its objective at each report: a sampled trial goes on only if its value is
+    among the best ``keep`` of the values at the same step of the trials that allocated for its ratio or a smaller
+    one (with fewer than ``n_min`` such values it goes on), then the top ``later`` at each later
+    report but the last. Enqueued allocations always go on. Every trial's reports are kept in its record."""
+
+    def __init__(self, keep: float = 0.2, later: float = 0.5, n_min: int = 5) -> None:
+        self.keep, self.later, self.n_min = float(keep), float(later), int(n_min)
+
+    def __call__(self, trial: optuna.Trial, reports: dict[int, float], step: int, value: float, last: bool) -> None:
+        """Record ``value`` at ``step`` in ``reports`` (the trial's so far) and raise :class:`optuna.TrialPruned` if it stops."""
+        reports[int(step)] = float(value)
+        write_trial(trial, TrialRecord(reports=dict(reports)))
+        record = TrialRecord.of(trial)
+        if last or record.method is not Method.SEARCHED or record.target is None:
+            return
+        screen = step == min(reports)
+        fraction = self.keep if screen else self.later
+        others = [r.reports[step] for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                                            TrialState.RUNNING))
+                  if t.number != trial.number and (r := TrialRecord.of(t)).reports and step in r.reports
+                  and r.target is not None and r.target <= record.target]
+        values = np.array([*others, value])
+        threshold = _threshold(values, fraction, self.n_min)
+        promoted = value >= threshold
+        rank = int((values > value).sum()) + 1
+        decision = {"step": int(step), "value": float(value), "threshold": threshold, "rank": rank, "of": int(len(values)),
+                    "promoted": bool(promoted), "peers": f"target <= {record.target:g}"}
+        write_trial(trial, TrialRecord(gate=decision) if screen else TrialRecord(gate_later={int(step): decision}))
+        _log.info("trial %d %s at step %d: %.4f, %s of %d trials at ratio %g or less (threshold %s, top %.0f%%) -> %s",
+                  trial.number, "screened" if screen else "checked", step, value, _ordinal(rank), len(values), record.target,
+                  "none yet" if threshold == float("-inf") else f"{threshold:.4f}", 100 * fraction,
+                  "goes on" if promoted else "pruned")
+        if not promoted:
+            raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
+
+
+def _threshold(values: np.ndarray, fraction: float, n_min: int) -> float:
+    """The value a trial must reach to be among the best ``fraction`` of ``values`` (its own included); -inf with
+    fewer than ``n_min``."""
+    if len(values) < n_min:
+        return float("-inf")
+    return float(np.quantile(values, 1.0 - fraction, method="higher"))
 
 
 def _ordinal(n: int) -> str:

@@ -52,7 +52,10 @@ def create_or_join(storage: BaseStorage, name: str, settings: SearchSettings | N
         if settings is None:
             raise NoSuchStudy(f"Study {name!r} is not in this storage; studies there: {sorted(n for n in names if ':setup-lock:' not in n)[:10]}.")
         try:  # atomic: of several processes starting at once exactly one creates it
-            storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+            directions = [optuna.study.StudyDirection.MAXIMIZE]
+            if settings.pareto:  # a Pareto study: the metric up, the ratio down
+                directions.append(optuna.study.StudyDirection.MINIMIZE)
+            storage.create_new_study(directions, name)
             created = True
         except DuplicatedStudyError:
             if not resume:

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from ranksearch.core._progress import bar
 from ranksearch.study._objective import Objective
-from ranksearch.study._record import TrialRecord
+from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._settings import GRACE_S
 from ranksearch.study._signals import InterruptGate
 from ranksearch.study._storage import fail_dead_trials, fail_running, retry_trial, settle, trial_by_number
@@ -71,8 +71,8 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int | Non
                         failures = 0
                         continue
                     record = TrialRecord.of(last)
-                    best = max((float(t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                                if t.value is not None), default=None)
+                    best = max((m for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                                if (m := metric_of(t)) is not None), default=None)
                     shown.set_postfix_str(f"last {record.method} {last.state.name.lower()}"
                                           + (f", best {best:.4f}" if best is not None else ""))
                     if last.state == TrialState.FAIL:

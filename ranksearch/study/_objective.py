@@ -4,6 +4,10 @@
 what it allocated, who ran it, what it scored and, when it was the best so far, the artifact id of its
 retrained weights. A trial that raises is failed with ``error`` and ``traceback``; one interrupted by
 Ctrl-C is marked ``interrupted``.
+
+In a Pareto study (the allocator has a front) a trial returns two values, its metric and its achieved ratio;
+its reports go to the :class:`~ranksearch.study._gate.FrontGate` (``screen``), since Optuna prunes no
+multi-objective study.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._callables import Callables, accepts_report
-from ranksearch.study._record import TrialRecord
+from ranksearch.study._gate import FrontGate
+from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import worker_id, write_trial
 from ranksearch.study._vocab import Method
 
@@ -48,22 +53,23 @@ class Objective:
             the whole split would cost it more than its screen).
         artifacts: Where a trial that beats the best so far uploads its retrained weights (None: nowhere).
         n_trials: The trial cap, for the log lines.
+        screen: A Pareto study's gate (None: every report goes on).
     """
 
     def __init__(self, model: nn.Module, allocator: Allocator, calls: Callables, *, artifacts: Any = None,
-                 n_trials: int | None = None) -> None:
+                 n_trials: int | None = None, screen: FrontGate | None = None) -> None:
         self.model, self.allocator, self.calls = model, allocator, calls
-        self.artifacts, self.n_trials = artifacts, n_trials
+        self.artifacts, self.n_trials, self.screen = artifacts, n_trials, screen
         self.current: int | None = None  #: number of the trial running now (for Ctrl-C)
         self.gate: Any = None  #: :class:`~ranksearch.study._signals.InterruptGate`: signals interrupt only inside a trial
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
         with self.gate.open() if self.gate is not None else contextlib.nullcontext():
             write_trial(trial, TrialRecord(worker=worker_id()))
             return self._guarded(trial)
 
-    def _guarded(self, trial: optuna.Trial) -> float:
+    def _guarded(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             return self._run(trial)
         except optuna.TrialPruned as e:
@@ -79,14 +85,21 @@ class Objective:
                 torch.cuda.empty_cache()
             raise
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
         method = TrialRecord.of(trial).method  # enqueued trials carry theirs (seed_rule, ...), sampled ones get "searched"
         write_trial(trial, TrialRecord(method=method))
         sol, kind = self.allocator.propose(trial)
+        front = bool(self.allocator.front)
+        target = TrialRecord.of(trial).target if front else self.allocator.target
+
+        def values(metric: float) -> float | tuple[float, float]:  # a Pareto study's trial: (metric, ratio)
+            return (metric, sol.ratio) if front else metric
+
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
         curves, factors = self.allocator.views.of(kind)
-        trial.set_constraint("ratio_over_target", sol.ratio - self.allocator.target)
+        assert target is not None
+        trial.set_constraint("ratio_over_target", sol.ratio - target)
         write_trial(trial, TrialRecord(ranks=ranks, mse={n: float(curves[n].mse[r]) for n, r in ranks.items()}, factors=kind,
                                        params=sol.params, ratio=sol.ratio))
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -95,8 +108,10 @@ class Objective:
             r = TrialRecord.of(twin)
             write_trial(trial, TrialRecord(same_as=twin.number, before_retrain=r.before_retrain,
                                            before_retrain_samples=r.before_retrain_samples, test=r.test))
-            _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number, method, twin.number, twin.value)
-            return float(twin.value)  # type: ignore[arg-type]
+            value = metric_of(twin)
+            assert value is not None
+            _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number, method, twin.number, value)
+            return values(value)
         model = factorize(self.model, ranks, factors)
         calls = self.calls
         if calls.quick is not None and method is Method.SEARCHED:
@@ -108,7 +123,21 @@ class Objective:
         scored = None
         if calls.retrain is not None:
             if accepts_report(calls.retrain):
-                scored = calls.retrain(model, report=lambda step, value, last=False: _report(trial, step, value, last))
+                reports: dict[int, float] = {}
+
+                def report(step: int, value: float | None, last: bool = False) -> None:
+                    if value is None:
+                        return
+                    if front:  # Optuna keeps no intermediate values of a multi-objective trial: its record does
+                        if self.screen is not None:
+                            self.screen(trial, reports, step, value, last)
+                        else:
+                            reports[int(step)] = float(value)
+                            write_trial(trial, TrialRecord(reports=dict(reports)))
+                        return
+                    _report(trial, step, value, last)
+
+                scored = calls.retrain(model, report=report)
             else:
                 scored = calls.retrain(model)
         # a retrain that returns a number has scored the model on the validation split already
@@ -117,15 +146,12 @@ class Objective:
             raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         if calls.test is not None:
             write_trial(trial, TrialRecord(test=float(calls.test(model))))
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        # a tie uploads too: with several workers a later-numbered twin of this value may have finished
-        # first, and the best trial (the earliest of the best value) must have its weights
-        if self.artifacts is not None and (not done or value >= max(float(t.value or 0.0) for t in done)):
+        if self.artifacts is not None and _best_so_far(trial, value, sol.ratio if front else None, target if front else None):
             self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, value, before,
                   time.perf_counter() - start)
-        return value
+        return values(value)
 
     def _upload(self, trial: optuna.Trial, model: nn.Module) -> None:
         """Upload the retrained weights as an artifact of the trial; the ``weights`` attr, set only
@@ -135,6 +161,20 @@ class Objective:
             save_state_dict(model.state_dict(), path, {"format": "ranksearch.factorized", "trial": str(trial.number)})
             artifact = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial)
         write_trial(trial, TrialRecord(weights=artifact))
+
+
+def _best_so_far(trial: optuna.Trial, value: float, ratio: float | None, target: float | None) -> bool:
+    """Whether a trial uploads its weights: it scored at least as high as every complete trial (a tie uploads too: with
+    several workers a later-numbered twin of this value may have finished first, and the best trial, the earliest of
+    the best value, must have its weights). In a Pareto study (``ratio``, ``target``), as every complete trial no
+    larger, or every one made for the same ratio: each point of the final front, and the best made for each ratio,
+    has its weights."""
+    done = [(m, t) for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (m := metric_of(t)) is not None]
+    if ratio is None:
+        return all(value >= m for m, _ in done)
+    size = ratio * (1 + 1e-9)
+    return (all(value >= m for m, t in done if float(t.values[1]) <= size)
+            or all(value >= m for m, t in done if TrialRecord.of(t).target == target))
 
 
 def _report(trial: optuna.Trial, step: int, value: float | None, last: bool = False) -> None:

@@ -23,20 +23,22 @@ from ranksearch.core._cost import rank_multiple_for
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import RetrainSettings, best_device
 from ranksearch.core._spectra import spectra
-from ranksearch.core._surgery import count_params, layer_groups
+from ranksearch.core._surgery import count_params, factorize, layer_groups
 from ranksearch.core._task import Task
 from ranksearch.core._timing import Runtime, TimingTable
 from ranksearch.core._weights import state_digest
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._callables import Callables, Evaluate, Retrain, task_callables, user_callables
+from ranksearch.study._gate import FrontGate
 from ranksearch.study._latency import LatencyPlan, limited
 from ranksearch.study._pruners import make_pruner
+from ranksearch.study._record import TrialRecord
 from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
 from ranksearch.study._settings import Components, SearchSettings
 from ranksearch.study._views import Views, views_for
-from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Sampler, SensitivityKind
+from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Pruner, Sampler, SensitivityKind
 
 __all__ = ["Plan", "Workload", "check_model", "latency_plan", "make_plan", "resolve"]
 
@@ -76,6 +78,15 @@ class Plan:
     prior: Prior
     sensitivity: SensitivityPlan
     latency: LatencyPlan | None = None
+    screen: FrontGate | None = None  #: a Pareto study's gate, asked by its objective (Optuna prunes no multi-objective study)
+    points: tuple[float, ...] = ()  #: a Pareto study's working points, where the references are enqueued (largest first)
+
+    def retrained(self, model: nn.Module, trial: TrialRecord) -> nn.Module:
+        """A trial's factorized model retrained again with the study's seed (its weights were not uploaded), in eval mode."""
+        _, factors = self.views.of(trial.factors or self.views.kind)
+        small = factorize(model, trial.kept_ranks, factors)
+        self.calls.retrain_again(small)
+        return small.eval()
 
     def with_timing(self, table: TimingTable) -> Plan:
         """The plan allocating within a latency working point's timing table (see :func:`~ranksearch.study._latency.limited`)."""
@@ -156,12 +167,20 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     groups = (layer_groups({n: modules[n] for n in views.curves}) if s.granularity is Granularity.GROUP
               else {n: n for n in views.curves})
     allocator = Allocator(views, s.target_ratio, count_params(model), s.rank_multiple, s.min_rank, groups, s.proposals,
-                          s.spread, s.step, enqueued_anchor=s.sampler is Sampler.CMAES)
+                          s.spread, s.step, enqueued_anchor=s.sampler is Sampler.CMAES, front=s.front)
     sampler = given.sampler if given.sampler is not None else make_sampler(s.sampler, s.seed, s.step)
-    pruner = given.pruner if given.pruner is not None else make_pruner(s.pruner, s.keep)
+    screen = None
+    if s.pareto:  # the study's pruner never runs: the objective asks the front's gate
+        if given.pruner is not None:
+            raise StudyError("A Pareto study screens with its own gate (pruner gate or none); Optuna prunes no multi-objective "
+                             "study, so a pruner object cannot be used.")
+        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+        screen = FrontGate(keep=s.keep, later=0.5) if s.pruner is Pruner.GATE else None
+    else:
+        pruner = given.pruner if given.pruner is not None else make_pruner(s.pruner, s.keep)
     plan = sensitivity_plan(s.sensitivity, s.sensitivity_budget, s.sensitivity_samples, views, calls, s.rank_multiple, s.min_rank)
     latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
-    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency)
+    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto)
 

@@ -25,11 +25,17 @@ from ranksearch.core._timing import TimingTable
 from ranksearch.study._settings import SearchSettings
 from ranksearch.study._vocab import FactorKind, Method, Sensitivity, SensitivityKind
 
-__all__ = ["ATTR", "TrialRecord", "StudyRecord", "fixed_cost_line", "sensitivity_of"]
+__all__ = ["ATTR", "TrialRecord", "StudyRecord", "fixed_cost_line", "metric_of", "sensitivity_of"]
 
 ATTR = "ranksearch:"  #: prefix of every study user attribute ranksearch writes
 _GATE_LATER = "gate:"  #: trial attrs ``gate:<step>``: the gate's decisions after the screen
 _ROW = "sensitivity_row:"  #: study attrs ``sensitivity_row:<layer>``: rows an interrupted setup measured
+
+
+def metric_of(trial: Any) -> float | None:
+    """A finished trial's metric: its value, or in a Pareto study (values: metric, ratio) the first of its values."""
+    values = trial.values
+    return None if values is None else float(values[0])
 
 
 def _set(record: Any) -> dict[str, Any]:
@@ -52,11 +58,12 @@ class TrialRecord:
     Allocation (kept when a failed trial is run again, :meth:`allocation`): ``method``; ``log10w`` the
     per-layer log-weights it allocates with (exact for enqueued ones); ``log2r`` a sampled incumbent-space
     trial's per-layer log2 rank targets; ``anchor`` the trial its step started from and ``redraws`` how
-    often its step was drawn again. Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``;
+    often its step was drawn again; ``target`` the ratio a Pareto study's trial allocated for. Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``;
     ``worker`` (``host:pid``); ``before_retrain`` (on ``before_retrain_samples`` validation samples
     when not the whole split); ``test``; ``same_as`` (a finished trial with the same ranks whose value
     it reused); ``weights`` (the artifact id of its retrained weights); ``gate`` and ``gate_later`` (the
-    gate pruner's decisions at the screen and by later step); ``error``, ``traceback``, ``interrupted``.
+    gate pruner's decisions at the screen and by later step); ``reports`` (a Pareto study's trial: the values its
+    retrain reported, by step, which Optuna keeps only for one objective); ``error``, ``traceback``, ``interrupted``.
     """
 
     method: Method | None = None
@@ -64,6 +71,7 @@ class TrialRecord:
     log2r: dict[str, float] | None = None
     anchor: int | None = None
     redraws: int | None = None
+    target: float | None = None
     ranks: dict[str, int] | None = None
     mse: dict[str, float] | None = None
     factors: FactorKind | None = None
@@ -77,6 +85,7 @@ class TrialRecord:
     weights: str | None = None
     gate: dict[str, Any] | None = None
     gate_later: dict[int, dict[str, Any]] | None = None
+    reports: dict[int, float] | None = None
     error: str | None = None
     traceback: str | None = None
     interrupted: bool | None = None
@@ -89,6 +98,8 @@ class TrialRecord:
         values["method"] = Method(attrs.get("method", Method.SEARCHED))
         if "factors" in values:
             values["factors"] = FactorKind(values["factors"])
+        if "reports" in values:  # JSON keys are strings
+            values["reports"] = {int(k): float(v) for k, v in values["reports"].items()}
         later = {int(k[len(_GATE_LATER):]): v for k, v in attrs.items() if k.startswith(_GATE_LATER)}
         return cls(**values, gate_later=later or None)
 
@@ -108,7 +119,7 @@ class TrialRecord:
         """Only what says what to allocate, exactly (its ranks, when it had chosen them): what a failed trial's
         rerun keeps."""
         return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws,
-                           ranks=self.ranks)
+                           target=self.target, ranks=self.ranks)
 
     @property
     def kept_ranks(self) -> dict[str, int]:

@@ -68,6 +68,7 @@ SAMPLERS: dict[Sampler, SamplerFactory] = {
     # in the incumbent space CMA-ES starts at the origin (the best enqueued allocation) with a step of a
     # sixth of the range, 1/3 in log2 (Optuna's default; its x0 and sigma0 arguments are deprecated)
     Sampler.CMAES: lambda seed, step: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    Sampler.NSGA2: lambda seed, step: optuna.samplers.NSGAIISampler(seed=seed),  # a genetic search, made for Pareto studies
 }
 
 #: the extra a sampler needs beyond the core install, and the module that tells

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -43,16 +44,34 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 7  #: 7 adds latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 8  #: 8 adds Pareto studies; 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
+FRONT_STEP = 1.25  #: a Pareto study's ratios: the given ones and geometric steps between them of at most this factor
+
+
+def front_ratios(points: Sequence[float]) -> tuple[float, ...]:
+    """The ratios a Pareto study's trials allocate for, largest first: the given ``points`` and, between each two
+    neighbours, geometric steps of at most :data:`FRONT_STEP` (0.25 and 0.1 -> 0.25, 0.2081, 0.1733, 0.1443, 0.1201, 0.1).
+
+    Example:
+        >>> front_ratios((0.1, 0.25))
+        (0.25, 0.2081, 0.1733, 0.1443, 0.1201, 0.1)
+    """
+    given = sorted({float(p) for p in points})
+    out = {given[0]}
+    for a, b in zip(given, given[1:]):
+        k = math.ceil(math.log(b / a) / math.log(FRONT_STEP) - 1e-9)
+        out.update(round(a * (b / a) ** (i / k), 4) for i in range(1, k))
+        out.add(b)
+    return tuple(sorted(out, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,10 @@ class SearchSettings:
                               "torch-compile or onnxruntime (CPU)", "choice", choices=Runtime, group=GRID)
     latency_batch: int = option(1, "batch size latency is measured at", "int", low=1, group=GRID,
                                 hint="samples per timed batch")
+    pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against the parameter ratio over these "
+                                       "working points (target_ratio is the largest): the front spans them, each gets the "
+                                       "seed rule and the baselines", "floats", low=0, high=1, open_low=True,
+                                       open_high=True, hint="two ratios or more, each in (0, 1)")
     exclude: tuple[str, ...] = option((), "layer names or regular expressions kept dense", "strings",
                                       hint="layer names or regular expressions")
     baselines: bool = option(True, "enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule",
@@ -131,6 +154,8 @@ class SearchSettings:
         if self.target_ratio == 1 and self.target_latency is None:
             raise ConfigError("target_ratio 1 would keep every parameter; give a ratio below 1 (e.g. 0.25 keeps a quarter), or "
                               "target_latency for a latency working point alone.")
+        if self.pareto:
+            self._check_pareto()
         if isinstance(self.retrain, dict):
             try:
                 object.__setattr__(self, "retrain", RetrainSettings(**self.retrain))
@@ -138,6 +163,38 @@ class SearchSettings:
                 raise ConfigError(f"retrain: {e}") from None
         elif self.retrain is not None and not isinstance(self.retrain, RetrainSettings):
             raise ConfigError(f"retrain {self.retrain!r} must be a RetrainSettings (or None for your own retrain callable).")
+
+    def _check_pareto(self) -> None:
+        points = sorted(set(self.pareto), reverse=True)
+        if len(points) != len(self.pareto):
+            raise ConfigError(f"pareto {list(self.pareto)} repeats a ratio; give each once.")
+        if len(points) < 2:
+            raise ConfigError(f"pareto {list(self.pareto)} needs two working points or more (e.g. 0.25 and 0.1): the front spans them.")
+        if self.target_ratio != points[0]:
+            raise ConfigError(f"target_ratio {self.target_ratio:g} of a Pareto study must be the largest of its points "
+                              f"{[float(f'{p:g}') for p in points]}: {points[0]:g}.")
+        if self.sampler is Sampler.CMAES:
+            raise ConfigError("sampler 'cmaes' optimizes one objective; a Pareto study needs one of local, tpe, gp, random, nsga2.")
+        if self.pruner not in (Pruner.GATE, Pruner.NONE):
+            raise ConfigError(f"pruner {str(self.pruner)!r}: Optuna prunes no multi-objective study; a Pareto study screens with "
+                              "its own gate (gate) or not at all (none).")
+        object.__setattr__(self, "pareto", tuple(points))
+
+    @property
+    def front(self) -> tuple[float, ...]:
+        """The ratios a Pareto study's trials allocate for (:func:`front_ratios`); empty for one working point."""
+        return front_ratios(self.pareto) if self.pareto else ()
+
+    @property
+    def point(self) -> str:
+        """The working point as a study names it: ``0.25``, ``0.25+latency0.9``, ``latency0.9`` (latency alone) or
+        ``pareto0.1-0.25`` (``pareto0.1-0.25+latency1`` with a latency bound on every trial)."""
+        if self.pareto:
+            bound = "" if self.target_latency is None else f"+latency{self.target_latency:g}"
+            return f"pareto{min(self.pareto):g}-{max(self.pareto):g}{bound}"
+        if self.target_latency is None:
+            return f"{self.target_ratio:g}"
+        return f"latency{self.target_latency:g}" if self.target_ratio == 1 else f"{self.target_ratio:g}+latency{self.target_latency:g}"
 
     @property
     def factor_kind(self) -> FactorKind:
@@ -155,6 +212,7 @@ class SearchSettings:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d = {k: v.value if isinstance(v, Enum) else v for k, v in d.items()}
         d["exclude"] = list(self.exclude)
+        d["pareto"] = list(self.pareto)
         d["retrain"] = None if self.retrain is None else self.retrain.to_dict()
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
 
@@ -245,14 +303,10 @@ class RunOptions:
     def replace(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)
 
-    def name_for(self, model: str, ratio: float, latency: float | None = None) -> str:
-        """The study's name: ``study_name``, else ``MODEL@RATIO`` (``MODEL@RATIO+latency0.9`` at a latency working point,
-        ``MODEL@latency0.9`` at one alone)."""
-        if self.study_name:
-            return self.study_name
-        if latency is None:
-            return f"{model}@{ratio:g}"
-        return f"{model}@latency{latency:g}" if ratio == 1 else f"{model}@{ratio:g}+latency{latency:g}"
+    def name_for(self, model: str, point: str) -> str:
+        """The study's name: ``study_name``, else ``MODEL@POINT`` (:attr:`SearchSettings.point`: ``MODEL@0.25``,
+        ``MODEL@0.25+latency0.9``, ``MODEL@pareto0.1-0.25``)."""
+        return self.study_name or f"{model}@{point}"
 
 
 document(RunOptions, """How one process runs a study: none of it is stored as the study's settings.

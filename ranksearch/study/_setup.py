@@ -15,6 +15,7 @@ from torch import nn
 
 from ranksearch.core._surgery import count_params
 from ranksearch.core._timing import TimingTable
+from ranksearch.study._allocator import RATIO_PARAM
 from ranksearch.study._baselines import additive_ranks, greedy_ranks, log_weights_for, uniform_ranks
 from ranksearch.study._latency import measure_timing
 from ranksearch.study._plan import Plan
@@ -76,10 +77,13 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
         write_study(study, StudyRecord(sensitivity=table))
     if record.fixed_cost is None:  # stored once, by the process that set the study up
         write_study(study, StudyRecord(fixed_cost=_fixed_cost(cost, record, time.perf_counter() - start, measured)))
-    starts = starting_points(model, plan.views, plan.allocator.target, table)
-    centre = starts.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
+    points = plan.points or (plan.allocator.target,)
+    starts = {r: starting_points(model, plan.views, r, table) for r in points}
+    first = starts[points[0]]  # a Pareto study's largest working point
+    centre = first.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
     write_study(study, StudyRecord(centre=centre))
-    _enqueue(study, plan, centre, starts, warm_start)
+    for r in points:
+        _enqueue(study, plan, centre, starts[r], warm_start, r if plan.points else None)
     write_study(study, StudyRecord(setup={**setup, "state": "ready", "at": time.time()}))
     return table
 
@@ -102,23 +106,27 @@ def _fixed_cost(cost: dict[str, Any], record: StudyRecord, seconds: float, measu
 
 
 def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], starts: Mapping[Method, dict[str, float]],
-             warm_start: Sequence[Mapping[str, float]]) -> None:
-    """Enqueue the seed rule, the baselines and the warm starts, each once."""
+             warm_start: Sequence[Mapping[str, float]], target: float | None = None) -> None:
+    """Enqueue the seed rule, the baselines and the warm starts, each once (in a Pareto study, once at each of its
+    working points: ``target``)."""
     allocator = plan.allocator.with_centre(centre)
-    have = {TrialRecord.of(t).method for t in study.get_trials(deepcopy=False)}
+    allocator = allocator if target is None else allocator.at(target)
+    have = {r.method for t in study.get_trials(deepcopy=False) if (r := TrialRecord.of(t)).target == target}
+    fixed = {} if target is None else {RATIO_PARAM: target}
 
     def ranks(method: Method, logw: Mapping[str, float] | None) -> dict[str, int]:  # solved here, once: the same in every worker
         return {n: r for n, r in allocator.solution(method, logw)[0].ranks.items() if r is not None}
 
     if Method.SEED_RULE not in have:
-        study.enqueue_trial({p: 0.0 for p in allocator.search_space()},
-                            user_attrs=TrialRecord(method=Method.SEED_RULE, ranks=ranks(Method.SEED_RULE, None)).to_attrs())
+        study.enqueue_trial({**{p: 0.0 for p in allocator.search_space()}, **fixed},
+                            user_attrs=TrialRecord(method=Method.SEED_RULE, target=target, ranks=ranks(Method.SEED_RULE, None)).to_attrs())
     exact = [*((m, w) for m, w in starts.items() if plan.baselines), *((Method.WARM_START, dict(w)) for w in warm_start)]
     for method, logw in exact:
         if method in have:
             continue
         logw = {n: float(logw.get(n, 0.0)) for n in plan.views.curves}
-        study.enqueue_trial(allocator.params_for(logw), user_attrs=TrialRecord(method=method, log10w=logw, ranks=ranks(method, logw)).to_attrs())
+        study.enqueue_trial({**allocator.params_for(logw), **fixed},
+                            user_attrs=TrialRecord(method=method, target=target, log10w=logw, ranks=ranks(method, logw)).to_attrs())
 
 
 def starting_points(model: nn.Module, views: Views, target: float, sensitivity: Sensitivity | None) -> dict[Method, dict[str, float]]:

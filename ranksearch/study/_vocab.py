@@ -69,6 +69,7 @@ class Sampler(StrEnum):
     GP = "gp"
     RANDOM = "random"
     CMAES = "cmaes"
+    NSGA2 = "nsga2"
 
 
 class Pruner(StrEnum):

@@ -82,6 +82,27 @@ def test_a_latency_search_keeps_every_trial_within_the_stored_table(tmp_path, me
     assert all(r <= limits[n] for t in again.study.trials for n, r in TrialRecord.of(t).kept_ranks.items())
 
 
+def test_every_trial_of_a_pareto_study_with_a_latency_bound_keeps_to_it(tmp_path, measured):
+    net = _net()
+    settings = SearchSettings(0.5, pareto=(0.5, 0.3), sampler="random", target_latency=1.0, latency_batch=64, baselines=False)
+    result = search(net, settings, evaluate=_ev, calibration=[torch.randn(8, 256)],
+                    run=RunOptions(n_trials=6, out_dir=tmp_path / "out", report=False))
+    assert measured == [1] and result.study.study_name == "Sequential@pareto0.3-0.5+latency1"
+    table = read_study(result.study).timing
+    assert table is not None
+    limits, lat = table.limits(spectra(net)), table.latency(spectra(net), 1.0)
+    targets = set()
+    for t in result.study.trials:
+        r = TrialRecord.of(t)
+        targets.add(r.target)
+        assert r.target in settings.front and r.ratio <= r.target
+        assert all(k <= limits[n] for n, k in r.kept_ranks.items())
+        assert sum(float(lat.pair[n][k]) for n, k in r.kept_ranks.items()) + sum(
+            lat.dense[n] for n in lat.dense if n not in r.kept_ranks) <= lat.budget * (1 + 1e-9)
+    assert {0.5, 0.3} <= targets  # the seed rule at each point, then sampled ratios
+    assert result.config.search["latency"]["dense_s"] > 0 and result.summary.front
+
+
 def test_a_ratio_the_faster_pairs_cannot_reach_is_one_line_before_any_study(tmp_path):
     """Said after the timing table, before the study: in one line that names the latency limits."""
     with pytest.raises(Exception, match="unreachable: with the smallest rank the latency limits allow") as e:

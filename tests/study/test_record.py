@@ -4,6 +4,7 @@ them losslessly; old spellings are read."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -24,11 +25,13 @@ def test_a_trial_record_round_trips_every_field():
         "method": Method.SENSITIVITY, "log10w": {"a": 0.5}, "log2r": {"a": 3.0}, "anchor": 2, "redraws": 1, "ranks": {"a": 8},
         "mse": {"a": 0.01}, "factors": FactorKind.DATA_AWARE, "params": 100, "ratio": 0.25, "worker": "h:1", "before_retrain": 0.5,
         "before_retrain_samples": 64, "test": 0.6, "same_as": 3, "weights": "id", "gate": {"promoted": True},
-        "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True})
+        "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25,
+        "reports": {0: 0.4, 1: 0.55}})
     attrs = record.to_attrs()
     assert attrs["gate:1"] == {"promoted": False} and "gate_later" not in attrs  # the stored spelling of a later step
     assert attrs["method"] == "sensitivity" and attrs["factors"] == "data_aware"
     assert TrialRecord.from_attrs(attrs) == record
+    assert TrialRecord.from_attrs(json.loads(json.dumps(attrs))) == record  # as a storage gives them back: the steps' keys are strings
 
 
 def test_a_patch_writes_only_its_fields_and_a_missing_method_reads_as_sampled():
