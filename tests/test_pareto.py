@@ -139,3 +139,13 @@ def test_a_worker_joins_a_pareto_study_and_allocates_at_its_ratios(dense_and_tas
     assert later and all(TrialRecord.of(t).target in settings.front for t in later)
     # the worker's trials report to the front's gate too (a twin of a finished trial reuses its value: no retrain)
     assert all((r := TrialRecord.of(t)).reports or r.same_as is not None for t in later)
+
+
+def test_a_settings_file_with_pareto_points_is_a_pareto_study(tmp_path, capsys):
+    (tmp_path / "front.yaml").write_text("pareto: [0.5, 0.2]\nsampler: nsga2\n")
+    assert main(["search", "--space", "tiny-digits", "--epochs", "1", "-q", "--settings", str(tmp_path / "front.yaml"), "--trials", "9",
+                 "--out", str(tmp_path / "p")]) == 0
+    cfg = json.loads((tmp_path / "p" / "rank_config.json").read_text())
+    assert cfg["search"]["study_name"] == "tiny-digits@pareto0.2-0.5" and cfg["search"]["settings"]["sampler"] == "nsga2"
+    assert [p["target_ratio"] for p in cfg["search"]["points"]] == [0.5, 0.2]
+

@@ -209,3 +209,22 @@ def test_a_trial_interrupted_after_its_screen_does_not_spend_the_gates_budget(se
     assert failed.user_attrs["method"] == "searched" and failed.user_attrs["gate"]["promoted"] is True
     resumed = search(model, GATED, evaluate=evaluate, retrain=_gated_retrain(retrain), run=run.replace(resume=True))
     assert _decisions(resumed.study) == expected
+
+
+def test_an_interrupted_pareto_study_resumes_to_the_same_trials(setup, tmp_path):
+    """Each trial's ratio (a parameter of the sampler, and the target in its record) is run again exactly."""
+    model, evaluate, retrain, _, _ = setup
+    settings = SearchSettings(0.5, pareto=(0.5, 0.2), factors="plain", pruner="none", seed=0)
+
+    def finished(study: optuna.Study) -> list[tuple[str, float, str]]:
+        done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return sorted((t.user_attrs["method"], t.user_attrs["target"], json.dumps(t.user_attrs["ranks"], sort_keys=True)) for t in done)
+
+    expected = finished(search(model, settings, evaluate=evaluate, retrain=retrain, run=RunOptions(n_trials=11)).study)
+    assert len({t for _, t, _ in expected}) >= 3  # sampled trials at ratios between the points too
+    run = RunOptions(n_trials=11, out_dir=tmp_path, report=False)
+    with pytest.raises(KeyboardInterrupt):  # inside the seventh retrain (twins of a finished trial retrain nothing)
+        search(model, settings, evaluate=evaluate, retrain=_interrupting(retrain, 7, with_report=True), run=run)
+    resumed = search(model, settings, evaluate=evaluate, retrain=retrain, run=run.replace(resume=True))
+    assert len(resumed.study.get_trials(states=(TrialState.FAIL,))) == 1
+    assert finished(resumed.study) == expected

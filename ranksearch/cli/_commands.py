@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ranksearch._api import check_results_folder
-from ranksearch._fields import spec
+from ranksearch._fields import check_value, spec
 from ranksearch._from_space import config_space, export_from_space, join_from_space, space_model
 from ranksearch._io import atomic_write_text, check_writable
 from ranksearch._points import check_points, point_options, search_points
@@ -130,6 +130,9 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
         return list(args.ratio)
     if args.wp is not None:
         return list(space.working_points) if args.wp.lower() == "all" else [space.working_point(w.strip()) for w in args.wp.split(",")]
+    if file.get("pareto"):  # a Pareto study's settings: its points
+        pareto = next(f for f in fields(SearchSettings) if f.name == "pareto")
+        return list(check_value("pareto", file["pareto"], spec(pareto)))  # type: ignore[arg-type]
     if "target_ratio" in file:
         return [file["target_ratio"]]
     if getattr(args, "target_latency", None) is not None or file.get("target_latency") is not None:
@@ -140,7 +143,7 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
 
 def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[str, Any]) -> SearchSettings:
     """The one settings object of a search: the dataclass defaults, the space's, the settings file's, the flags'."""
-    knobs = {k: v for k, v in file.items() if k not in IDENTITY and k != "target_ratio"}
+    knobs = {k: v for k, v in file.items() if k not in IDENTITY and k not in ("target_ratio", "pareto")}  # the points: _search
     recipe = knobs.pop("retrain", None) or {}
     if not isinstance(recipe, dict):
         raise ConfigError(f"Settings file {args.settings!r}: retrain must be a mapping of RetrainSettings fields.")
@@ -168,7 +171,7 @@ def _search(args: argparse.Namespace) -> int:
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),
                      progress=args.progress)
     check_points(targets)
-    if args.pareto:  # one study over all the points
+    if args.pareto or (file.get("pareto") and args.ratio is None and args.wp is None):  # one study over all the points
         if len(targets) < 2:
             raise RankSearchError(f"--pareto spans two working points or more; give e.g. --ratio {targets[0]:g},{targets[0] / 2.5:g} "
                                   "or --wp all (one point is a plain search: leave --pareto out).")

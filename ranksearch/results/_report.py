@@ -151,8 +151,9 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
             ax.scatter([t["ratio"] for t in seeds], [t["value"] for t in seeds], marker="s", s=30, facecolors="none", edgecolors="k")
         front = run.summary.front
         if front:
-            up = front[::-1]  # the best no larger than each ratio: a step up at each point of the front
-            ax.step([f.ratio for f in up], [f.val for f in up], where="post", color="k", lw=1, label="front")
+            up = front[::-1]  # the best no larger than each ratio: a step up at each point of the front, flat to the last point
+            right = max([up[-1].ratio or 0.0, *(p.target_ratio for p in run.summary.points)])
+            ax.step([f.ratio for f in up] + [right], [f.val for f in up] + [up[-1].val], where="post", color="k", lw=1, label="front")
             for point in run.summary.points:
                 ax.axvline(point.target_ratio, color="0.5", ls=":", lw=1)
         best = run.config.metric.get(Method.SEARCHED, {}).get("val")

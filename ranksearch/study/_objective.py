@@ -148,9 +148,9 @@ class Objective:
             write_trial(trial, TrialRecord(test=float(calls.test(model))))
         if self.artifacts is not None and _best_so_far(trial, value, sol.ratio if front else None, target if front else None):
             self._upload(trial, model)
-        _log.info("trial %d%s [%s] ratio %.4f -> %.4f (before retrain %.4f) in %.1f s",
-                  trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, value, before,
-                  time.perf_counter() - start)
+        _log.info("trial %d%s [%s] ratio %.4f%s -> %.4f (before retrain %.4f) in %.1f s",
+                  trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, f" (for {target:g})" if front else "",
+                  value, before, time.perf_counter() - start)
         return values(value)
 
     def _upload(self, trial: optuna.Trial, model: nn.Module) -> None:

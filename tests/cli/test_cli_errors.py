@@ -84,6 +84,7 @@ def _damaged_files(root: Path, cfg: dict) -> None:
             (root / folder / f).write_bytes((root / "done" / f).read_bytes())
         (root / folder / file).write_text(text)
     (root / "settings_bad.yaml").write_text("sprad: 2\n")
+    (root / "settings_pareto_text.yaml").write_text("pareto: '0.3,0.1'\n")
     _empty_study(root)
     import shutil  # a copy of the study whose artifact folder holds another model's weights
 
@@ -254,6 +255,7 @@ CASES = [  # (id, argv with {root}, words the one line must hold)
     ("gpus-without-cuda", [*BASE, "--ratio", "0.2", "--workers", "2", "--gpus", "0", "--out", f"{R}/o"], ["no CUDA device"]),
     ("seed-too-big", [*BASE, "--ratio", "0.2", "--seed", str(2**70), "--out", f"{R}/o"], ["--seed", "2**32"]),
     ("grace-below-heartbeat", [*BASE, "--ratio", "0.2", "--heartbeat", "9", "--grace", "5", "--out", f"{R}/o"], ["grace"]),
+    ("settings-pareto-text", [*BASE, "--settings", f"{R}/settings_pareto_text.yaml", "--out", f"{R}/o"], ["pareto", "list of numbers"]),
     ("settings-unknown-field", [*BASE, "--ratio", "0.2", "--settings", f"{R}/settings_bad.yaml", "--out", f"{R}/o"], ["sprad"]),
     ("settings-missing", [*BASE, "--ratio", "0.2", "--settings", f"{R}/none.yaml", "--out", f"{R}/o"], ["does not exist"]),
     ("export-before-any-trial", ["export", "--storage", f"{R}/empty.journal", "--study-name", "tiny-digits@0.3", "--out", f"{R}/o"],
