@@ -110,7 +110,7 @@ def main() -> None:
         runs.append(_run(args.space, ratios, seed, args.trials, args.pareto_trials))
         print(runs[-1], flush=True)
     after = os.getloadavg()
-    lines = [f"## Pareto study against one study per working point ({args.space}) ({datetime.date.today()}, {platform.node()}, "
+    lines = [f"## Pareto study against one study per working point ({args.space}, {args.ratios}) ({datetime.date.today()}, {platform.node()}, "
              f"{torch.get_num_threads()} threads)", "",
              f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/pareto.py --space {args.space} --ratios {args.ratios} --seeds {args.seeds} "
              f"--trials {args.trials} --pareto-trials {args.pareto_trials}` (load average {load[0]:.2f} before, {after[0]:.2f} after).",
