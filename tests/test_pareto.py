@@ -78,7 +78,8 @@ def test_the_folder_says_the_front_and_the_report_reads_it_back(pareto):
     assert [p["target_ratio"] for p in cfg["search"]["points"]] == list(POINTS)
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert all(t["target"] in SearchSettings(0.5, pareto=POINTS).front for t in trials)
-    assert "The front" in (out / "report.html").read_text() and (out / "tradeoff.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "The front" in page and "front&#x27;s best" in page and (out / "tradeoff.png").is_file()
     from ranksearch.results._files import load_runs
 
     assert load_runs(out)[0].summary.front == result.summary.front  # what the report draws is what the study found

@@ -17,7 +17,7 @@ from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
 from ranksearch.study._vocab import BASELINES, Method
 
-__all__ = ["Row", "Table", "front_table", "layer_table", "pareto_tables", "summary_table", "working_points_table"]
+__all__ = ["Row", "Table", "front_table", "layer_table", "pareto_tables", "points_table", "summary_table", "working_points_table"]
 
 
 @dataclass(frozen=True)
@@ -164,13 +164,16 @@ def front_table(s: Summary) -> Table:
                        "(export any with `ranksearch export --trial N`).\n")
 
 
-def pareto_tables(s: Summary) -> str:
-    """A Pareto study's working points (the front's best no larger than each, against what was enqueued there) and its
-    front, as Markdown; empty for a study of one working point."""
-    if not s.points:
-        return ""
+def points_table(s: Summary) -> Table:
+    """A Pareto study's working points: the front's best no larger than each, against what was enqueued there."""
     points = working_points_table(s.points)
     columns = tuple("front's best" if c == str(Method.SEARCHED) else c for c in points.columns)
-    points = Table(columns, points.rows, title=f"Working points of the Pareto study: the front's best no larger than each; "
-                   f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
-    return "\n" + points.markdown() + "\n" + front_table(s).markdown()
+    return Table(columns, points.rows, title=f"Working points of the Pareto study: the front's best no larger than each; "
+                 f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
+
+
+def pareto_tables(s: Summary) -> str:
+    """A Pareto study's :func:`points_table` and :func:`front_table` as Markdown; empty for a study of one working point."""
+    if not s.points:
+        return ""
+    return "\n" + points_table(s).markdown() + "\n" + front_table(s).markdown()
