@@ -177,8 +177,9 @@ def _check_model(model: object) -> None:
 
 def _check_reachable(plan: Plan) -> None:
     """The solver raises, in one line, for a target the model cannot reach (before any study is written); a Pareto
-    study's smallest ratio too."""
-    for target in (plan.allocator.target, *plan.allocator.front[-1:]):
+    study's smallest point too."""
+    plan.allocator.solution(Method.SEED_RULE, None)
+    for target in plan.allocator.front[-1:]:
         plan.allocator.at(target).solution(Method.SEED_RULE, None)
 
 

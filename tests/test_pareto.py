@@ -150,3 +150,15 @@ def test_a_settings_file_with_pareto_points_is_a_pareto_study(tmp_path, capsys):
     assert cfg["search"]["study_name"] == "tiny-digits@pareto0.2-0.5" and cfg["search"]["settings"]["sampler"] == "nsga2"
     assert [p["target_ratio"] for p in cfg["search"]["points"]] == [0.5, 0.2]
 
+
+def test_the_cli_runs_a_front_over_latency_fractions(tmp_path):
+    """--pareto-latency: the points are fractions of the dense model's latency; the x of the front is the predicted latency."""
+    assert main(["search", "--space", "tiny-digits", "--epochs", "1", "-q", "--pareto-latency", "1.0,0.95", "--latency-batch", "64",
+                 "--trials", "8", "--out", str(tmp_path / "p")]) == 0
+    cfg = json.loads((tmp_path / "p" / "rank_config.json").read_text())
+    assert cfg["search"]["study_name"] == "tiny-digits@pareto-latency0.95-1" and cfg["search"]["axis"] == "latency"
+    assert [p["target_ratio"] for p in cfg["search"]["points"]] == [1.0, 0.95]
+    trials = json.loads((tmp_path / "p" / "trials.json").read_text())["trials"]
+    assert all(t["latency"] <= t["target"] + 1e-9 for t in trials if t["state"] == "complete")
+    assert all(f["latency"] is not None for f in cfg["search"]["front"])
+

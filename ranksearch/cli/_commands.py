@@ -141,9 +141,10 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
                           "--settings file.")
 
 
-def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[str, Any]) -> SearchSettings:
-    """The one settings object of a search: the dataclass defaults, the space's, the settings file's, the flags'."""
-    knobs = {k: v for k, v in file.items() if k not in IDENTITY and k not in ("target_ratio", "pareto")}  # the points: _search
+def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[str, Any], **point: Any) -> SearchSettings:
+    """The one settings object of a search: the dataclass defaults, the space's, the settings file's, the flags'; ``point``:
+    a Pareto study's fields (its points, axis and latency), which _search resolves."""
+    knobs = {k: v for k, v in file.items() if k not in IDENTITY and k not in ("target_ratio", "pareto", "pareto_axis")}
     recipe = knobs.pop("retrain", None) or {}
     if not isinstance(recipe, dict):
         raise ConfigError(f"Settings file {args.settings!r}: retrain must be a mapping of RetrainSettings fields.")
@@ -155,7 +156,7 @@ def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[
     flags = given(args, FLAG_FIELDS)
     try:
         retrain = replace(space.retrain, **{**recipe, **given(args, RETRAIN_FLAGS)})
-        values = {"rank_multiple": "auto", "min_rank": space.min_rank, "exclude": tuple(space.exclude), **knobs, **flags}
+        values = {"rank_multiple": "auto", "min_rank": space.min_rank, "exclude": tuple(space.exclude), **knobs, **flags, **point}
         return SearchSettings(target_ratio=target, model=space.name, space=ref, data=str(Path(args.data).resolve()) if args.data else None,
                               retrain=retrain, **values)
     except TypeError as e:
@@ -165,17 +166,26 @@ def _settings(args: argparse.Namespace, space: Space, target: float, file: dict[
 def _search(args: argparse.Namespace) -> int:
     space = _space(args)
     file = read_settings_file(args.settings) if args.settings else {}
-    targets = _targets(args, space, file)
+    from_file = bool(file.get("pareto")) and args.ratio is None and args.wp is None
+    latency_points = args.pareto_latency or (_targets(args, space, file) if from_file and file.get("pareto_axis") == "latency" else None)
+    targets = _targets(args, space, file) if not latency_points or args.ratio is not None or args.wp is not None else [1.0]
     check_writable(args.out, folder=True, what="--out")  # "" would be the current folder
     out = Path(args.out)
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),
                      progress=args.progress)
     check_points(targets)
-    if args.pareto or (file.get("pareto") and args.ratio is None and args.wp is None):  # one study over all the points
+    if latency_points:  # one study over latency fractions, every trial within the one ratio given (or none)
+        check_points(latency_points)
+        if args.pareto or getattr(args, "target_latency", None) is not None or len(targets) > 1:
+            raise RankSearchError("--pareto-latency F,F gives a front over latency fractions, with at most one --ratio every trial "
+                                  "keeps; leave --pareto and --latency out, and give one ratio or none.")
+        settings = [_settings(args, space, targets[0], file, pareto=tuple(latency_points), pareto_axis="latency",
+                              target_latency=max(latency_points))]
+    elif args.pareto or from_file:  # one study over all the points
         if len(targets) < 2:
             raise RankSearchError(f"--pareto spans two working points or more; give e.g. --ratio {targets[0]:g},{targets[0] / 2.5:g} "
                                   "or --wp all (one point is a plain search: leave --pareto out).")
-        settings = [_settings(args, space, max(targets), file).replace(pareto=tuple(targets))]
+        settings = [_settings(args, space, max(targets), file, pareto=tuple(targets))]
     else:
         settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
     several = len(settings) > 1

@@ -34,6 +34,20 @@ def _ratios(text: str) -> list[float]:
     return [_ratio(t) for t in text.split(",")]
 
 
+def _fractions(text: str) -> list[float]:
+    """Latency fractions of the dense model's, each in (0, 1]."""
+    out = []
+    for t in text.split(","):
+        try:
+            value = float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"latency fraction {t!r} is not a number; give e.g. 1.0,0.7") from None
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"latency fraction {value} must be in (0, 1]: 1.0 is never slower than dense")
+        out.append(value)
+    return out
+
+
 def _space_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--space", required=required, help="space name in search_spaces/ or a .yaml file")
     p.add_argument("--weights", help="local file with the dense model's weights (.safetensors or .pt)")
@@ -67,6 +81,9 @@ def _search(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParse
                                          help="one multi-objective study over the given ratios (two or more, e.g. --ratio 0.25,0.1 "
                                               "or --wp all) instead of one study each: the front of the metric against the "
                                               "parameters between them; the seed rule and the baselines run at each")
+    groups["working point"].add_argument("--pareto-latency", type=_fractions, metavar="F,F",
+                                         help="one multi-objective study of the metric against the latency (fractions of the "
+                                              "dense model's on --runtime, e.g. 1.0,0.7), each trial within one --ratio if given")
     groups["search"] = p.add_argument_group("search")
     groups["search"].add_argument("--settings", metavar="FILE", help="YAML or JSON file of SearchSettings fields (a flag given here wins)")
     add_fields(p, SearchSettings, groups, show_rare=show_rare, defaults=SPACE_DEFAULTS)

@@ -29,7 +29,7 @@ from ranksearch.errors import StudyError
 from ranksearch.results._summary import Figures, Summary, TrialCounts, front_of
 from ranksearch.study._record import StudyRecord, TrialRecord, metric_of
 from ranksearch.study._storage import read_study
-from ranksearch.study._vocab import BASELINES, Method, Sensitivity
+from ranksearch.study._vocab import BASELINES, Axis, Method, Sensitivity
 
 __all__ = ["SearchResult", "collect", "trial_model"]
 
@@ -68,7 +68,7 @@ def _figures(t: FrozenTrial | None) -> Figures | None:
     if t is None:
         return None
     r = TrialRecord.of(t)
-    return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio)
+    return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio, r.latency)
 
 
 def _first(study: optuna.Study, method: Method, target: float | None = None) -> FrozenTrial | None:
@@ -142,7 +142,8 @@ def _chosen(study: optuna.Study, complete: list[FrozenTrial], number: int, artif
     t = next((t for t in complete if t.number == number), None)
     if t is None:
         figures = [f for c in complete if (f := _figures(c)) is not None]
-        front = [f.trial for f in front_of(figures)]
+        settings = read_study(study).settings
+        front = [f.trial for f in front_of(figures, settings.pareto_axis if settings else Axis.RATIO)]
         state = next((x.state.name.lower() for x in study.get_trials(deepcopy=False) if x.number == number), None)
         raise StudyError(f"Trial {number} of study {study.study_name!r} is {state or 'not in it'}; export a complete trial, "
                          f"e.g. one of the front: {front[:12]}.")
@@ -168,15 +169,16 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     if not record.settings.pareto:
         return summary
     done = [f for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (f := _figures(t)) is not None]
-    front = front_of(done)
+    axis = record.settings.pareto_axis
+    front = front_of(done, axis)
     points = []
     for point in record.settings.pareto:  # the best no larger than each point, against what was enqueued there
-        best_here = next((f for f in front if f.ratio is not None and f.ratio <= point * (1 + 1e-9)), Figures())
+        best_here = next((f for f in front if (c := f.cost(axis)) is not None and c <= point * (1 + 1e-9)), Figures())
         baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m, point))) is not None}
         points.append(dataclasses.replace(summary, target_ratio=point, achieved_ratio=float(best_here.ratio or 0.0),
                                           seed_rule=_figures(_first(study, Method.SEED_RULE, point)), best=best_here,
-                                          baselines=baselines, fixed_cost=None))
-    return dataclasses.replace(summary, front=front, points=tuple(points))
+                                          baselines=baselines, fixed_cost=None, axis=axis))
+    return dataclasses.replace(summary, front=front, points=tuple(points), axis=axis)
 
 
 def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], *, artifacts: Any = None,
@@ -225,7 +227,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     summary = _summary(study, record, best, seed_trial)
     extra: dict[str, Any] = {"trials": summary.trials.to_dict(), "wall_time_s": summary.wall_time_s}
     if summary.front:
-        extra.update(front=[{**f.to_dict(), "ratio": f.ratio} for f in summary.front], points=[p.point_record() for p in summary.points])
+        extra.update(front=[{**f.to_dict(), "ratio": f.ratio} for f in summary.front], points=[p.point_record() for p in summary.points],
+                     axis=summary.axis.value)
     metric = summary.metric_record()
     cfg = config_of(best, metric, extra)
     summary = dataclasses.replace(summary, cost=dict(cfg.cost))

@@ -69,7 +69,7 @@ def trials_record(study: optuna.Study, fixed_cost: Mapping[str, Any] | None = No
         reports = t.intermediate_values or r.reports or {}  # a Pareto study's trials keep their reports in their record
         last = reports[max(reports)] if reports else None
         trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": metric_of(t),
-                       "last_reported": last, "ratio": r.ratio, "target": r.target, "test": r.test,
+                       "last_reported": last, "ratio": r.ratio, "latency": r.latency, "target": r.target, "test": r.test,
                        "before_retrain": r.before_retrain})
     return {"format": "ranksearch.trials", "format_version": 1, "study_name": study.study_name,
             "fixed_cost": dict(fixed_cost) if fixed_cost else None, "trials": trials}
@@ -147,7 +147,7 @@ def _checked_trials(path: Path, record: object) -> tuple[list[dict[str, Any]], d
     for i, t in enumerate(record.get("trials", [])):
         ok = (isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("state"), str)
               and isinstance(t.get("method", ""), str)
-              and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "target", "test",
+              and all(t.get(k) is None or _is_number(t.get(k)) for k in ("value", "last_reported", "ratio", "latency", "target", "test",
                                                                            "before_retrain")))
         if not ok:
             raise RankSearchError(f"{str(path)!r}: trial entry {i} is damaged ({str(t)[:60]}); {_FIX}.")

@@ -28,7 +28,7 @@ from ranksearch._extras import require
 from ranksearch._io import atomic_write_bytes, atomic_write_text
 from ranksearch.results._files import Run, load_runs
 from ranksearch.results._tables import front_table, layer_table, points_table, summary_table
-from ranksearch.study._vocab import Method
+from ranksearch.study._vocab import Axis, Method
 
 __all__ = ["write_report"]
 
@@ -140,25 +140,29 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     drawn = False
+    latency = any(run.summary.axis is Axis.LATENCY for run in runs)  # a Pareto study on the latency axis: x is its latency
+    x = "latency" if latency else "ratio"
     for run in runs:
-        pts = [(t["ratio"], t["value"]) for t in run.trials if t["state"] == "complete" and t.get("ratio") is not None]
+        pts = [(t[x], t["value"]) for t in run.trials if t["state"] == "complete" and t.get(x) is not None]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12,
                        label="trials" if run.summary.points else f"trials at {run.label}")
             drawn = True
-        seeds = [t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete" and t.get("ratio") is not None]
+        seeds = [t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete" and t.get(x) is not None]
         if seeds:  # a Pareto study has one at each working point
-            ax.scatter([t["ratio"] for t in seeds], [t["value"] for t in seeds], marker="s", s=30, facecolors="none", edgecolors="k")
-        front = run.summary.front
+            ax.scatter([t[x] for t in seeds], [t["value"] for t in seeds], marker="s", s=30, facecolors="none", edgecolors="k")
+        front, axis = run.summary.front, run.summary.axis
         if front:
-            up = front[::-1]  # the best no larger than each ratio: a step up at each point of the front, flat to the last point
-            right = max([up[-1].ratio or 0.0, *(p.target_ratio for p in run.summary.points)])
-            ax.step([f.ratio for f in up] + [right], [f.val for f in up] + [up[-1].val], where="post", color="k", lw=1, label="front")
+            up = front[::-1]  # the best no larger than each point: a step up at each point of the front, flat to the last point
+            right = max([up[-1].cost(axis) or 0.0, *(p.target_ratio for p in run.summary.points)])
+            ax.step([f.cost(axis) for f in up] + [right], [f.val for f in up] + [up[-1].val], where="post", color="k", lw=1,
+                    label="front")
             for point in run.summary.points:
                 ax.axvline(point.target_ratio, color="0.5", ls=":", lw=1)
-        best = run.config.metric.get(Method.SEARCHED, {}).get("val")
-        if best is not None:
-            ax.scatter([run.config.achieved_ratio], [best], marker="*", s=80, color="k")
+        best = run.config.metric.get(Method.SEARCHED, {})
+        where = best.get("latency") if latency else run.config.achieved_ratio
+        if best.get("val") is not None and where is not None:
+            ax.scatter([where], [best["val"]], marker="*", s=80, color="k")
     if not drawn:
         _pyplot().close(fig)
         return None
@@ -166,9 +170,9 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
 
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%.4f"))
-    ax.set_xlabel("achieved ratio (parameters kept)")
+    ax.set_xlabel("predicted latency, a fraction of the dense model's" if latency else "achieved ratio (parameters kept)")
     ax.set_ylabel(f"val {metric}")
-    ax.set_title("metric against ratio (square: seed rule, star: best; dotted: a Pareto study's working points)", fontsize=9)
+    ax.set_title(f"metric against {x} (square: seed rule, star: best; dotted: a Pareto study's working points)", fontsize=9)
     ax.legend(fontsize=6)
     return _save(fig, path)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ranksearch.core._config import RankConfig
-from ranksearch.study._vocab import BASELINES, Method
+from ranksearch.study._vocab import BASELINES, Axis, Method
 
 __all__ = ["Figures", "Summary", "TrialCounts", "front_of"]
 
@@ -36,11 +36,18 @@ class Figures:
     before_retrain_samples: int | None = None
     method: Method | None = None
     ratio: float | None = None
+    latency: float | None = None  #: on a Pareto study's latency axis: the predicted latency, a fraction of dense
+
+    def cost(self, axis: Axis) -> float | None:
+        """The value on a Pareto study's axis: the ratio, or the predicted latency."""
+        return self.ratio if axis is Axis.RATIO else self.latency
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as a rank config's ``metric`` stores them (without the ratio, which the config has)."""
         d = dataclasses.asdict(self)
         d.pop("ratio")
+        if d["latency"] is None:
+            d.pop("latency")
         if d["method"] is not None:
             d["method"] = str(d["method"])
         return d
@@ -52,7 +59,7 @@ class Figures:
         trial, samples = d.get("trial"), d.get("before_retrain_samples")
         return cls(trial=None if trial is None else int(trial), val=_number(d.get("val")), test=_number(d.get("test")),
                    before_retrain=_number(d.get("before_retrain")), before_retrain_samples=None if samples is None else int(samples),
-                   method=None if method is None else Method(method), ratio=ratio)
+                   method=None if method is None else Method(method), ratio=ratio, latency=_number(d.get("latency")))
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class Summary:
     latency: dict[str, Any] | None = None
     front: tuple[Figures, ...] = ()
     points: tuple[Summary, ...] = ()
+    axis: Axis = Axis.RATIO
 
     @property
     def best_method(self) -> Method:
@@ -124,7 +132,9 @@ class Summary:
         counts = TrialCounts(**{s: sum(t.get("state") == s for t in trials) for s in ("complete", "pruned", "fail")})
         front = tuple(Figures.from_dict(f, _number(f.get("ratio"))) for f in config.search.get("front") or ())
         wall = config.search.get("wall_time_s")
-        points = tuple(dataclasses.replace(cls.from_point(p), trials=counts, wall_time_s=wall) for p in config.search.get("points") or ())
+        axis = Axis(config.search.get("axis", Axis.RATIO))
+        points = tuple(dataclasses.replace(cls.from_point(p), trials=counts, wall_time_s=wall, axis=axis)
+                       for p in config.search.get("points") or ())
         return cls(metric=str(m.get("name", "metric")), target_ratio=config.target_ratio, achieved_ratio=config.achieved_ratio,
                    dense=Figures.from_dict(m.get("dense"), 1.0),
                    seed_rule=(Figures.from_dict(m.get(Method.SEED_RULE), seed_rule.achieved_ratio if seed_rule else None)
@@ -132,7 +142,7 @@ class Summary:
                    best=Figures.from_dict(m.get(Method.SEARCHED), config.achieved_ratio),
                    baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
                    trials=counts, wall_time_s=wall, cost=dict(config.cost), fixed_cost=fixed_cost,
-                   latency=config.search.get("latency"), front=front, points=points)
+                   latency=config.search.get("latency"), front=front, points=points, axis=axis)
 
     def point_record(self) -> dict[str, Any]:
         """A Pareto study's working point as its rank config records it (``search.points``)."""
@@ -151,13 +161,13 @@ class Summary:
                    baselines={b: Figures.from_dict(m[b], _number(ratios.get(b))) for b in BASELINES if m.get(b)})
 
 
-def front_of(figures: Sequence[Figures]) -> tuple[Figures, ...]:
-    """The non-dominated ones of ``figures`` (by validation metric up and ratio down), largest ratio first; of equal
-    figures the earliest trial."""
+def front_of(figures: Sequence[Figures], axis: Axis = Axis.RATIO) -> tuple[Figures, ...]:
+    """The non-dominated ones of ``figures`` (by validation metric up and their cost on ``axis`` down), largest cost
+    first; of equal figures the earliest trial."""
     out: list[Figures] = []
     best = -math.inf
-    for f in sorted((f for f in figures if f.val is not None and f.ratio is not None),
-                    key=lambda f: (f.ratio, -f.val, f.trial if f.trial is not None else 0)):  # type: ignore[operator]
+    for f in sorted((f for f in figures if f.val is not None and f.cost(axis) is not None),
+                    key=lambda f: (f.cost(axis), -f.val, f.trial if f.trial is not None else 0)):  # type: ignore[operator]
         assert f.val is not None
         if f.val > best:
             out.append(f)

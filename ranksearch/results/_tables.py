@@ -15,7 +15,7 @@ from typing import Any
 from ranksearch.core._config import RankConfig
 from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
-from ranksearch.study._vocab import BASELINES, Method
+from ranksearch.study._vocab import BASELINES, Axis, Method
 
 __all__ = ["Row", "Table", "front_table", "layer_table", "pareto_tables", "points_table", "summary_table", "working_points_table"]
 
@@ -157,17 +157,20 @@ def working_points_table(summaries: Sequence[Summary]) -> Table:
 
 
 def front_table(s: Summary) -> Table:
-    """A Pareto study's front: every non-dominated trial, largest ratio first."""
-    rows = tuple(Row((fmt(f.ratio), fmt(f.val), fmt(f.test), fmt(f.trial), f.method.label if f.method else "-")) for f in s.front)
-    return Table(("ratio", f"val {s.metric}", f"test {s.metric}", "trial", "allocation"), rows,
-                 title=f"The front: the {len(s.front)} trials no other beats at a smaller or equal ratio "
+    """A Pareto study's front: every non-dominated trial, largest cost first (on the latency axis, with its latency)."""
+    latency = s.axis is Axis.LATENCY
+    rows = tuple(Row((*([fmt(f.latency, 3)] if latency else []), fmt(f.ratio), fmt(f.val), fmt(f.test), fmt(f.trial),
+                      f.method.label if f.method else "-")) for f in s.front)
+    return Table((*([s.axis.label] if latency else []), "ratio", f"val {s.metric}", f"test {s.metric}", "trial", "allocation"), rows,
+                 title=f"The front: the {len(s.front)} trials no other beats at a smaller or equal {s.axis.value} "
                        "(export any with `ranksearch export --trial N`).\n")
 
 
 def points_table(s: Summary) -> Table:
     """A Pareto study's working points: the front's best no larger than each, against what was enqueued there."""
     points = working_points_table(s.points)
-    columns = tuple("front's best" if c == str(Method.SEARCHED) else c for c in points.columns)
+    names = {str(Method.SEARCHED): "front's best", "target": "target" if s.axis is Axis.RATIO else "latency target"}
+    columns = tuple(names.get(c, c) for c in points.columns)
     return Table(columns, points.rows, title=f"Working points of the Pareto study: the front's best no larger than each; "
                  f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
 

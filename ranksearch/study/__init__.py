@@ -9,12 +9,13 @@ from ranksearch._lazy import exports
 
 _NAMES = {
     "SearchSettings": "_settings", "RunOptions": "_settings", "Components": "_settings",
-    "BASELINES": "_vocab", "FactorKind": "_vocab", "Factors": "_vocab", "Granularity": "_vocab", "Method": "_vocab",
+    "Axis": "_vocab", "BASELINES": "_vocab", "FactorKind": "_vocab", "Factors": "_vocab", "Granularity": "_vocab", "Method": "_vocab",
     "Prior": "_vocab", "Proposals": "_vocab", "Pruner": "_vocab", "Sampler": "_vocab", "SensitivityKind": "_vocab",
     "Sensitivity": "_vocab",
     "StudyRecord": "_record", "TrialRecord": "_record",
     "artifact_store": "_storage", "open_storage": "_storage", "read_study": "_storage", "release": "_storage",
     "SAMPLERS": "_samplers", "LocalSampler": "_samplers", "trial_seed": "_samplers", "PRUNERS": "_pruners", "GatePruner": "_gate",
+    "FrontGate": "_gate",
     "additive_ranks": "_baselines", "greedy_ranks": "_baselines", "log_weights_for": "_baselines", "measure_sensitivity": "_baselines",
     "output_fidelity": "_baselines", "probe_ranks": "_baselines", "proxy_sensitivity": "_baselines", "table_size": "_baselines",
     "uniform_ranks": "_baselines",
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         uniform_ranks,
     )
     from ranksearch.study._callables import Callables, subset_of, task_callables
-    from ranksearch.study._gate import GatePruner
+    from ranksearch.study._gate import FrontGate, GatePruner
     from ranksearch.study._loop import TrialsFailing
     from ranksearch.study._plan import Plan, Workload, make_plan, resolve
     from ranksearch.study._pruners import PRUNERS
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from ranksearch.study._views import Views, views_for
     from ranksearch.study._vocab import (
         BASELINES,
+        Axis,
         FactorKind,
         Factors,
         Granularity,

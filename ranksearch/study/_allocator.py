@@ -33,17 +33,18 @@ import xxhash
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksearch.core._solver import Latency, Solution, log2_ranks, project_ranks, solve_ratio
+from ranksearch.core._timing import TimingTable
 from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import write_trial
 from ranksearch.study._views import Views
-from ranksearch.study._vocab import FactorKind, Method, Proposals
+from ranksearch.study._vocab import Axis, FactorKind, Method, Proposals
 
 __all__ = ["PARAM_PREFIX", "RATIO_PARAM", "REDRAWS", "STEP_BOUND", "STEP_PREFIX", "Allocator", "anchor_trial"]
 
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
 STEP_PREFIX = "log2r:"  #: Optuna parameter of one searched step (incumbent proposals): STEP_PREFIX + layer (or group)
 STEP_BOUND = 1.0  #: searched steps range over [-STEP_BOUND, STEP_BOUND] (log2 of the rank factor)
-RATIO_PARAM = "ratio"  #: Optuna parameter of a Pareto study's trial: the ratio it allocates for
+RATIO_PARAM = "ratio"  #: Optuna parameter of a Pareto study's trial: the ratio it allocates for ("latency" on the latency axis)
 REDRAWS = 8  #: new draws of a sampled step whose ranks a trial of the study already has (the k-th: 2.25**k wider, up to +-1.5**k)
 
 
@@ -80,7 +81,10 @@ class Allocator:
         centre: Per-layer log-weights the searched offsets are added to (the prior's centre).
         latency: A latency working point's budget of seconds (the views' curves then carry each layer's
             limit: the largest rank whose pair runs faster than the dense layer).
-        front: A Pareto study's ratios (largest first): each trial allocates for one of them, not for ``target``.
+        front: A Pareto study's ratios (largest first): each trial allocates for one of them, not for ``target``; on the
+            latency axis (``axis``), its latency fractions: each trial keeps to one of them, within ``target``.
+        timing: A latency working point's timing table (the budgets of a Pareto study's latency fractions, and each
+            allocation's predicted latency).
     """
 
     views: Views
@@ -96,10 +100,22 @@ class Allocator:
     centre: Mapping[str, float] = field(default_factory=dict)
     latency: Latency | None = None
     front: tuple[float, ...] = ()
+    axis: Axis = Axis.RATIO
+    timing: TimingTable | None = None
 
     def at(self, target: float) -> Allocator:
-        """The allocator of another target ratio (a Pareto study's working points)."""
-        return dataclasses.replace(self, target=float(target))
+        """The allocator of another working point of a Pareto study: a target ratio, or on the latency axis a latency fraction."""
+        if self.axis is Axis.RATIO:
+            return dataclasses.replace(self, target=float(target))
+        assert self.timing is not None, "a latency axis allocates within the timing table (limited())"
+        return dataclasses.replace(self, latency=self.timing.latency(self.views.plain_curves, float(target)))
+
+    def cost(self, sol: Solution) -> float:
+        """An allocation's value on the Pareto study's axis: its ratio, or its predicted latency as a fraction of dense."""
+        if self.axis is Axis.RATIO:
+            return float(sol.ratio)
+        assert self.timing is not None
+        return self.timing.predicted(sol.ranks) / self.timing.model
 
     def with_centre(self, centre: Mapping[str, float]) -> Allocator:
         return dataclasses.replace(self, centre=dict(centre))
@@ -155,7 +171,7 @@ class Allocator:
         what it allocated with, absolutely. In a Pareto study the trial first takes its ratio (:data:`RATIO_PARAM`).
         """
         if self.front:
-            drawn = trial.suggest_categorical(RATIO_PARAM, self.front)  # an enqueued or retried trial: its own, fixed
+            drawn = trial.suggest_categorical(self.axis.value, self.front)  # an enqueued or retried trial: its own, fixed
             target = TrialRecord.of(trial).target
             if target is None:
                 target = float(drawn)

@@ -96,7 +96,7 @@ def limited(allocator: Allocator, table: TimingTable, fraction: float) -> Alloca
         return {n: dataclasses.replace(c, limit=limits[n]) for n, c in curves.items()}
 
     views = dataclasses.replace(views, curves=capped(views.curves), plain_curves=capped(views.plain_curves))
-    return dataclasses.replace(allocator, views=views, latency=table.latency(views.plain_curves, fraction))
+    return dataclasses.replace(allocator, views=views, latency=table.latency(views.plain_curves, fraction), timing=table)
 
 
 def end_to_end(dense: nn.Module, factorized: nn.Module, table: TimingTable, plan: LatencyPlan,

@@ -35,7 +35,7 @@ from ranksearch.study._callables import Callables, accepts_report
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import worker_id, write_trial
-from ranksearch.study._vocab import Method
+from ranksearch.study._vocab import Axis, Method
 
 __all__ = ["Objective"]
 
@@ -93,15 +93,18 @@ class Objective:
         front = bool(self.allocator.front)
         target = TrialRecord.of(trial).target if front else self.allocator.target
 
-        def values(metric: float) -> float | tuple[float, float]:  # a Pareto study's trial: (metric, ratio)
-            return (metric, sol.ratio) if front else metric
+        cost = self.allocator.cost(sol) if front else sol.ratio  # a Pareto study's second objective: ratio or latency
+
+        def values(metric: float) -> float | tuple[float, float]:  # a Pareto study's trial: (metric, cost)
+            return (metric, cost) if front else metric
 
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
         curves, factors = self.allocator.views.of(kind)
         assert target is not None
         trial.set_constraint("ratio_over_target", sol.ratio - target)
         write_trial(trial, TrialRecord(ranks=ranks, mse={n: float(curves[n].mse[r]) for n, r in ranks.items()}, factors=kind,
-                                       params=sol.params, ratio=sol.ratio))
+                                       params=sol.params, ratio=sol.ratio,
+                                       latency=cost if front and self.allocator.axis is Axis.LATENCY else None))
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind), None)
         if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
@@ -146,7 +149,7 @@ class Objective:
             raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         if calls.test is not None:
             write_trial(trial, TrialRecord(test=float(calls.test(model))))
-        if self.artifacts is not None and _best_so_far(trial, value, sol.ratio if front else None, target if front else None):
+        if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None):
             self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f%s -> %.4f (before retrain %.4f) in %.1f s",
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, f" (for {target:g})" if front else "",
@@ -166,8 +169,8 @@ class Objective:
 def _best_so_far(trial: optuna.Trial, value: float, ratio: float | None, target: float | None) -> bool:
     """Whether a trial uploads its weights: it scored at least as high as every complete trial (a tie uploads too: with
     several workers a later-numbered twin of this value may have finished first, and the best trial, the earliest of
-    the best value, must have its weights). In a Pareto study (``ratio``, ``target``), as every complete trial no
-    larger, or every one made for the same ratio: each point of the final front, and the best made for each ratio,
+    the best value, must have its weights). In a Pareto study (``ratio``: its cost on the study's axis, ``target``),
+    as every complete trial of no larger cost, or every one made for the same point: each point of the final front, and the best made for each ratio,
     has its weights."""
     done = [(m, t) for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (m := metric_of(t)) is not None]
     if ratio is None:

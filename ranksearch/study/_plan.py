@@ -167,7 +167,7 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     groups = (layer_groups({n: modules[n] for n in views.curves}) if s.granularity is Granularity.GROUP
               else {n: n for n in views.curves})
     allocator = Allocator(views, s.target_ratio, count_params(model), s.rank_multiple, s.min_rank, groups, s.proposals,
-                          s.spread, s.step, enqueued_anchor=s.sampler is Sampler.CMAES, front=s.front)
+                          s.spread, s.step, enqueued_anchor=s.sampler is Sampler.CMAES, front=s.front, axis=s.pareto_axis)
     sampler = given.sampler if given.sampler is not None else make_sampler(s.sampler, s.seed, s.step)
     screen = None
     if s.pareto:  # the study's pruner never runs: the objective asks the front's gate

@@ -58,7 +58,9 @@ class TrialRecord:
     Allocation (kept when a failed trial is run again, :meth:`allocation`): ``method``; ``log10w`` the
     per-layer log-weights it allocates with (exact for enqueued ones); ``log2r`` a sampled incumbent-space
     trial's per-layer log2 rank targets; ``anchor`` the trial its step started from and ``redraws`` how
-    often its step was drawn again; ``target`` the ratio a Pareto study's trial allocated for. Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``;
+    often its step was drawn again; ``target`` the ratio a Pareto study's trial allocated for (its latency fraction on
+    the latency axis). Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``, ``latency`` (on a Pareto study's latency axis: the
+    predicted latency, a fraction of dense);
     ``worker`` (``host:pid``); ``before_retrain`` (on ``before_retrain_samples`` validation samples
     when not the whole split); ``test``; ``same_as`` (a finished trial with the same ranks whose value
     it reused); ``weights`` (the artifact id of its retrained weights); ``gate`` and ``gate_later`` (the
@@ -77,6 +79,7 @@ class TrialRecord:
     factors: FactorKind | None = None
     params: int | None = None
     ratio: float | None = None
+    latency: float | None = None
     worker: str | None = None
     before_retrain: float | None = None
     before_retrain_samples: int | None = None

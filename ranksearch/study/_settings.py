@@ -30,6 +30,7 @@ from ranksearch.core._timing import Runtime
 from ranksearch.errors import ConfigError, StudyError
 from ranksearch.study._vocab import (
     CUSTOM,
+    Axis,
     FactorKind,
     Factors,
     Granularity,
@@ -44,7 +45,7 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 8  #: 8 adds Pareto studies; 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 8  #: 8 adds Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
@@ -124,10 +125,12 @@ class SearchSettings:
                               "torch-compile or onnxruntime (CPU)", "choice", choices=Runtime, group=GRID)
     latency_batch: int = option(1, "batch size latency is measured at", "int", low=1, group=GRID,
                                 hint="samples per timed batch")
-    pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against the parameter ratio over these "
-                                       "working points (target_ratio is the largest): the front spans them, each gets the "
-                                       "seed rule and the baselines", "floats", low=0, high=1, open_low=True,
-                                       open_high=True, hint="two ratios or more, each in (0, 1)")
+    pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
+                                       "points (the largest is target_ratio, or target_latency on the latency axis): the front "
+                                       "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
+                                       open_low=True, hint="two points or more, each in (0, 1]")
+    pareto_axis: Axis = option(Axis.RATIO, "a Pareto study's second objective: the parameter ratio, or the latency as a fraction "
+                               "of the dense model's (predicted by the timing table)", "choice", choices=Axis)
     exclude: tuple[str, ...] = option((), "layer names or regular expressions kept dense", "strings",
                                       hint="layer names or regular expressions")
     baselines: bool = option(True, "enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule",
@@ -156,6 +159,8 @@ class SearchSettings:
                               "target_latency for a latency working point alone.")
         if self.pareto:
             self._check_pareto()
+        elif self.pareto_axis is not Axis.RATIO:
+            raise ConfigError(f"pareto_axis {self.pareto_axis.value!r} goes with pareto (the points of the front); give both.")
         if isinstance(self.retrain, dict):
             try:
                 object.__setattr__(self, "retrain", RetrainSettings(**self.retrain))
@@ -170,9 +175,16 @@ class SearchSettings:
             raise ConfigError(f"pareto {list(self.pareto)} repeats a ratio; give each once.")
         if len(points) < 2:
             raise ConfigError(f"pareto {list(self.pareto)} needs two working points or more (e.g. 0.25 and 0.1): the front spans them.")
-        if self.target_ratio != points[0]:
-            raise ConfigError(f"target_ratio {self.target_ratio:g} of a Pareto study must be the largest of its points "
-                              f"{[float(f'{p:g}') for p in points]}: {points[0]:g}.")
+        named = [float(f"{p:g}") for p in points]
+        if self.pareto_axis is Axis.RATIO:
+            if points[0] >= 1:
+                raise ConfigError(f"pareto {named} keeps every parameter at 1; give ratios below 1 (e.g. 0.25 and 0.1).")
+            if self.target_ratio != points[0]:
+                raise ConfigError(f"target_ratio {self.target_ratio:g} of a Pareto study must be the largest of its points "
+                                  f"{named}: {points[0]:g}.")
+        elif self.target_latency != points[0]:
+            raise ConfigError(f"target_latency {self.target_latency} of a Pareto study on the latency axis must be the largest of "
+                              f"its points {named}: {points[0]:g}.")
         if self.sampler is Sampler.CMAES:
             raise ConfigError("sampler 'cmaes' optimizes one objective; a Pareto study needs one of local, tpe, gp, random, nsga2.")
         if self.pruner not in (Pruner.GATE, Pruner.NONE):
@@ -182,13 +194,18 @@ class SearchSettings:
 
     @property
     def front(self) -> tuple[float, ...]:
-        """The ratios a Pareto study's trials allocate for (:func:`front_ratios`); empty for one working point."""
+        """The ratios (latency fractions on the latency axis) a Pareto study's trials allocate for (:func:`front_ratios`);
+        empty for one working point."""
         return front_ratios(self.pareto) if self.pareto else ()
 
     @property
     def point(self) -> str:
         """The working point as a study names it: ``0.25``, ``0.25+latency0.9``, ``latency0.9`` (latency alone) or
-        ``pareto0.1-0.25`` (``pareto0.1-0.25+latency1`` with a latency bound on every trial)."""
+        ``pareto0.1-0.25`` (``pareto0.1-0.25+latency1`` with a latency bound on every trial; ``pareto-latency0.7-1`` on
+        the latency axis, ``pareto-latency0.7-1+0.5`` with a parameter budget)."""
+        if self.pareto and self.pareto_axis is Axis.LATENCY:
+            bound = "" if self.target_ratio == 1 else f"+{self.target_ratio:g}"
+            return f"pareto-latency{min(self.pareto):g}-{max(self.pareto):g}{bound}"
         if self.pareto:
             bound = "" if self.target_latency is None else f"+latency{self.target_latency:g}"
             return f"pareto{min(self.pareto):g}-{max(self.pareto):g}{bound}"

@@ -15,7 +15,6 @@ from torch import nn
 
 from ranksearch.core._surgery import count_params
 from ranksearch.core._timing import TimingTable
-from ranksearch.study._allocator import RATIO_PARAM
 from ranksearch.study._baselines import additive_ranks, greedy_ranks, log_weights_for, uniform_ranks
 from ranksearch.study._latency import measure_timing
 from ranksearch.study._plan import Plan
@@ -23,7 +22,7 @@ from ranksearch.study._record import StudyRecord, TrialRecord, fixed_cost_line
 from ranksearch.study._sensitivity import measure_table
 from ranksearch.study._storage import read_study, write_study
 from ranksearch.study._views import Views
-from ranksearch.study._vocab import Method, Prior, Sensitivity
+from ranksearch.study._vocab import Axis, Method, Prior, Sensitivity
 
 __all__ = ["set_up", "starting_points"]
 
@@ -78,7 +77,8 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     if record.fixed_cost is None:  # stored once, by the process that set the study up
         write_study(study, StudyRecord(fixed_cost=_fixed_cost(cost, record, time.perf_counter() - start, measured)))
     points = plan.points or (plan.allocator.target,)
-    starts = {r: starting_points(model, plan.views, r, table) for r in points}
+    ratio = plan.allocator.axis is Axis.RATIO  # on the latency axis every point keeps the study's ratio, within its own latency
+    starts = {r: starting_points(model, plan.views, r if ratio else plan.allocator.target, table) for r in points}
     first = starts[points[0]]  # a Pareto study's largest working point
     centre = first.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
     write_study(study, StudyRecord(centre=centre))
@@ -112,7 +112,7 @@ def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], start
     allocator = plan.allocator.with_centre(centre)
     allocator = allocator if target is None else allocator.at(target)
     have = {r.method for t in study.get_trials(deepcopy=False) if (r := TrialRecord.of(t)).target == target}
-    fixed = {} if target is None else {RATIO_PARAM: target}
+    fixed = {} if target is None else {allocator.axis.value: target}
 
     def ranks(method: Method, logw: Mapping[str, float] | None) -> dict[str, int]:  # solved here, once: the same in every worker
         return {n: r for n, r in allocator.solution(method, logw)[0].ranks.items() if r is not None}

@@ -12,8 +12,8 @@ from enum import StrEnum
 
 from ranksearch.core._decompose import FactorKind
 
-__all__ = ["BASELINES", "CUSTOM", "FactorKind", "Factors", "Granularity", "Method", "Prior", "Proposals", "Pruner", "Sampler",
-           "SensitivityKind", "Sensitivity"]
+__all__ = ["BASELINES", "CUSTOM", "Axis", "FactorKind", "Factors", "Granularity", "Method", "Prior", "Proposals", "Pruner",
+           "Sampler", "SensitivityKind", "Sensitivity"]
 
 
 class Method(StrEnum):
@@ -79,6 +79,18 @@ class Pruner(StrEnum):
     MEDIAN = "median"
     HYPERBAND = "hyperband"
     NONE = "none"
+
+
+class Axis(StrEnum):
+    """What a Pareto study's second objective is (the first: the metric)."""
+
+    RATIO = "ratio"  #: the fraction of the model's parameters kept
+    LATENCY = "latency"  #: the fraction of the dense model's latency, as the timing table predicts it
+
+    @property
+    def label(self) -> str:
+        """How tables and figures name it."""
+        return "ratio" if self is Axis.RATIO else "latency (predicted, of dense)"
 
 
 class Proposals(StrEnum):

@@ -103,6 +103,32 @@ def test_every_trial_of_a_pareto_study_with_a_latency_bound_keeps_to_it(tmp_path
     assert result.config.search["latency"]["dense_s"] > 0 and result.summary.front
 
 
+def test_a_pareto_study_on_the_latency_axis_keeps_each_trial_within_its_own_fraction(tmp_path, measured):
+    net = _net()
+    settings = SearchSettings(1.0, target_latency=1.0, pareto=(1.0, 0.8), pareto_axis="latency", sampler="random", latency_batch=64,
+                              baselines=False)
+    result = search(net, settings, evaluate=_ev, calibration=[torch.randn(8, 256)],
+                    run=RunOptions(n_trials=7, out_dir=tmp_path / "out", report=False))
+    assert measured == [1] and result.study.study_name == "Sequential@pareto-latency0.8-1"
+    table = read_study(result.study).timing
+    assert table is not None
+    curves = spectra(net)
+    for t in result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        r = TrialRecord.of(t)
+        assert r.target in settings.front and t.params["latency"] == r.target
+        lat = table.latency(curves, r.target)  # the budget of its own fraction
+        assert sum(float(lat.pair[n][k]) for n, k in r.kept_ranks.items()) + sum(
+            lat.dense[n] for n in lat.dense if n not in r.kept_ranks) <= lat.budget * (1 + 1e-9)
+        assert t.values[1] == pytest.approx(r.latency) == pytest.approx(table.predicted(r.kept_ranks) / table.model)
+        assert r.latency <= r.target * (1 + 1e-9)
+    front = result.summary.front
+    assert front and [f.latency for f in front] == sorted((f.latency for f in front), reverse=True)
+    assert [p.target_ratio for p in result.summary.points] == [1.0, 0.8]  # the points are latency fractions here
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "latency target" in text and "latency (predicted, of dense)" in text
+    assert result.config.search["latency"]["dense_s"] > 0  # the best measured end to end against dense
+
+
 def test_a_ratio_the_faster_pairs_cannot_reach_is_one_line_before_any_study(tmp_path):
     """Said after the timing table, before the study: in one line that names the latency limits."""
     with pytest.raises(Exception, match="unreachable: with the smallest rank the latency limits allow") as e:

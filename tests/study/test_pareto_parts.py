@@ -29,6 +29,10 @@ def test_pareto_settings_keep_their_points_largest_first_and_round_trip():
     assert s.pareto == (0.25, 0.1) and s.front == front_ratios((0.25, 0.1)) and s.point == "pareto0.1-0.25"
     assert SearchSettings.from_dict(s.to_dict()) == s
     assert s.replace(target_latency=1.0).point == "pareto0.1-0.25+latency1"  # every trial also keeps the latency bound
+    fast = SearchSettings(1.0, target_latency=1.0, pareto=(0.7, 1.0), pareto_axis="latency")  # the front over latency fractions
+    assert fast.pareto == (1.0, 0.7) and fast.front[0] == 1.0 and fast.point == "pareto-latency0.7-1"
+    assert fast.replace(target_ratio=0.5).point == "pareto-latency0.7-1+0.5"
+    assert SearchSettings.from_dict(fast.to_dict()) == fast
     old = {k: v for k, v in SearchSettings(0.25).to_dict().items() if k != "pareto"} | {"format_version": 7}
     assert SearchSettings.from_dict(old).pareto == ()  # version 7 had no Pareto studies
 
@@ -37,10 +41,13 @@ def test_pareto_settings_keep_their_points_largest_first_and_round_trip():
     (dict(target_ratio=0.25, pareto=(0.25,)), "two working points or more"),
     (dict(target_ratio=0.1, pareto=(0.25, 0.1)), "must be the largest of its points"),
     (dict(target_ratio=0.25, pareto=(0.25, 0.1, 0.25)), "repeats a ratio"),
-    (dict(target_ratio=0.25, pareto=(0.25, 1.0)), "pareto value 1.0 must be a number in (0, 1)"),
+    (dict(target_ratio=0.25, pareto=(0.25, 1.5)), "pareto value 1.5 must be a number in (0, 1]"),
     (dict(target_ratio=0.25, pareto=(0.25, 0.1), sampler="cmaes"), "optimizes one objective"),
     (dict(target_ratio=0.25, pareto=(0.25, 0.1), pruner="median"), "Optuna prunes no multi-objective study"),
     (dict(target_ratio=0.25, pareto="0.25,0.1"), "must be a list of numbers"),
+    (dict(target_ratio=0.5, pareto=(1.0, 0.5)), "keeps every parameter at 1"),
+    (dict(target_ratio=1.0, target_latency=0.9, pareto=(1.0, 0.8), pareto_axis="latency"), "must be the largest of its points"),
+    (dict(target_ratio=0.25, pareto_axis="latency"), "goes with pareto"),
 ])
 def test_bad_pareto_settings_are_refused_in_one_line(kw, message):
     with pytest.raises(ConfigError, match=None) as e:

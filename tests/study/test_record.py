@@ -25,7 +25,7 @@ def test_a_trial_record_round_trips_every_field():
         "method": Method.SENSITIVITY, "log10w": {"a": 0.5}, "log2r": {"a": 3.0}, "anchor": 2, "redraws": 1, "ranks": {"a": 8},
         "mse": {"a": 0.01}, "factors": FactorKind.DATA_AWARE, "params": 100, "ratio": 0.25, "worker": "h:1", "before_retrain": 0.5,
         "before_retrain_samples": 64, "test": 0.6, "same_as": 3, "weights": "id", "gate": {"promoted": True},
-        "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25,
+        "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25, "latency": 0.8,
         "reports": {0: 0.4, 1: 0.55}})
     attrs = record.to_attrs()
     assert attrs["gate:1"] == {"promoted": False} and "gate_later" not in attrs  # the stored spelling of a later step
