@@ -3,6 +3,7 @@ any point of it exported, resumed and joined like any other study."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -151,8 +152,19 @@ def test_a_settings_file_with_pareto_points_is_a_pareto_study(tmp_path, capsys):
     assert [p["target_ratio"] for p in cfg["search"]["points"]] == [0.5, 0.2]
 
 
-def test_the_cli_runs_a_front_over_latency_fractions(tmp_path):
-    """--pareto-latency: the points are fractions of the dense model's latency; the x of the front is the predicted latency."""
+def test_the_cli_runs_a_front_over_latency_fractions(tmp_path, monkeypatch):
+    """--pareto-latency: the points are fractions of the dense model's latency; the x of the front is the predicted latency.
+
+    The tiny model's layers take microseconds, so whether its pairs run faster depends on the host; the timing table is
+    the measured one with every pair's time halved (and not calibrated), so the points are reachable on every host."""
+    import ranksearch.core._timing as timing
+
+    def faster(*a, **k):
+        table = timing.measure_table(*a, **k)
+        return dataclasses.replace(table, pair={n: [t / 2 for t in ts] for n, ts in table.pair.items()})
+
+    monkeypatch.setattr("ranksearch.study._latency.measure_table", faster)
+    monkeypatch.setattr("ranksearch.study._latency.calibrate", lambda table, *a, **k: table)
     assert main(["search", "--space", "tiny-digits", "--epochs", "1", "-q", "--pareto-latency", "1.0,0.95", "--latency-batch", "64",
                  "--trials", "8", "--out", str(tmp_path / "p")]) == 0
     cfg = json.loads((tmp_path / "p" / "rank_config.json").read_text())
