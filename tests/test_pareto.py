@@ -14,7 +14,6 @@ from ranksearch import Method, RetrainSettings, RunOptions, SearchSettings, Tria
 from ranksearch.cli import main
 from ranksearch.results import collect, trial_model
 from ranksearch.study import artifact_store
-from ranksearch.study._allocator import RATIO_PARAM
 from ranksearch.study._storage import open_storage
 
 RECIPE = RetrainSettings(epochs=2, batch_size=32, lr_start=0.01, lr_end=0.001)
@@ -41,7 +40,7 @@ def test_one_study_of_two_objectives_with_the_references_at_each_point(pareto):
                                                                        Method.SENSITIVITY_SUM])
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         r = TrialRecord.of(t)
-        assert r.target in front and t.params[RATIO_PARAM] == r.target  # the sampler sees the ratio it allocated for
+        assert r.target in front and t.params["ratio"] == r.target  # the sampler sees the ratio it allocated for
         assert r.target - 0.05 < r.ratio <= r.target and t.values == [pytest.approx(t.values[0]), r.ratio]
         assert t.system_attrs["constraints:ratio_over_target"] <= 0
     sampled = {TrialRecord.of(t).target for t in study.trials if TrialRecord.of(t).method is Method.SEARCHED}
@@ -173,4 +172,12 @@ def test_the_cli_runs_a_front_over_latency_fractions(tmp_path, monkeypatch):
     trials = json.loads((tmp_path / "p" / "trials.json").read_text())["trials"]
     assert all(t["latency"] <= t["target"] + 1e-9 for t in trials if t["state"] == "complete")
     assert all(f["latency"] is not None for f in cfg["search"]["front"])
+    # from a settings file, its target_ratio is the parameter budget every trial keeps
+    (tmp_path / "front.yaml").write_text("pareto: [1.0, 0.95]\npareto_axis: latency\ntarget_ratio: 0.9\nlatency_batch: 64\n")
+    assert main(["search", "--space", "tiny-digits", "--epochs", "1", "-q", "--settings", str(tmp_path / "front.yaml"), "--trials", "5",
+                 "--out", str(tmp_path / "f")]) == 0
+    cfg = json.loads((tmp_path / "f" / "rank_config.json").read_text())
+    assert cfg["search"]["study_name"] == "tiny-digits@pareto-latency0.95-1+0.9"
+    trials = json.loads((tmp_path / "f" / "trials.json").read_text())["trials"]
+    assert all(t["ratio"] <= 0.9 for t in trials if t["state"] == "complete")
 

@@ -168,7 +168,10 @@ def _search(args: argparse.Namespace) -> int:
     file = read_settings_file(args.settings) if args.settings else {}
     from_file = bool(file.get("pareto")) and args.ratio is None and args.wp is None
     latency_points = args.pareto_latency or (_targets(args, space, file) if from_file and file.get("pareto_axis") == "latency" else None)
-    targets = _targets(args, space, file) if not latency_points or args.ratio is not None or args.wp is not None else [1.0]
+    if not latency_points or args.ratio is not None or args.wp is not None:
+        targets = _targets(args, space, file)
+    else:  # a front over latency fractions: the one ratio every trial keeps, from the settings file, or none
+        targets = [float(file["target_ratio"])] if from_file and "target_ratio" in file else [1.0]
     check_writable(args.out, folder=True, what="--out")  # "" would be the current folder
     out = Path(args.out)
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),

@@ -86,8 +86,8 @@ class Summary:
         cost: The best model's cost model (MACs and parameter ratios; empty without an input shape).
         fixed_cost: What the study's setup took before its first trial.
         latency: At a latency working point, the best model's and the dense model's seconds, measured side by side.
-        front: A Pareto study's non-dominated trials (no other trial has a smaller ratio and a metric as high, or a
-            higher metric at no larger ratio), largest ratio first.
+        front: A Pareto study's non-dominated trials (no other trial has a smaller cost on the study's axis, ratio or
+            latency, and a metric as high, or a higher metric at no larger cost), largest cost first.
         points: A Pareto study's working points, each as a summary: the best trial no larger than the point, the seed
             rule and the baselines enqueued at it.
     """

@@ -13,8 +13,8 @@ its parameters, by about 23%, whether the layer is a 9x9 stem or a 4096-wide cla
 the best completed trial (ties: the earliest); with CMA-ES, whose own mean moves, the best completed
 *enqueued* allocation, so its coordinates stay put; before any trial completed, the prior's centre.
 
-In a Pareto study each trial also draws the ratio it allocates for (the ``ratio`` parameter, one of the study's
-front ratios; an enqueued allocation carries its own), and its anchor is the best trial at that ratio, or at
+In a Pareto study each trial also draws the point it allocates for (the ``ratio`` parameter, one of the study's
+front ratios, or ``latency`` on the latency axis; an enqueued allocation carries its own), and its anchor is the best trial at that ratio, or at
 the nearest ratio that has one (its ranks scaled onto this trial's budget).
 """
 
@@ -39,12 +39,11 @@ from ranksearch.study._storage import write_trial
 from ranksearch.study._views import Views
 from ranksearch.study._vocab import Axis, FactorKind, Method, Proposals
 
-__all__ = ["PARAM_PREFIX", "RATIO_PARAM", "REDRAWS", "STEP_BOUND", "STEP_PREFIX", "Allocator", "anchor_trial"]
+__all__ = ["PARAM_PREFIX", "REDRAWS", "STEP_BOUND", "STEP_PREFIX", "Allocator", "anchor_trial"]
 
 PARAM_PREFIX = "log10w:"  #: Optuna parameter of one searched weight: PARAM_PREFIX + layer (or group) name
 STEP_PREFIX = "log2r:"  #: Optuna parameter of one searched step (incumbent proposals): STEP_PREFIX + layer (or group)
 STEP_BOUND = 1.0  #: searched steps range over [-STEP_BOUND, STEP_BOUND] (log2 of the rank factor)
-RATIO_PARAM = "ratio"  #: Optuna parameter of a Pareto study's trial: the ratio it allocates for ("latency" on the latency axis)
 REDRAWS = 8  #: new draws of a sampled step whose ranks a trial of the study already has (the k-th: 2.25**k wider, up to +-1.5**k)
 
 
@@ -168,7 +167,8 @@ class Allocator:
         allocates exactly as it was given (its per-layer log-weights, or for a retried sampled trial
         of the incumbent space its log2 rank targets, ride in the trial's record); its parameters are
         its nearest point in the searched space, for the sampler to learn from. Every trial records
-        what it allocated with, absolutely. In a Pareto study the trial first takes its ratio (:data:`RATIO_PARAM`).
+        what it allocated with, absolutely. In a Pareto study the trial first takes its point: the
+        parameter named by the study's axis (``ratio`` or ``latency``).
         """
         if self.front:
             drawn = trial.suggest_categorical(self.axis.value, self.front)  # an enqueued or retried trial: its own, fixed

@@ -5,7 +5,8 @@ what it allocated, who ran it, what it scored and, when it was the best so far, 
 retrained weights. A trial that raises is failed with ``error`` and ``traceback``; one interrupted by
 Ctrl-C is marked ``interrupted``.
 
-In a Pareto study (the allocator has a front) a trial returns two values, its metric and its achieved ratio;
+In a Pareto study (the allocator has a front) a trial returns two values, its metric and its cost on the study's
+axis (its achieved ratio, or its predicted latency);
 its reports go to the :class:`~ranksearch.study._gate.FrontGate` (``screen``), since Optuna prunes no
 multi-objective study.
 """
@@ -101,10 +102,11 @@ class Objective:
         ranks = {n: r for n, r in sol.ranks.items() if r is not None}
         curves, factors = self.allocator.views.of(kind)
         assert target is not None
-        trial.set_constraint("ratio_over_target", sol.ratio - target)
+        latency_axis = front and self.allocator.axis is Axis.LATENCY  # target: a latency fraction, within the study's ratio
+        trial.set_constraint("ratio_over_target", sol.ratio - (self.allocator.target if latency_axis else target))
         write_trial(trial, TrialRecord(ranks=ranks, mse={n: float(curves[n].mse[r]) for n, r in ranks.items()}, factors=kind,
                                        params=sol.params, ratio=sol.ratio,
-                                       latency=cost if front and self.allocator.axis is Axis.LATENCY else None))
+                                       latency=cost if latency_axis else None))
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind), None)
         if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it

@@ -121,6 +121,8 @@ def test_a_pareto_study_on_the_latency_axis_keeps_each_trial_within_its_own_frac
             lat.dense[n] for n in lat.dense if n not in r.kept_ranks) <= lat.budget * (1 + 1e-9)
         assert t.values[1] == pytest.approx(r.latency) == pytest.approx(table.predicted(r.kept_ranks) / table.model)
         assert r.latency <= r.target * (1 + 1e-9)
+        # the ratio constraint is against the study's ratio (1 here), not the trial's latency fraction
+        assert t.system_attrs["constraints:ratio_over_target"] == pytest.approx(r.ratio - 1.0)
     front = result.summary.front
     assert front and [f.latency for f in front] == sorted((f.latency for f in front), reverse=True)
     assert [p.target_ratio for p in result.summary.points] == [1.0, 0.8]  # the points are latency fractions here
