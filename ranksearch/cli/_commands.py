@@ -261,7 +261,7 @@ def _export(args: argparse.Namespace) -> int:
         return _export_config(args)
     if args.storage is None or args.study_name is None:
         raise RankSearchError("export needs --storage and --study-name (a study's best trial) or --config (a rank config's model).")
-    only = [f"--{k.replace('_', '-')}" for k in ("format", "space", "data", "factors") if getattr(args, k) is not None]
+    only = [f"--{k.replace('_', '-')}" for k in ("format", "space", "data", "factors", "qp", "bytes") if getattr(args, k) is not None]
     only += ["--allow-growth"] if args.allow_growth else []
     if only:
         raise RankSearchError(f"{', '.join(only)} only go with --config; a study's export writes its results folder to --out.")
@@ -284,10 +284,14 @@ def _export_config(args: argparse.Namespace) -> int:
     if args.format is None:
         raise RankSearchError(f"--config needs --format, the file format to write: one of {sorted(FORMATS)}.")
     fmt = get_format(args.format)
-    if fmt.name != "nnr" and (args.qp is not None or args.verify):
-        raise RankSearchError(f"--qp and --verify go with --format nnr, not --format {fmt.name}.")
+    if fmt.name != "nnr" and (args.qp is not None or args.verify or args.bytes is not None):
+        raise RankSearchError(f"--qp, --bytes and --verify go with --format nnr, not --format {fmt.name}.")
+    if args.bytes is not None and args.qp is not None:
+        raise RankSearchError(f"--bytes {args.bytes} chooses each weight's qp; leave --qp {args.qp} out.")
+    if args.bytes is not None and args.bytes < 1:
+        raise RankSearchError(f"--bytes {args.bytes} must be a positive number of bytes, e.g. 50000.")
     if args.qp is not None:
-        from ranksearch.results._nnr import check_qp
+        from ranksearch.core._nnr import check_qp
 
         check_qp(args.qp)  # before any work: a qp NNCodec would clip, or one that quantizes the weights away
     cfg = RankConfig.load(args.config)
@@ -319,10 +323,10 @@ def _export_config(args: argparse.Namespace) -> int:
     if fmt.name == "nnr":
         from ranksearch.results._nnr import verify
 
-        print(write_model(model, args.out, "nnr", qp=args.qp))
+        print(write_model(model, args.out, "nnr", qp=args.qp, size=args.bytes))
         if args.verify:
             assert task is not None
-            print(verify(args.out, model, space.build_architecture(), space.build_model(task), task, args.qp))
+            print(verify(args.out, model, space.build_architecture(), space.build_model(task), task, args.qp, args.bytes))
         return 0
     sample = None
     if fmt.needs_sample:

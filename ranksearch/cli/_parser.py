@@ -143,9 +143,12 @@ def parser(show_rare: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--allow-growth", action="store_true", help="with --config: accept ranks at which a layer's pair is not smaller than it")
     p.add_argument("--qp", type=int, help="with --format nnr: NNCodec's quantization parameter in [-128, 127]: the weights' step is "
                                            "2**(qp/4), so the default -38 is 0.0014; lower is finer, above -16 most weights are lost")
+    p.add_argument("--bytes", type=int, metavar="N", help="with --format nnr: a stream of at most N bytes, each weight at its own qp "
+                                                         "(each weight's bytes measured by NNCodec at each qp; instead of --qp)")
     p.add_argument("--verify", action="store_true",
                    help="with --format nnr: decode the bitstream, evaluate the decoded model on the space's test split and "
-                        "print its size against the dense model's bitstream at the same qp")
+                        "print its size against the dense model's bitstream at the same qp (with --bytes: against the dense "
+                        "model at the finest uniform qp within the bytes, and its test metric)")
     _factors_arg(p)
     p.add_argument("--out", required=True, help="a study: output folder; --config: the file to write (e.g. model.onnx, model.nnr)")
 

@@ -30,6 +30,8 @@ _NAMES = {
     # latency: per-layer timing tables and end-to-end medians
     "FASTER": "_timing", "Runtime": "_timing", "calibrate": "_timing", "TimingTable": "_timing", "measure_layers": "_timing", "measure_models": "_timing", "measure_table": "_timing",
     "timing_ranks": "_timing",
+    # the NNR bitstream (NNCodec) and byte working points
+    "DEFAULT_QP": "_nnr", "encode_nnr": "_nnr:encode", "decode_nnr": "_nnr:decode", "decoded_model": "_nnr",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
     "dense_reasons": "_allocation", "load_factorized": "_allocation", "solve": "_allocation",
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
     from ranksearch.core._decompose import factorize as decompose
     from ranksearch.core._inputs import batch_len, call, to_device
     from ranksearch.core._layers import LowRank, LowRankConv, LowRankConvTranspose2d, LowRankLinear, build_low_rank
+    from ranksearch.core._nnr import DEFAULT_QP, decoded_model
+    from ranksearch.core._nnr import decode as decode_nnr
+    from ranksearch.core._nnr import encode as encode_nnr
     from ranksearch.core._retrain import Optimizer, RetrainSettings, best_device, compile_for_training, evaluate, fit, sample_scores
     from ranksearch.core._solver import (
         BAND,

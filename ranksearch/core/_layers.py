@@ -85,6 +85,10 @@ class LowRank(nn.Module):
         """(G, H) with G (m x r) and H (r x n): their product approximates the dense matrix."""
         raise NotImplementedError
 
+    def load_matrices(self, g: torch.Tensor, h: torch.Tensor) -> None:
+        """Set the pair's weights from G (m x r) and H (r x n), the inverse of :meth:`matrices`."""
+        raise NotImplementedError
+
     @property
     def weight(self) -> torch.Tensor:
         """The equivalent dense weight G @ H, computed on access (differentiable), for code that reads
@@ -114,10 +118,9 @@ class LowRankLinear(LowRank):
         kw = {"device": dense.weight.device, "dtype": dense.weight.dtype}
         self.h = nn.Linear(dense.in_features, self.rank, bias=False, **kw)
         self.g = nn.Linear(self.rank, dense.out_features, bias=dense.bias is not None, **kw)
-        with torch.no_grad():
-            self.h.weight.copy_(h)
-            self.g.weight.copy_(g)
-            if dense.bias is not None:
+        self.load_matrices(g, h)
+        if dense.bias is not None:
+            with torch.no_grad():
                 self.g.bias.copy_(dense.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +128,11 @@ class LowRankLinear(LowRank):
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.g.weight, self.h.weight
+
+    def load_matrices(self, g: torch.Tensor, h: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.h.weight.copy_(h)
+            self.g.weight.copy_(g)
 
 
 class LowRankConv(LowRank):
@@ -149,10 +157,9 @@ class LowRankConv(LowRank):
             **kw,
         )
         self.g = conv(self.rank, dense.out_channels, kernel_size=1, bias=dense.bias is not None, **kw)
-        with torch.no_grad():
-            self.h.weight.copy_(h.reshape(self.h.weight.shape))
-            self.g.weight.copy_(g.reshape(self.g.weight.shape))
-            if dense.bias is not None:
+        self.load_matrices(g, h)
+        if dense.bias is not None:
+            with torch.no_grad():
                 self.g.bias.copy_(dense.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +167,11 @@ class LowRankConv(LowRank):
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.g.weight.reshape(self.shape[0], self.rank), self.h.weight.reshape(self.rank, -1)
+
+    def load_matrices(self, g: torch.Tensor, h: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.h.weight.copy_(h.reshape(self.h.weight.shape))
+            self.g.weight.copy_(g.reshape(self.g.weight.shape))
 
 
 class LowRankConvTranspose2d(LowRank):
@@ -182,11 +194,9 @@ class LowRankConvTranspose2d(LowRank):
             padding_mode=dense.padding_mode,
             **kw,
         )
-        with torch.no_grad():
-            # W[i, o, k] = sum_r G[i, r] H[r, o, k]: the 1x1 conv's weight is G transposed.
-            self.g.weight.copy_(g.t().reshape(self.g.weight.shape))
-            self.h.weight.copy_(h.reshape(self.h.weight.shape))
-            if dense.bias is not None and self.h.bias is not None:
+        self.load_matrices(g, h)
+        if dense.bias is not None and self.h.bias is not None:
+            with torch.no_grad():
                 self.h.bias.copy_(dense.bias)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
@@ -194,6 +204,11 @@ class LowRankConvTranspose2d(LowRank):
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.g.weight.reshape(self.rank, self.shape[0]).t(), self.h.weight.reshape(self.rank, -1)
+
+    def load_matrices(self, g: torch.Tensor, h: torch.Tensor) -> None:
+        with torch.no_grad():  # W[i, o, k] = sum_r G[i, r] H[r, o, k]: the 1x1 conv's weight is G transposed
+            self.g.weight.copy_(g.t().reshape(self.g.weight.shape))
+            self.h.weight.copy_(h.reshape(self.h.weight.shape))
 
 
 _BUILDERS: dict[type[nn.Module], Callable[[Any, torch.Tensor, torch.Tensor], LowRank]] = {

@@ -6,7 +6,8 @@ leaves no half-written file) and returns a one-line report. A format's optional 
 by :func:`check_packages` before any work, with the ``pip install`` line that brings them.
 
 ``nnr``: an MPEG NNR bitstream encoded by NNCodec (:mod:`ranksearch.results._nnr`), each low-rank pair as the
-standard's decomposed G/H tensors with the rank signalled; option ``qp`` (quantization parameter).
+standard's decomposed G/H tensors with the rank signalled; option ``qp`` (quantization parameter), or ``size`` (bytes:
+each weight at its own qp, :func:`~ranksearch.core._bytes.fit_bytes`).
 
 ``onnx``: ``torch.onnx.export`` (the ``torch.export``-based exporter, which needs onnxscript) traces the
 model on a sample batch, with a dynamic batch dimension. Each low-rank pair stays two nodes (two
@@ -129,7 +130,7 @@ def write_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, sample
         path: The file to write; replaced only once the new file is complete and checked.
         fmt: A name in :data:`FORMATS`.
         sample: An input batch to trace on (:func:`sample_input`), for formats that need one.
-        options: The format's own (``nnr``: ``qp``).
+        options: The format's own (``nnr``: ``qp``, or ``size``: at most this many bytes, each weight at its own qp).
 
     Returns:
         One line: the path and what was written.
@@ -241,17 +242,27 @@ def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> st
             f"onnxruntime = PyTorch to {diff:.2g} on {len(sample)} samples")
 
 
-def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: int | None = None) -> str:
+def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: int | None = None, size: int | None = None) -> str:
     from ranksearch.core._layers import LowRank
-    from ranksearch.results._nnr import DEFAULT_QP, check_qp, encode
+    from ranksearch.core._nnr import DEFAULT_QP, check_qp, encode
 
+    pairs = sum(isinstance(m, LowRank) for m in model.modules())
+    what = f"{pairs} decomposed layers as G/H with their rank signalled, {count_params(model):,} parameters"
+    if size is not None:
+        from ranksearch.core._bytes import fit_bytes
+
+        if qp is not None:
+            raise RankSearchError("--bytes chooses each weight's qp; leave --qp out.")
+        coded = fit_bytes(model, size)
+        path.write_bytes(coded.stream)
+        qps = sorted(coded.qps.values())
+        return (f"NNR bitstream (NNCodec), {coded.bytes:,} bytes of the {size:,} allowed ({coded.bytes / size:.3f}; the byte table "
+                f"predicted {coded.predicted:,}); {len(qps)} weights each at its own qp, {qps[0]} to {qps[-1]}; {what}")
     qp = DEFAULT_QP if qp is None else qp
     step = check_qp(qp, warn=False)
     data = encode(model, qp=qp)
     path.write_bytes(data)  # path is write_model's temporary file, renamed into place once this returns
-    pairs = sum(isinstance(m, LowRank) for m in model.modules())
-    return (f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp} (step {step:.2g}); {pairs} decomposed layers as G/H with their rank "
-            f"signalled, {count_params(model):,} parameters")
+    return f"NNR bitstream (NNCodec), {len(data):,} bytes at qp {qp} (step {step:.2g}); {what}"
 
 
 FORMATS: dict[str, Format] = {

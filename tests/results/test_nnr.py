@@ -19,7 +19,7 @@ from ranksearch.errors import RankSearchError
 
 nnc_core = pytest.importorskip("nncodec.nnc_core")
 
-from ranksearch.results._nnr import _encode, _model_info, decode, encode, nnr_parameters  # noqa: E402
+from ranksearch.core._nnr import _encode, _model_info, decode, encode, nnr_parameters  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_bad_nnr_input_fails_in_one_line(searched, tmp_path, capsys, monkeypatch
     assert main(["export", "--config", str(out / "rank_config.json"), "--format", "onnx", "--qp", "-30",
                  "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--qp and --verify go with --format nnr" in err[0]
+    assert len(err) == 1 and "--qp, --bytes and --verify go with --format nnr" in err[0]
     monkeypatch.setitem(sys.modules, "nncodec.nnc_core", None)  # as if NNCodec were not installed
     target = tmp_path / "none.nnr"
     assert main(["export", "--config", str(out / "rank_config.json"), "--format", "nnr", "--out", str(target)]) == 2
@@ -150,3 +150,41 @@ def test_a_coarse_qp_is_said_and_one_out_of_range_refused(searched, tmp_path, ca
     assert sum("coarser than most trained weights" in line for line in captured.err.splitlines()) == 1
     with pytest.raises(RankSearchError, match=r"qp 1000 is outside NNCodec's range \[-128, 127\]"):
         encode(model, qp=1000)
+
+
+def test_export_nnr_to_a_byte_budget_verifies_against_the_dense_model_at_a_uniform_qp(searched, tmp_path, capsys):
+    """``--bytes N``: each weight at its own qp, the stream within N and within 2% of it; ``--verify`` decodes it and
+    scores the dense model coded by NNCodec at the finest uniform qp within the same bytes."""
+    out, model = searched
+    budget = len(encode(model)) // 3
+    path = tmp_path / "model.nnr"
+    assert main(["export", "--config", str(out / "rank_config.json"), "--weights", str(out / "factorized.safetensors"),
+                 "--format", "nnr", "--bytes", str(budget), "--out", str(path), "--verify"]) == 0
+    text = capsys.readouterr().out
+    size = path.stat().st_size
+    assert 0.98 * budget <= size <= budget
+    assert f"{size:,} bytes of the {budget:,} allowed" in text and "weights each at its own qp" in text
+    m = re.search(r"verified: ([\d,]+) bytes of the ([\d,]+) allowed; test accuracy ([\d.]+) before coding, ([\d.]+) after decoding "
+                  r"\([-+\d.]+\); the dense model at the finest uniform qp within them \(qp (-?\d+), ([\d,]+) bytes\) ([\d.]+)", text)
+    assert m, text
+    space = load_space("tiny-digits")
+    dense = space.build_model(space.build_task())
+    qp, dense_bytes = int(m.group(5)), int(m.group(6).replace(",", ""))
+    assert dense_bytes == len(encode(dense, qp=qp)) <= budget < len(encode(dense, qp=qp - 1))
+    tensors = decode(path, recompose=False)
+    levels = {round(float(np.abs(v[v != 0]).min()) * 1e6) for k, v in tensors.items() if k.endswith("_G") and (v != 0).any()}
+    assert levels  # the decoded factors exist; their qps are each weight's own (tests/core/test_bytes.py checks the grid)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--bytes", "5000", "--qp", "-30"], "--bytes 5000 chooses each weight's qp; leave --qp -30 out"),
+    (["--bytes", "0"], "--bytes 0 must be a positive number of bytes"),
+    (["--bytes", "50"], "--bytes 50 is unreachable for this model"),
+])
+def test_bad_byte_budgets_fail_in_one_line(searched, tmp_path, capsys, extra, message):
+    out, _ = searched
+    target = tmp_path / "m.nnr"
+    assert main(["export", "--config", str(out / "rank_config.json"), "--format", "nnr", "--out", str(target), *extra]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "no --weights" not in line]  # the info line of an export
+    assert len(err) == 1 and message in err[0], err
+    assert not target.exists()
