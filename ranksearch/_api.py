@@ -116,6 +116,12 @@ def search(
     if plan.latency is not None and not run.resume:  # before any study is written (a resumed one has its own)
         timing = measure_timing(model, plan.allocator, plan.latency, plan.calls.input_shape, run.progress)
         plan = plan.with_timing(timing)
+    byte_point = None
+    if plan.coder is not None and not run.resume:  # before any study is written (a resumed one has its own)
+        from ranksearch.study._bytes import measure_point
+
+        byte_point = measure_point(model, plan.allocator, plan.coder.budget, plan.calls)
+        plan = plan.with_bytes(byte_point)
     _check_reachable(plan)
     for w in given.warm_start:  # before any study is written
         if unknown := sorted(set(w) - set(plan.views.curves)):
@@ -124,6 +130,8 @@ def search(
     point = f"ratio {settings.target_ratio:g}" if settings.target_ratio < 1 else ""
     if settings.target_latency is not None:
         point += f"{' and ' if point else ''}latency {settings.target_latency:g} of dense on {settings.runtime.value}"
+    if settings.target_bytes is not None:
+        point = f"{settings.target_bytes:,} bytes" + (f" (ratios up to {settings.target_ratio:g})" if point else "")
     _log.info("searching %s at %s on %s (%s trials%s%s)", settings.model, point, best_device(),
               run.n_trials if run.n_trials is not None else "no cap on", f", timeout {run.timeout:g} s" if run.timeout else "",
               f", {run.workers} workers" if run.workers > 1 else "")
@@ -137,7 +145,7 @@ def search(
 
         def setup() -> None:
             table[0] = set_up(study, model, plan, sensitivity=given.sensitivity, timing=timing, warm_start=given.warm_start,
-                              progress=run.progress)
+                              progress=run.progress, byte_point=byte_point)
 
         if created:
             setup()
@@ -145,6 +153,8 @@ def search(
             wait_until_ready(study, on_orphan=setup)
         if plan.latency is not None and (stored := read_study(study).timing) is not None:
             plan = plan.with_timing(stored)  # the study's table, whoever measured it
+        if plan.coder is not None and (point_stored := read_study(study).byte_point) is not None:
+            plan = plan.with_bytes(point_stored)
         arts = artifact_store(where) if where is not None else None
         if run.workers > 1:
             from ranksearch._workers import spawn
@@ -210,8 +220,10 @@ def _objective(study: optuna.Study, model: nn.Module, plan: Plan, artifacts: Any
     record = read_study(study)
     if plan.latency is not None and record.timing is not None:
         plan = plan.with_timing(record.timing)
+    if plan.coder is not None and record.byte_point is not None:
+        plan = plan.with_bytes(record.byte_point)
     return Objective(model, plan.allocator.with_centre(record.centre or {}), plan.calls, artifacts=artifacts, n_trials=n_trials,
-                     screen=plan.screen)
+                     screen=plan.screen, coder=plan.coder)
 
 
 def check_results_folder(out: Path, name: str, resume: bool) -> None:

@@ -34,7 +34,7 @@ from ranksearch.errors import ConfigError, RankSearchError
 from ranksearch.results._files import load_runs
 from ranksearch.results._formats import FORMATS, check_packages, get_format, sample_input, shaped_input, write_model
 from ranksearch.results._report import write_report
-from ranksearch.results._tables import layer_table, pareto_tables, summary_table, working_points_table
+from ranksearch.results._tables import extra_tables, layer_table, summary_table, working_points_table
 from ranksearch.spaces._space import Space, cache_root, load_space
 from ranksearch.study._join import precheck
 from ranksearch.study._latency import LatencyPlan
@@ -135,9 +135,9 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
         return list(check_value("pareto", file["pareto"], spec(pareto)))  # type: ignore[arg-type]
     if "target_ratio" in file:
         return [file["target_ratio"]]
-    if getattr(args, "target_latency", None) is not None or file.get("target_latency") is not None:
-        return [1.0]  # a latency working point alone: no parameter budget
-    raise RankSearchError("search needs a working point: --ratio R, --wp WP (or all), --latency F, or target_ratio in the "
+    if any(getattr(args, k, None) is not None or file.get(k) is not None for k in ("target_latency", "target_bytes")):
+        return [1.0]  # a latency or byte working point alone: no parameter budget
+    raise RankSearchError("search needs a working point: --ratio R, --wp WP (or all), --latency F, --bytes N, or target_ratio in the "
                           "--settings file.")
 
 
@@ -211,7 +211,7 @@ def _search(args: argparse.Namespace) -> int:
     results = search_points(model, settings, task=task, run=run)
     for r, s in zip(results, settings):
         print(summary_table(r.summary).markdown(), end="")
-        print(pareto_tables(r.summary), end="")
+        print(extra_tables(r.summary), end="")
         print(layer_table(r.config).markdown())
         print(_where(point_options(run, s.target_ratio, several), r.config, space.name))
     if several:
@@ -227,7 +227,9 @@ def _where(run: RunOptions, cfg: RankConfig, space: str) -> str:
         f"Results in {out}/:",
         f"  rank_config.json            the best allocation (trial {cfg.search.get('trial')}, {cfg.search.get('trial_method')}), "
         "its settings and metrics",
-        f"  factorized.safetensors      its retrained weights: ranksearch.load_factorized(model, "
+        *([f"  model.nnr                   its NNR bitstream, {cfg.search['bytes'].get('bytes') or 0:,} bytes of the "
+           f"{cfg.search['bytes']['budget']:,} allowed (ranksearch.results.decode_nnr reads it)"] if cfg.search.get("bytes") else []),
+        f"  factorized.safetensors      its {'decoded' if cfg.search.get('bytes') else 'retrained'} weights: ranksearch.load_factorized(model, "
         f"ranksearch.RankConfig.load('{out}/rank_config.json'), '{out}/factorized.safetensors')",
         "  factorized_nnr.safetensors  the same weights with each pair as NNR <layer>.weight_G / weight_H",
         "  rank_config_seed_rule.json  the CE1 rule (one MSE bound) at the same ratio, for comparison",
@@ -270,7 +272,7 @@ def _export(args: argparse.Namespace) -> int:
     result, _ = export_from_space(args.storage, args.study_name, args.out, weights=args.weights, artifacts=args.artifacts,
                                   trial=args.trial)
     print(summary_table(result.summary).markdown(), end="")
-    print(pareto_tables(result.summary), end="")
+    print(extra_tables(result.summary), end="")
     print(layer_table(result.config).markdown())
     print(_where(RunOptions(storage=args.storage, out_dir=args.out), result.config, str(result.config.source.get("space"))))
     return 0

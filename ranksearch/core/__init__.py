@@ -32,6 +32,8 @@ _NAMES = {
     "timing_ranks": "_timing",
     # the NNR bitstream (NNCodec) and byte working points
     "DEFAULT_QP": "_nnr", "encode_nnr": "_nnr:encode", "decode_nnr": "_nnr:decode", "decoded_model": "_nnr",
+    "QP_GRID": "_bytes", "ByteTable": "_bytes", "BytePoint": "_bytes", "Coded": "_bytes", "fisher": "_bytes", "fit_bytes": "_bytes",
+    "measure_bytes": "_bytes", "uniform_qp": "_bytes", "fit_steps": "_rate",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
     "dense_reasons": "_allocation", "load_factorized": "_allocation", "solve": "_allocation",
@@ -42,6 +44,7 @@ __getattr__, __dir__ = exports(__name__, _NAMES)
 
 if TYPE_CHECKING:
     from ranksearch.core._allocation import apply, config_for, dense_reasons, load_factorized, solve
+    from ranksearch.core._bytes import QP_GRID, BytePoint, ByteTable, Coded, fisher, fit_bytes, measure_bytes, uniform_qp
     from ranksearch.core._calibrate import calibration_batches, input_moments, whitened
     from ranksearch.core._config import LayerRank, RankConfig
     from ranksearch.core._cost import CPU_BLOCK, TENSOR_CORE_MULTIPLE, ModelCost, model_cost, rank_multiple_for
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from ranksearch.core._nnr import DEFAULT_QP, decoded_model
     from ranksearch.core._nnr import decode as decode_nnr
     from ranksearch.core._nnr import encode as encode_nnr
+    from ranksearch.core._rate import fit_steps
     from ranksearch.core._retrain import Optimizer, RetrainSettings, best_device, compile_for_training, evaluate, fit, sample_scores
     from ranksearch.core._solver import (
         BAND,

@@ -34,7 +34,7 @@ from ranksearch.core._rate import fit_steps
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 
-__all__ = ["QP_GRID", "ByteTable", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
+__all__ = ["QP_GRID", "ByteTable", "BytePoint", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +84,38 @@ class Coded:
     @property
     def bytes(self) -> int:
         return len(self.stream)
+
+
+@dataclass(frozen=True)
+class BytePoint:
+    """A byte working point as a study measures it once, at its creation, and stores it.
+
+    Attributes:
+        budget: The bytes the model's stream may take.
+        dense_bytes: The dense model's stream at NNCodec's default qp.
+        base_ratio: The parameter ratio at which the seed rule's stream at the default qp meets the budget (the
+            smallest ratio the rule reaches where even that one does not).
+        ratios: The ratios the trials allocate for, largest first: from ``base_ratio`` up, in steps of at most 1.25x.
+        dense: NNCodec on the dense model at the finest uniform qp within the budget: ``qp``, ``bytes``, and the
+            decoded model's ``val`` and ``test`` metric.
+        took_s: Seconds the measurement took.
+    """
+
+    budget: int
+    dense_bytes: int
+    base_ratio: float
+    ratios: tuple[float, ...]
+    dense: dict[str, float]
+    took_s: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {"budget": self.budget, "dense_bytes": self.dense_bytes, "base_ratio": self.base_ratio, "ratios": list(self.ratios),
+                "dense": dict(self.dense), "took_s": self.took_s}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> BytePoint:
+        return cls(int(data["budget"]), int(data["dense_bytes"]), float(data["base_ratio"]),  # type: ignore[call-overload, arg-type]
+                   tuple(float(r) for r in data["ratios"]), dict(data["dense"]), float(data.get("took_s", 0.0)))  # type: ignore[arg-type, attr-defined, call-overload]
 
 
 def _units(params: Mapping[str, np.ndarray], decomposed: Mapping[str, tuple[int, ...]], unit: str) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from ranksearch.core._allocation import config_for
 from ranksearch.core._config import RankConfig
 from ranksearch.core._cost import model_cost
 from ranksearch.core._decompose import Factors
+from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode_tensors, nnr_parameters
 from ranksearch.core._solver import Curve, Solution
 from ranksearch.core._surgery import count_params, factorize
 from ranksearch.core._weights import load_state_dict
@@ -48,6 +49,7 @@ class SearchResult:
         summary: The run's figures: dense, seed rule, baselines and best metrics, trials, wall time.
         sensitivity: The per-layer sensitivity table the study measured (None without baselines).
         curves: The layers' plain MSE curves (what the report draws the errors from).
+        stream: At a byte working point, the best trial's NNR bitstream (``model`` is then what it decodes to).
     """
 
     config: RankConfig
@@ -57,6 +59,7 @@ class SearchResult:
     summary: Summary
     sensitivity: Sensitivity | None = None
     curves: Mapping[str, Curve] | None = None
+    stream: bytes | None = None
 
     @property
     def best_log10w(self) -> dict[str, float] | None:
@@ -68,7 +71,8 @@ def _figures(t: FrozenTrial | None) -> Figures | None:
     if t is None:
         return None
     r = TrialRecord.of(t)
-    return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio, r.latency)
+    return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio, r.latency, r.bytes,
+                   r.before_coding)
 
 
 def _first(study: optuna.Study, method: Method, target: float | None = None) -> FrozenTrial | None:
@@ -166,6 +170,11 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
                       achieved_ratio=float(TrialRecord.of(best).ratio or 0.0),
                       dense=Figures(val=dense.get("val"), test=dense.get("test"), ratio=1.0), seed_rule=_figures(seed),
                       best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
+    if record.byte_point is not None:
+        best_record = TrialRecord.of(best)
+        coding = {**record.byte_point.to_dict(), "qps": best_record.qps, "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes}
+        coding.pop("took_s")
+        return dataclasses.replace(summary, coding=coding)
     if not record.settings.pareto:
         return summary
     done = [f for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (f := _figures(t)) is not None]
@@ -211,6 +220,10 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     if best_model is None:
         assert rebuild is not None, "_pick returns a trial with weights when there is no rebuild"
         best_model = rebuild(best)
+    stream = None
+    if record.byte_point is not None and (qps := TrialRecord.of(best).qps):  # the stream it was scored on: the coder is deterministic
+        stream, tensors = _coded(best_model, qps)
+        best_model = decoded_model(best_model, tensors).eval()
     seed_trial = _first(study, Method.SEED_RULE)
     total = count_params(model)
     cost = model_cost(model, record.input_shape) if record.input_shape else None
@@ -226,6 +239,8 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
 
     summary = _summary(study, record, best, seed_trial)
     extra: dict[str, Any] = {"trials": summary.trials.to_dict(), "wall_time_s": summary.wall_time_s}
+    if summary.coding is not None:
+        extra["bytes"] = {**summary.coding, "bytes": len(stream) if stream is not None else None}
     if summary.front:
         extra.update(front=[{**f.to_dict(), "ratio": f.ratio} for f in summary.front], points=[p.point_record() for p in summary.points],
                      axis=summary.axis.value)
@@ -235,4 +250,10 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     if count_params(best_model) != cfg.compressed_params:
         raise StudyError(f"Trial {best.number}'s weights have {count_params(best_model)} parameters, its ranks {cfg.compressed_params}.")
     return SearchResult(config=cfg, study=study, model=best_model, seed_rule=config_of(seed_trial, metric, extra) if seed_trial else None,
-                        summary=summary, sensitivity=record.sensitivity, curves=curves)
+                        summary=summary, sensitivity=record.sensitivity, curves=curves, stream=stream)
+
+
+def _coded(model: nn.Module, qps: Mapping[str, int]) -> tuple[bytes, dict[str, Any]]:
+    """A retrained model's NNR stream at each weight's qp, and the tensors it decodes to."""
+    params, decomposed = nnr_parameters(model)
+    return encode_tensors(params, decomposed, DEFAULT_QP, qps)

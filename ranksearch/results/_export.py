@@ -35,7 +35,7 @@ def report_if_possible(folder: str | Path) -> Path | None:
 
 def write_folder(result: SearchResult, out_dir: str | Path, *, report: bool = True) -> None:
     """Write a search result's files into ``out_dir`` (and its report, where possible)."""
-    write_results(out_dir, result.config, result.model, result.seed_rule, result.summary, result.study, result.curves)
+    write_results(out_dir, result.config, result.model, result.seed_rule, result.summary, result.study, result.curves, result.stream)
     if report:
         report_if_possible(out_dir)
 

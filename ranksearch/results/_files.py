@@ -26,14 +26,14 @@ import optuna
 import torch
 from torch import nn
 
-from ranksearch._io import atomic_write_text, read_json
+from ranksearch._io import atomic_write_bytes, atomic_write_text, read_json
 from ranksearch.core._config import RankConfig
 from ranksearch.core._layers import LowRank
 from ranksearch.core._solver import Curve
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
 from ranksearch.results._summary import Summary
-from ranksearch.results._tables import pareto_tables, summary_table
+from ranksearch.results._tables import extra_tables, summary_table
 from ranksearch.study._record import TrialRecord, metric_of
 
 __all__ = ["CURVES_FILE", "TRIALS_FILE", "Run", "curves_record", "load_runs", "nnr_tensors", "trials_record", "write_results"]
@@ -70,7 +70,8 @@ def trials_record(study: optuna.Study, fixed_cost: Mapping[str, Any] | None = No
         last = reports[max(reports)] if reports else None
         trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": metric_of(t),
                        "last_reported": last, "ratio": r.ratio, "latency": r.latency, "target": r.target, "test": r.test,
-                       "before_retrain": r.before_retrain})
+                       "before_retrain": r.before_retrain, "bytes": r.bytes, "before_coding": r.before_coding,
+                       "coding": None if r.coding is None else r.coding.value})
     return {"format": "ranksearch.trials", "format_version": 1, "study_name": study.study_name,
             "fixed_cost": dict(fixed_cost) if fixed_cost else None, "trials": trials}
 
@@ -87,15 +88,18 @@ def curves_record(curves: Mapping[str, Curve]) -> dict[str, dict[str, list[Any]]
 
 
 def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, seed_rule: RankConfig | None, summary: Summary,
-                  study: optuna.Study | None = None, curves: Mapping[str, Curve] | None = None) -> list[Path]:
+                  study: optuna.Study | None = None, curves: Mapping[str, Curve] | None = None, stream: bytes | None = None) -> list[Path]:
     """Write every file of a results folder into ``out_dir`` (each one atomically); with the ``study`` and
-    the layers' plain ``curves``, also what the report draws from (``trials.json``, ``curves.json``)."""
+    the layers' plain ``curves``, also what the report draws from (``trials.json``, ``curves.json``); with a byte working
+    point's ``stream``, the bitstream itself (``model.nnr``; ``model`` is then what it decodes to)."""
     out = Path(out_dir)
     meta = {"format": "ranksearch.factorized", "ranks": json.dumps(config.ranks), "model": config.model}
     written = [
         save_state_dict(model.state_dict(), out / "factorized.safetensors", meta),
         save_state_dict(nnr_tensors(model), out / "factorized_nnr.safetensors", meta),
     ]
+    if stream is not None:
+        written.append(atomic_write_bytes(out / "model.nnr", stream))
     if study is not None:
         written.append(atomic_write_text(out / TRIALS_FILE, json.dumps(trials_record(study, summary.fixed_cost), indent=1)))
     if curves is not None:
@@ -103,7 +107,7 @@ def write_results(out_dir: str | Path, config: RankConfig, model: nn.Module, see
     if seed_rule is not None:
         written.append(seed_rule.save(out / "rank_config_seed_rule.json"))
     written.append(atomic_write_text(out / "summary.md", f"# ranksearch: {config.model}\n\n" + summary_table(summary).markdown()
-                                     + pareto_tables(summary)))
+                                     + extra_tables(summary)))
     written.append(config.save(out / "rank_config.json"))  # last: its presence means the rest is there
     return written
 

@@ -37,6 +37,8 @@ class Figures:
     method: Method | None = None
     ratio: float | None = None
     latency: float | None = None  #: on a Pareto study's latency axis: the predicted latency, a fraction of dense
+    bytes: int | None = None  #: at a byte working point: its NNR stream's bytes (its metrics: the decoded model's)
+    before_coding: float | None = None  #: at a byte working point: the validation metric before coding
 
     def cost(self, axis: Axis) -> float | None:
         """The value on a Pareto study's axis: the ratio, or the predicted latency."""
@@ -46,8 +48,9 @@ class Figures:
         """The figures as a rank config's ``metric`` stores them (without the ratio, which the config has)."""
         d = dataclasses.asdict(self)
         d.pop("ratio")
-        if d["latency"] is None:
-            d.pop("latency")
+        for key in ("latency", "bytes", "before_coding"):
+            if d[key] is None:
+                d.pop(key)
         if d["method"] is not None:
             d["method"] = str(d["method"])
         return d
@@ -59,7 +62,8 @@ class Figures:
         trial, samples = d.get("trial"), d.get("before_retrain_samples")
         return cls(trial=None if trial is None else int(trial), val=_number(d.get("val")), test=_number(d.get("test")),
                    before_retrain=_number(d.get("before_retrain")), before_retrain_samples=None if samples is None else int(samples),
-                   method=None if method is None else Method(method), ratio=ratio, latency=_number(d.get("latency")))
+                   method=None if method is None else Method(method), ratio=ratio, latency=_number(d.get("latency")),
+                   bytes=None if d.get("bytes") is None else int(d["bytes"]), before_coding=_number(d.get("before_coding")))
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class Summary:
             latency, and a metric as high, or a higher metric at no larger cost), largest cost first.
         points: A Pareto study's working points, each as a summary: the best trial no larger than the point, the seed
             rule and the baselines enqueued at it.
+        coding: At a byte working point: its ``budget``, ``dense_bytes`` (the dense model's stream at the default qp),
+            ``base_ratio``, ``ratios``, ``dense`` (NNCodec on the dense model at the finest uniform qp within the budget:
+            ``qp``, ``bytes``, ``val``, ``test``), and the best trial's ``qps``, ``coding`` and ``predicted_bytes``.
     """
 
     metric: str
@@ -107,6 +114,7 @@ class Summary:
     front: tuple[Figures, ...] = ()
     points: tuple[Summary, ...] = ()
     axis: Axis = Axis.RATIO
+    coding: dict[str, Any] | None = None
 
     @property
     def best_method(self) -> Method:
@@ -142,7 +150,7 @@ class Summary:
                    best=Figures.from_dict(m.get(Method.SEARCHED), config.achieved_ratio),
                    baselines={b: Figures.from_dict(m[b], ratios.get(b)) for b in BASELINES if m.get(b)},
                    trials=counts, wall_time_s=wall, cost=dict(config.cost), fixed_cost=fixed_cost,
-                   latency=config.search.get("latency"), front=front, points=points, axis=axis)
+                   latency=config.search.get("latency"), front=front, points=points, axis=axis, coding=config.search.get("bytes"))
 
     def point_record(self) -> dict[str, Any]:
         """A Pareto study's working point as its rank config records it (``search.points``)."""

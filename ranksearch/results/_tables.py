@@ -17,7 +17,8 @@ from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
 from ranksearch.study._vocab import BASELINES, Axis, Method
 
-__all__ = ["Row", "Table", "front_table", "layer_table", "pareto_tables", "points_table", "summary_table", "working_points_table"]
+__all__ = ["Row", "Table", "bytes_table", "extra_tables", "front_table", "layer_table", "points_table", "summary_table",
+           "working_points_table"]
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,36 @@ def points_table(s: Summary) -> Table:
                  f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
 
 
-def pareto_tables(s: Summary) -> str:
-    """A Pareto study's :func:`points_table` and :func:`front_table` as Markdown; empty for a study of one working point."""
-    if not s.points:
-        return ""
-    return "\n" + points_table(s).markdown() + "\n" + front_table(s).markdown()
+def bytes_table(s: Summary) -> Table:
+    """A byte working point: NNCodec on the dense model, the references (coded at one uniform qp) and the best trial, each
+    with its stream's bytes and the decoded model's metrics."""
+    c = s.coding or {}
+    dense = c.get("dense") or {}
+    budget, dense_bytes = c.get("budget"), c.get("dense_bytes")
+
+    def row(label: str, f: Figures | None) -> Row:
+        f = f or Figures()
+        return Row((label, fmt(f.ratio), fmt(f.bytes), fmt(f.val), fmt(f.test), fmt(f.before_coding), fmt(f.trial)))
+
+    rows = [Row((f"dense, NNCodec at qp {dense.get('qp')}", "1.0000", fmt(dense.get("bytes")), fmt(dense.get("val")), fmt(dense.get("test")),
+                 fmt(s.dense.val), "-")),
+            row("seed rule, one qp", s.seed_rule), *(row(f"{m.label}, one qp", f) for m, f in s.baselines.items()),
+            row(f"best ({s.best_method.label}, {c.get('coding', 'fitted')})", s.best)]
+    qps = sorted((c.get("qps") or {}).values())
+    notes = (f"Budget {fmt(budget)} bytes, {budget / dense_bytes:.4f} of the dense model's stream at qp -38 ({fmt(dense_bytes)} bytes); "
+             f"NNR streams measured by NNCodec, metrics of the decoded models. The references allocate at the base ratio "
+             f"{c.get('base_ratio')} (where the seed rule's stream at qp -38 meets the budget) and are coded at the finest uniform qp "
+             f"within it; the trials drew their ratio from {len(c.get('ratios') or [])} between {min(c.get('ratios') or [0]):g} and "
+             f"{max(c.get('ratios') or [0]):g}." + (f" The best trial's qps: {qps[0]} to {qps[-1]}"
+                                                   + (f"; the byte table predicted {fmt(c.get('predicted_bytes'))} bytes." if
+                                                      c.get("predicted_bytes") else ".") if qps else ""),) if budget and dense_bytes else ()
+    name = s.metric
+    return Table(("model", "ratio", "bytes", f"val {name}", f"test {name}", "val before coding", "trial"), tuple(rows),
+                 title="The byte working point:", notes=notes)
+
+
+def extra_tables(s: Summary) -> str:
+    """A Pareto study's :func:`points_table` and :func:`front_table`, or a byte working point's :func:`bytes_table`, as
+    Markdown; empty for a study of one parameter ratio."""
+    out = "\n" + points_table(s).markdown() + "\n" + front_table(s).markdown() if s.points else ""
+    return out + ("\n" + bytes_table(s).markdown() if s.coding else "")

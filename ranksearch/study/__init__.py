@@ -9,7 +9,7 @@ from ranksearch._lazy import exports
 
 _NAMES = {
     "SearchSettings": "_settings", "RunOptions": "_settings", "Components": "_settings",
-    "Axis": "_vocab", "BASELINES": "_vocab", "FactorKind": "_vocab", "Factors": "_vocab", "Granularity": "_vocab", "Method": "_vocab",
+    "Axis": "_vocab", "Coding": "_vocab", "BASELINES": "_vocab", "FactorKind": "_vocab", "Factors": "_vocab", "Granularity": "_vocab", "Method": "_vocab",
     "Prior": "_vocab", "Proposals": "_vocab", "Pruner": "_vocab", "Sampler": "_vocab", "SensitivityKind": "_vocab",
     "Sensitivity": "_vocab",
     "StudyRecord": "_record", "TrialRecord": "_record",
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ranksearch.study._vocab import (
         BASELINES,
         Axis,
+        Coding,
         FactorKind,
         Factors,
         Granularity,

@@ -32,11 +32,12 @@ from ranksearch.core._surgery import factorize
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
 from ranksearch.study._allocator import Allocator
+from ranksearch.study._bytes import Coder, spread
 from ranksearch.study._callables import Callables, accepts_report
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import worker_id, write_trial
-from ranksearch.study._vocab import Axis, Method
+from ranksearch.study._vocab import Axis, Coding, Method
 
 __all__ = ["Objective"]
 
@@ -55,12 +56,14 @@ class Objective:
         artifacts: Where a trial that beats the best so far uploads its retrained weights (None: nowhere).
         n_trials: The trial cap, for the log lines.
         screen: A Pareto study's gate (None: every report goes on).
+        coder: A byte working point's: codes the retrained model within the budget; the trial's value is then the
+            decoded model's metric (its trials draw their ratio as a Pareto study's do, with one objective).
     """
 
     def __init__(self, model: nn.Module, allocator: Allocator, calls: Callables, *, artifacts: Any = None,
-                 n_trials: int | None = None, screen: FrontGate | None = None) -> None:
+                 n_trials: int | None = None, screen: FrontGate | None = None, coder: Coder | None = None) -> None:
         self.model, self.allocator, self.calls = model, allocator, calls
-        self.artifacts, self.n_trials, self.screen = artifacts, n_trials, screen
+        self.artifacts, self.n_trials, self.screen, self.coder = artifacts, n_trials, screen, coder
         self.current: int | None = None  #: number of the trial running now (for Ctrl-C)
         self.gate: Any = None  #: :class:`~ranksearch.study._signals.InterruptGate`: signals interrupt only inside a trial
 
@@ -91,8 +94,10 @@ class Objective:
         method = TrialRecord.of(trial).method  # enqueued trials carry theirs (seed_rule, ...), sampled ones get "searched"
         write_trial(trial, TrialRecord(method=method))
         sol, kind = self.allocator.propose(trial)
-        front = bool(self.allocator.front)
-        target = TrialRecord.of(trial).target if front else self.allocator.target
+        drawn = bool(self.allocator.front)  # the trial drew the point it allocates for
+        front = drawn and self.coder is None  # a Pareto study: two objectives
+        target = TrialRecord.of(trial).target if drawn else self.allocator.target
+        coding = None if self.coder is None else TrialRecord.of(trial).coding or Coding.FITTED
 
         cost = self.allocator.cost(sol) if front else sol.ratio  # a Pareto study's second objective: ratio or latency
 
@@ -106,13 +111,14 @@ class Objective:
         trial.set_constraint("ratio_over_target", sol.ratio - (self.allocator.target if latency_axis else target))
         write_trial(trial, TrialRecord(ranks=ranks, mse={n: float(curves[n].mse[r]) for n, r in ranks.items()}, factors=kind,
                                        params=sol.params, ratio=sol.ratio,
-                                       latency=cost if latency_axis else None))
+                                       latency=cost if latency_axis else None, coding=coding))
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind), None)
-        if twin is not None:  # same ranks as a finished trial: the retrain is deterministic, reuse it
+                     if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind and r.coding == coding), None)
+        if twin is not None:  # same ranks (and coding) as a finished trial: the retrain and the coding are deterministic, reuse them
             r = TrialRecord.of(twin)
             write_trial(trial, TrialRecord(same_as=twin.number, before_retrain=r.before_retrain,
-                                           before_retrain_samples=r.before_retrain_samples, test=r.test))
+                                           before_retrain_samples=r.before_retrain_samples, test=r.test, bytes=r.bytes, qps=r.qps,
+                                           predicted_bytes=r.predicted_bytes, before_coding=r.before_coding))
             value = metric_of(twin)
             assert value is not None
             _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number, method, twin.number, value)
@@ -149,13 +155,24 @@ class Objective:
         value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(calls.evaluate(model))
         if not math.isfinite(value):
             raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
+        scored, coded = model, ""
+        if self.coder is not None:  # a byte working point: the value is what the stream delivers
+            assert coding is not None
+            try:
+                scored, info = self.coder(model, coding)
+            except RankSearchError as e:  # its retrained weights code over the budget even at the coarsest qps: no value
+                raise optuna.TrialPruned(f"not coded within the budget: {e}") from None
+            uncoded = value
+            write_trial(trial, TrialRecord(before_coding=uncoded, **info))
+            value = float(calls.evaluate(scored))
+            coded = f", {info['bytes']:,} bytes at qp {spread(info['qps'])} ({coding.value}: {value - uncoded:+.4f} by coding)"
         if calls.test is not None:
-            write_trial(trial, TrialRecord(test=float(calls.test(model))))
+            write_trial(trial, TrialRecord(test=float(calls.test(scored))))
         if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None):
             self._upload(trial, model)
-        _log.info("trial %d%s [%s] ratio %.4f%s -> %.4f (before retrain %.4f) in %.1f s",
+        _log.info("trial %d%s [%s] ratio %.4f%s%s -> %.4f (before retrain %.4f) in %.1f s",
                   trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, f" (for {target:g})" if front else "",
-                  value, before, time.perf_counter() - start)
+                  coded, value, before, time.perf_counter() - start)
         return values(value)
 
     def _upload(self, trial: optuna.Trial, model: nn.Module) -> None:

@@ -19,6 +19,7 @@ import optuna
 from torch import nn
 
 from ranksearch._extras import require
+from ranksearch.core._bytes import BytePoint
 from ranksearch.core._cost import rank_multiple_for
 from ranksearch.core._inputs import Forward
 from ranksearch.core._retrain import RetrainSettings, best_device
@@ -29,6 +30,7 @@ from ranksearch.core._timing import Runtime, TimingTable
 from ranksearch.core._weights import state_digest
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
+from ranksearch.study._bytes import Coder
 from ranksearch.study._callables import Callables, Evaluate, Retrain, task_callables, user_callables
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._latency import LatencyPlan, limited
@@ -80,6 +82,12 @@ class Plan:
     latency: LatencyPlan | None = None
     screen: FrontGate | None = None  #: a Pareto study's gate, asked by its objective (Optuna prunes no multi-objective study)
     points: tuple[float, ...] = ()  #: a Pareto study's working points, where the references are enqueued (largest first)
+    coder: Coder | None = None  #: a byte working point's (its ratios come with :meth:`with_bytes`)
+
+    @property
+    def pareto(self) -> bool:
+        """Whether the study has two objectives (a byte working point's trials draw their ratios too, with one)."""
+        return bool(self.points) and self.coder is None
 
     def retrained(self, model: nn.Module, trial: TrialRecord) -> nn.Module:
         """A trial's factorized model retrained again with the study's seed (its weights were not uploaded), in eval mode."""
@@ -87,6 +95,12 @@ class Plan:
         small = factorize(model, trial.kept_ranks, factors)
         self.calls.retrain_again(small)
         return small.eval()
+
+    def with_bytes(self, point: BytePoint) -> Plan:
+        """The plan of a byte working point measured (:func:`~ranksearch.study._bytes.measure_point`): each trial draws one
+        of its ratios; the references are enqueued at its base ratio."""
+        allocator = dataclasses.replace(self.allocator, front=point.ratios)
+        return dataclasses.replace(self, allocator=allocator, points=(point.base_ratio,))
 
     def with_timing(self, table: TimingTable) -> Plan:
         """The plan allocating within a latency working point's timing table (see :func:`~ranksearch.study._latency.limited`)."""
@@ -182,5 +196,6 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
-    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto)
+    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task)
+    return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto, coder)
 

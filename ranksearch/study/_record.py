@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ranksearch.core._bytes import BytePoint
 from ranksearch.core._timing import TimingTable
 from ranksearch.study._settings import SearchSettings
-from ranksearch.study._vocab import FactorKind, Method, Sensitivity, SensitivityKind
+from ranksearch.study._vocab import Coding, FactorKind, Method, Sensitivity, SensitivityKind
 
 __all__ = ["ATTR", "TrialRecord", "StudyRecord", "fixed_cost_line", "metric_of", "sensitivity_of"]
 
@@ -66,6 +67,10 @@ class TrialRecord:
     it reused); ``weights`` (the artifact id of its retrained weights); ``gate`` and ``gate_later`` (the
     gate pruner's decisions at the screen and by later step); ``reports`` (a Pareto study's trial: the values its
     retrain reported, by step, which Optuna keeps only for one objective); ``error``, ``traceback``, ``interrupted``.
+    At a byte working point: ``coding`` (how its retrained model is coded; enqueued references: uniform), ``bytes`` (its
+    stream, measured by NNCodec), ``qps`` (each weight's), ``predicted_bytes`` (the byte table's estimate, fitted coding)
+    and ``before_coding`` (the validation metric of the retrained model before coding; the trial's value is the
+    decoded model's).
     """
 
     method: Method | None = None
@@ -80,6 +85,11 @@ class TrialRecord:
     params: int | None = None
     ratio: float | None = None
     latency: float | None = None
+    coding: Coding | None = None
+    bytes: int | None = None
+    qps: dict[str, int] | None = None
+    predicted_bytes: int | None = None
+    before_coding: float | None = None
     worker: str | None = None
     before_retrain: float | None = None
     before_retrain_samples: int | None = None
@@ -101,6 +111,8 @@ class TrialRecord:
         values["method"] = Method(attrs.get("method", Method.SEARCHED))
         if "factors" in values:
             values["factors"] = FactorKind(values["factors"])
+        if "coding" in values:
+            values["coding"] = Coding(values["coding"])
         if "reports" in values:  # JSON keys are strings
             values["reports"] = {int(k): float(v) for k, v in values["reports"].items()}
         later = {int(k[len(_GATE_LATER):]): v for k, v in attrs.items() if k.startswith(_GATE_LATER)}
@@ -122,7 +134,7 @@ class TrialRecord:
         """Only what says what to allocate, exactly (its ranks, when it had chosen them): what a failed trial's
         rerun keeps."""
         return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws,
-                           target=self.target, ranks=self.ranks)
+                           target=self.target, ranks=self.ranks, coding=self.coding)
 
     @property
     def kept_ranks(self) -> dict[str, int]:
@@ -142,7 +154,8 @@ class StudyRecord:
     layer in ``sensitivity_rows``), how it was made (``sensitivity_kind``, ``sensitivity_samples`` as
     ``[samples, of]``, ``sensitivity_measured`` for the proxy's measured points), ``fixed_cost`` and
     ``centre`` (the prior's per-layer log-weights); at a latency working point, ``timing`` (the per-layer
-    timing table every process allocates with).
+    timing table every process allocates with); at a byte working point, ``byte_point`` (the budget, the ratios trials
+    allocate for and the dense model coded within it).
     """
 
     settings: SearchSettings | None = None
@@ -162,6 +175,7 @@ class StudyRecord:
     fixed_cost: dict[str, Any] | None = None
     centre: dict[str, float] | None = None
     timing: TimingTable | None = None
+    byte_point: BytePoint | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], origin: str = "the study") -> StudyRecord:
@@ -183,6 +197,8 @@ class StudyRecord:
             values["sensitivity_measured"] = [(str(n), int(r)) for n, r in values["sensitivity_measured"]]
         if "timing" in values:
             values["timing"] = TimingTable.from_dict(values["timing"])
+        if "byte_point" in values:
+            values["byte_point"] = BytePoint.from_dict(values["byte_point"])
         rows = {k[len(_ROW):]: v for k, v in raw.items() if k.startswith(_ROW)}
         return cls(**values, sensitivity_rows=sensitivity_of(rows) if rows else None)
 
@@ -201,6 +217,8 @@ class StudyRecord:
             out["sensitivity_measured"] = [list(p) for p in out["sensitivity_measured"]]
         if "timing" in out:
             out["timing"] = out["timing"].to_dict()
+        if "byte_point" in out:
+            out["byte_point"] = out["byte_point"].to_dict()
         rows = out.pop("sensitivity_rows", None) or {}
         flat = {ATTR + k: v for k, v in out.items()}
         flat.update({f"{ATTR}{_ROW}{n}": [[r, v] for r, v in row] for n, row in rows.items()})

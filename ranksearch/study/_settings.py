@@ -45,13 +45,13 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 8  #: 8 adds Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 9  #: 9 adds byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
@@ -78,7 +78,8 @@ def front_ratios(points: Sequence[float]) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class SearchSettings:
     target_ratio: float = option(..., "fraction of the whole model's parameters to keep, in (0, 1]; 1 only with target_latency "
-                                 "(a latency working point alone)", "float", low=0, high=1, open_low=True,
+                                 "or target_bytes (a latency or byte working point alone; with target_bytes, the largest "
+                                 "ratio a trial may keep)", "float", low=0, high=1, open_low=True,
                                  hint="e.g. 0.25 keeps a quarter of the parameters")
     model: str = option("", "space name, model factory or class name of the dense model", "str")
     weights_digest: str = option("", "XXH3-128 digest of the dense model's state dict (search fills it in)", "str")
@@ -125,6 +126,11 @@ class SearchSettings:
                               "torch-compile or onnxruntime (CPU)", "choice", choices=Runtime, group=GRID)
     latency_batch: int = option(1, "batch size latency is measured at", "int", low=1, group=GRID,
                                 hint="samples per timed batch")
+    target_bytes: int | None = option(None, "a byte working point: the model's NNR bitstream (NNCodec, the factors, biases, "
+                                      "normalization, the layers left dense and the headers) at most this many bytes; each "
+                                      "trial chooses a parameter ratio and its ranks, and each weight's qp, and is scored on "
+                                      "the decoded model", "int", low=1, optional=True, group=GRID, flag="--bytes",
+                                      hint="e.g. a tenth of the dense model's stream at qp -38", metavar="N")
     pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
                                        "points (the largest is target_ratio, or target_latency on the latency axis): the front "
                                        "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
@@ -154,9 +160,12 @@ class SearchSettings:
         if isinstance(self.factors, str) and self.factors in _OLD_FACTORS:
             raise ConfigError(f"factors {self.factors!r} is spelled {_OLD_FACTORS[self.factors]!r} now.")
         validate(self)
-        if self.target_ratio == 1 and self.target_latency is None:
+        if self.target_ratio == 1 and self.target_latency is None and self.target_bytes is None:
             raise ConfigError("target_ratio 1 would keep every parameter; give a ratio below 1 (e.g. 0.25 keeps a quarter), or "
-                              "target_latency for a latency working point alone.")
+                              "target_latency or target_bytes for a latency or byte working point alone.")
+        if self.target_bytes is not None and (self.pareto or self.target_latency is not None):
+            raise ConfigError(f"target_bytes {self.target_bytes} goes alone (with target_ratio as the largest ratio a trial may keep); "
+                              "a byte working point with a latency bound or a Pareto front is not built yet: run them as separate studies.")
         if self.pareto:
             self._check_pareto()
         elif self.pareto_axis is not Axis.RATIO:
@@ -200,9 +209,12 @@ class SearchSettings:
 
     @property
     def point(self) -> str:
-        """The working point as a study names it: ``0.25``, ``0.25+latency0.9``, ``latency0.9`` (latency alone) or
+        """The working point as a study names it: ``0.25``, ``0.25+latency0.9``, ``latency0.9`` (latency alone), ``bytes50000``
+        (``bytes50000+0.5``: no trial keeps more than half the parameters) or
         ``pareto0.1-0.25`` (``pareto0.1-0.25+latency1`` with a latency bound on every trial; ``pareto-latency0.7-1`` on
         the latency axis, ``pareto-latency0.7-1+0.5`` with a parameter budget)."""
+        if self.target_bytes is not None:
+            return f"bytes{self.target_bytes}" + ("" if self.target_ratio == 1 else f"+{self.target_ratio:g}")
         if self.pareto and self.pareto_axis is Axis.LATENCY:
             bound = "" if self.target_ratio == 1 else f"+{self.target_ratio:g}"
             return f"pareto-latency{min(self.pareto):g}-{max(self.pareto):g}{bound}"

@@ -13,16 +13,18 @@ from typing import Any
 import optuna
 from torch import nn
 
+from ranksearch.core._bytes import BytePoint
 from ranksearch.core._surgery import count_params
 from ranksearch.core._timing import TimingTable
 from ranksearch.study._baselines import additive_ranks, greedy_ranks, log_weights_for, uniform_ranks
+from ranksearch.study._bytes import measure_point
 from ranksearch.study._latency import measure_timing
 from ranksearch.study._plan import Plan
 from ranksearch.study._record import StudyRecord, TrialRecord, fixed_cost_line
 from ranksearch.study._sensitivity import measure_table
 from ranksearch.study._storage import read_study, write_study
 from ranksearch.study._views import Views
-from ranksearch.study._vocab import Axis, Method, Prior, Sensitivity
+from ranksearch.study._vocab import Axis, Coding, Method, Prior, Sensitivity
 
 __all__ = ["set_up", "starting_points"]
 
@@ -31,12 +33,14 @@ _log = logging.getLogger(__name__)
 
 def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Sensitivity | None = None,
            timing: TimingTable | None = None, warm_start: Sequence[Mapping[str, float]] = (),
-           progress: bool = False) -> Sensitivity | None:
+           progress: bool = False, byte_point: BytePoint | None = None) -> Sensitivity | None:
     """Set a created study up, once: the dense model's metric, at a latency working point the timing
     table (measured here unless given or stored), the sensitivity table (measured here unless given;
     rows already stored by an interrupted setup are kept), the prior's centre, and the enqueued
     allocations (the seed rule first, then uniform, the AIMET-style greedy and the sensitivity-sum ones,
-    then the warm starts), all within the timing table's limits. An allocation the study already holds
+    then the warm starts), all within the timing table's limits. At a byte working point (measured here unless given or
+    stored) the references are enqueued at its base ratio, coded at a uniform qp, and the seed rule, coded per weight, at
+    a few of its larger ratios. An allocation the study already holds
     is not enqueued again, so a setup taken over after a crash enqueues each one once. Returns the
     sensitivity table."""
     record = read_study(study)
@@ -66,6 +70,14 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
             cost["timing_s"] = round(timing.took_s, 3)
         assert timing is not None
         plan = plan.with_timing(timing)
+    if plan.coder is not None:  # stored once, like the timing table
+        byte_point = record.byte_point or byte_point
+        if record.byte_point is None:
+            byte_point = byte_point or measure_point(model, plan.allocator, plan.coder.budget, plan.calls)
+            write_study(study, StudyRecord(byte_point=byte_point))
+            cost["bytes_s"] = round(byte_point.took_s, 3)
+        assert byte_point is not None
+        plan = plan.with_bytes(byte_point)
     table, start, measured = sensitivity, time.perf_counter(), 0
     if table is None and (plan.baselines or plan.prior is Prior.SENSITIVITY):
         table = read_study(study).sensitivity
@@ -82,8 +94,12 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     first = starts[points[0]]  # a Pareto study's largest working point
     centre = first.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
     write_study(study, StudyRecord(centre=centre))
+    coding = None if plan.coder is None else Coding.UNIFORM  # a byte working point's references: NNCodec's one qp
     for r in points:
-        _enqueue(study, plan, centre, starts[r], warm_start, r if plan.points else None)
+        _enqueue(study, plan, centre, starts[r], warm_start, r if plan.points else None, coding)
+    front = plan.allocator.front
+    for r in (front[:-1][::3] if plan.coder is not None else ()):  # the seed rule coded per weight, at larger ratios
+        _enqueue(study, plan, centre, {}, (), r, Coding.FITTED, rule_only=True)
     write_study(study, StudyRecord(setup={**setup, "state": "ready", "at": time.time()}))
     return table
 
@@ -106,9 +122,10 @@ def _fixed_cost(cost: dict[str, Any], record: StudyRecord, seconds: float, measu
 
 
 def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], starts: Mapping[Method, dict[str, float]],
-             warm_start: Sequence[Mapping[str, float]], target: float | None = None) -> None:
+             warm_start: Sequence[Mapping[str, float]], target: float | None = None, coding: Coding | None = None,
+             rule_only: bool = False) -> None:
     """Enqueue the seed rule, the baselines and the warm starts, each once (in a Pareto study, once at each of its
-    working points: ``target``)."""
+    working points: ``target``; at a byte working point with its ``coding``); ``rule_only``: the seed rule alone."""
     allocator = plan.allocator.with_centre(centre)
     allocator = allocator if target is None else allocator.at(target)
     have = {r.method for t in study.get_trials(deepcopy=False) if (r := TrialRecord.of(t)).target == target}
@@ -119,14 +136,18 @@ def _enqueue(study: optuna.Study, plan: Plan, centre: Mapping[str, float], start
 
     if Method.SEED_RULE not in have:
         study.enqueue_trial({**{p: 0.0 for p in allocator.search_space()}, **fixed},
-                            user_attrs=TrialRecord(method=Method.SEED_RULE, target=target, ranks=ranks(Method.SEED_RULE, None)).to_attrs())
+                            user_attrs=TrialRecord(method=Method.SEED_RULE, target=target, ranks=ranks(Method.SEED_RULE, None),
+                                                   coding=coding).to_attrs())
+    if rule_only:
+        return
     exact = [*((m, w) for m, w in starts.items() if plan.baselines), *((Method.WARM_START, dict(w)) for w in warm_start)]
     for method, logw in exact:
         if method in have:
             continue
         logw = {n: float(logw.get(n, 0.0)) for n in plan.views.curves}
         study.enqueue_trial({**allocator.params_for(logw), **fixed},
-                            user_attrs=TrialRecord(method=method, target=target, log10w=logw, ranks=ranks(method, logw)).to_attrs())
+                            user_attrs=TrialRecord(method=method, target=target, log10w=logw, ranks=ranks(method, logw),
+                                                   coding=coding).to_attrs())
 
 
 def starting_points(model: nn.Module, views: Views, target: float, sensitivity: Sensitivity | None) -> dict[Method, dict[str, float]]:

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from ranksearch.core._decompose import FactorKind
 
-__all__ = ["BASELINES", "CUSTOM", "Axis", "FactorKind", "Factors", "Granularity", "Method", "Prior", "Proposals", "Pruner",
+__all__ = ["BASELINES", "CUSTOM", "Axis", "Coding", "FactorKind", "Factors", "Granularity", "Method", "Prior", "Proposals", "Pruner",
            "Sampler", "SensitivityKind", "Sensitivity"]
 
 
@@ -91,6 +91,13 @@ class Axis(StrEnum):
     def label(self) -> str:
         """How tables and figures name it."""
         return "ratio" if self is Axis.RATIO else "latency (predicted, of dense)"
+
+
+class Coding(StrEnum):
+    """How a trial of a byte working point codes its retrained model into the NNR stream."""
+
+    UNIFORM = "uniform"  #: NNCodec's own way to meet a size: every weight at the finest single qp whose stream fits
+    FITTED = "fitted"  #: each weight at its own qp (the byte table's fill: finer where a byte removes most error)
 
 
 class Proposals(StrEnum):

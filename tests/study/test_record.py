@@ -10,7 +10,8 @@ import pytest
 
 from ranksearch import Method, RunOptions, SearchSettings, StudyRecord, TrialRecord, search
 from ranksearch.core import TimingTable
-from ranksearch.study import FactorKind, SensitivityKind
+from ranksearch.core._bytes import BytePoint
+from ranksearch.study import Coding, FactorKind, SensitivityKind
 from ranksearch.study._record import ATTR, fixed_cost_line
 from ranksearch.study._settings import FORMAT_VERSION
 
@@ -26,8 +27,10 @@ def test_a_trial_record_round_trips_every_field():
         "mse": {"a": 0.01}, "factors": FactorKind.DATA_AWARE, "params": 100, "ratio": 0.25, "worker": "h:1", "before_retrain": 0.5,
         "before_retrain_samples": 64, "test": 0.6, "same_as": 3, "weights": "id", "gate": {"promoted": True},
         "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25, "latency": 0.8,
-        "reports": {0: 0.4, 1: 0.55}})
+        "reports": {0: 0.4, 1: 0.55}, "coding": Coding.FITTED, "bytes": 4900, "qps": {"a.weight": -30}, "predicted_bytes": 4910,
+        "before_coding": 0.61})
     attrs = record.to_attrs()
+    assert attrs["coding"] == "fitted"
     assert attrs["gate:1"] == {"promoted": False} and "gate_later" not in attrs  # the stored spelling of a later step
     assert attrs["method"] == "sensitivity" and attrs["factors"] == "data_aware"
     assert TrialRecord.from_attrs(attrs) == record
@@ -47,7 +50,8 @@ def test_a_study_record_round_trips_every_field():
         "n_trials": 12, "artifacts": "/a", "input_shape": (1, 8, 8), "dense": {"val": 0.9}, "metric": "accuracy",
         "sensitivity": {"a": [(1, 0.5), (2, 0.7)]}, "sensitivity_rows": {"b": [(1, 0.4)]}, "sensitivity_kind": SensitivityKind.OUTPUT,
         "sensitivity_samples": (16, 400), "sensitivity_measured": [("a", 1)], "fixed_cost": {"total_s": 1.0}, "centre": {"a": 0.1},
-        "timing": TimingTable("onnxruntime", 4, "cpu", 2, 1e-3, {"a": 2e-4}, {"a": [1, 2]}, {"a": [1e-4, 1.5e-4]})})
+        "timing": TimingTable("onnxruntime", 4, "cpu", 2, 1e-3, {"a": 2e-4}, {"a": [1, 2]}, {"a": [1e-4, 1.5e-4]}),
+        "byte_point": BytePoint(5000, 49000, 0.075, (0.15, 0.12, 0.075), {"qp": -13, "bytes": 4748, "val": 0.8, "test": 0.78}, 1.5)})
     attrs = record.to_attrs()
     assert all(k.startswith(ATTR) for k in attrs)
     assert attrs[ATTR + "sensitivity_row:b"] == [[1, 0.4]] and attrs[ATTR + "settings"]["format_version"] == FORMAT_VERSION

@@ -1,0 +1,149 @@
+"""Byte working points: the searched stream against NNCodec on the dense model and the seed rule, at the same bytes.
+
+For each space, each budget (a fraction of the dense model's NNCodec stream at the default qp -38) and each seed:
+one study ``ranksearch search --bytes N`` of ``--trials`` trials. Its decoded best model is compared, on the same
+test samples (paired: the per-sample differences' mean over their standard error), with
+
+* *dense*: NNCodec on the dense model at the finest uniform qp whose stream is within the budget (no retrain);
+* *rule*: the seed rule at the ratio whose stream at qp -38 meets the budget (the study's base ratio), retrained as
+  every trial is, coded at the finest uniform qp within the budget (the study's first trial).
+
+Every stream is measured by NNCodec; the table gives each one's bytes against the budget. The spread of the best's
+test metric over the seeds says how much another retrain seed moves the figure. Writes its section to LOG.md.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bytes.py --spaces mnist5k-cnn --fractions 0.1,0.05 --seeds 0,1 --trials 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _report import publish  # benchmarks/_report.py (scripts run from the repository root)
+
+
+def _scores(model: Any, task: Any) -> Any:
+    from ranksearch.core import sample_scores
+
+    return sample_scores(model.eval(), task.test, task.metric, forward=task.forward).double().numpy()
+
+
+def _paired(a: Any, b: Any) -> float:
+    """(mean of a - b) / its standard error, over the test samples."""
+    d = a - b
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    return float(d.mean()) / se if se > 0 else 0.0
+
+
+def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, Any]:
+    from ranksearch import RunOptions, SearchSettings, TrialRecord, search
+    from ranksearch.core._bytes import uniform_qp
+    from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, encode_tensors, nnr_parameters
+    from ranksearch.results import trial_model
+    from ranksearch.spaces import load_space
+    from ranksearch.study import artifact_store
+    from ranksearch.study._storage import read_study
+
+    space = load_space(space_name)
+    task = space.build_task()
+    model = space.build_model(task).eval()
+    dense_bytes = len(encode(model, qp=DEFAULT_QP))
+    budget = int(fraction * dense_bytes)
+    settings = SearchSettings(1.0, target_bytes=budget, model=space.name, min_rank=space.min_rank, exclude=tuple(space.exclude),
+                              retrain=space.retrain, seed=seed, rank_multiple=space.rank_multiple)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = search(model, settings, task=task, run=RunOptions(n_trials=trials, out_dir=Path(tmp), report=False))
+        wall = time.perf_counter() - start
+        study = result.study
+        point = read_study(study).byte_point
+        assert point is not None and result.stream is not None
+        best = TrialRecord.of(study.trials[result.config.search["trial"]])
+        qp, dense_stream, tensors = uniform_qp(model, budget)
+        dense_scores = _scores(decoded_model(model, tensors), task)
+        rule_trial = study.trials[0]
+        rule = TrialRecord.of(rule_trial)
+        small = trial_model(study, rule_trial, model, artifact_store(Path(tmp) / "artifacts"))
+        assert small is not None and rule.qps is not None
+        params, decomposed = nnr_parameters(small)
+        rule_stream, rule_tensors = encode_tensors(params, decomposed, DEFAULT_QP, rule.qps)
+        rule_scores = _scores(decoded_model(small, rule_tensors), task)
+        best_scores = _scores(result.model, task)
+        return {"space": space_name, "fraction": fraction, "seed": seed, "budget": budget, "dense_bytes": dense_bytes, "wall_s": wall,
+                "trials": result.summary.trials.to_dict(), "base_ratio": point.base_ratio, "ratios": len(point.ratios),
+                "top_ratio": point.ratios[0], "metric": task.metric,
+                "dense": {"qp": qp, "bytes": len(dense_stream), "test": float(dense_scores.mean())},
+                "rule": {"qp": sorted(set(rule.qps.values())), "bytes": len(rule_stream), "ratio": rule.ratio, "test": float(rule_scores.mean()),
+                         "uncoded_val": rule.before_coding},
+                "best": {"trial": result.config.search["trial"], "method": str(best.method), "coding": str(best.coding),
+                         "ratio": best.ratio, "bytes": len(result.stream), "qps": [min(best.qps.values()), max(best.qps.values())],
+                         "test": float(best_scores.mean()), "val": study.trials[result.config.search["trial"]].value,
+                         "uncoded_val": best.before_coding, "predicted": best.predicted_bytes},
+                "vs_dense": _paired(best_scores, dense_scores), "vs_rule": _paired(best_scores, rule_scores)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spaces", default="mnist5k-cnn")
+    ap.add_argument("--fractions", default="0.1,0.05")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--log", default="benchmarks/LOG.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    load = os.getloadavg()
+    runs = []
+    for space in args.spaces.split(","):
+        for fraction in (float(f) for f in args.fractions.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                runs.append(_run(space, fraction, seed, args.trials))
+                print(runs[-1], flush=True)
+    after = os.getloadavg()
+    lines = [f"## Byte working points ({args.spaces}; {args.fractions} of the dense stream) ({datetime.date.today()}, {platform.node()}, "
+             f"{torch.get_num_threads()} threads)", "",
+             f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/bytes.py --spaces {args.spaces} --fractions {args.fractions} --seeds {args.seeds} "
+             f"--trials {args.trials}` (load average {load[0]:.2f} before, {after[0]:.2f} after).", "",
+             "Budget: the fraction of the dense model's NNCodec stream at qp -38. *Dense*: NNCodec on the dense model at the finest "
+             "uniform qp within the budget. *Rule*: the seed rule at the study's base ratio (its stream at qp -38 meets the budget), "
+             "retrained, coded at the finest uniform qp within the budget. *Best*: the study's best trial (by the decoded model's "
+             "validation metric), its stream as written. Every size measured by NNCodec; test metrics of the decoded models; d/SE "
+             "paired on the same test samples. Retrain: plain (the search's short retrain, then coding; no quantization-aware "
+             "retrain is built).", "",
+             "| space | budget (B) | seed | dense: qp, bytes, test | rule: ratio, qp, bytes, test | best: ratio, allocation, qps, bytes "
+             "(of budget), test | d/SE vs dense | d/SE vs rule | trials | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        d, u, b = r["dense"], r["rule"], r["best"]
+        lines.append(f"| {r['space']} | {r['budget']:,} ({r['fraction']:g}x) | {r['seed']} | {d['qp']}, {d['bytes']:,}, {d['test']:.4f} | "
+                     f"{u['ratio']:.4f}, {','.join(map(str, u['qp']))}, {u['bytes']:,}, {u['test']:.4f} | {b['ratio']:.4f}, {b['method']} "
+                     f"{b['coding']}, {b['qps'][0]}..{b['qps'][1]}, {b['bytes']:,} ({b['bytes'] / r['budget']:.4f}), {b['test']:.4f} | "
+                     f"{r['vs_dense']:+.2f} | {r['vs_rule']:+.2f} | {r['trials']['complete']}+{r['trials']['pruned']}p | {r['wall_s']:.0f} |")
+    cases = {(r["space"], r["fraction"]) for r in runs}
+    beat = sum(all(r["vs_dense"] > 1 and r["vs_rule"] > 1 for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
+    worse = sum(any(r["vs_dense"] < -1 or r["vs_rule"] < -1 for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
+    lines.append(f"\nBeats both by more than one SE (every seed): {beat} of {len(cases)} cases; worse than either by more than one "
+                 f"SE (any seed): {worse}.")
+    for c in sorted(cases):
+        tests = [r["best"]["test"] for r in runs if (r["space"], r["fraction"]) == c]
+        if len(tests) > 1:
+            lines.append(f"Retrain seed noise, {c[0]} at {c[1]:g}x: the best's test metric over the seeds ranges {min(tests):.4f}-"
+                         f"{max(tests):.4f} (stdev {statistics.stdev(tests):.4f}).")
+    landed = [r["best"]["bytes"] / r["budget"] for r in runs]
+    lines.append(f"The searched streams take {min(landed):.4f}-{max(landed):.4f} of their budgets (NNCodec); the byte table "
+                 "predicted them within " + f"{max(abs(r['best']['predicted'] - r['best']['bytes']) / r['best']['bytes'] for r in runs if r['best']['predicted']):.2%}."
+                 if any(r["best"]["predicted"] for r in runs) else "")
+    publish(lines, args.log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""A byte working point in a study: measured once when the study is created, and the coder each trial ends with.
+
+The budget is the whole NNR stream (NNCodec: factors, biases, normalization, the layers left dense, headers).
+At creation (:func:`measure_point`):
+
+* the dense model's stream at NNCodec's default qp, and NNCodec's own answer to the budget: the dense model at
+  the finest uniform qp whose stream fits, decoded and scored (a reference, recorded in the study);
+* the *base ratio*: the parameter ratio at which the seed rule's factorized model, at the default qp, meets the
+  budget (bisected with the real encoder) -- where the issue's baselines are enqueued;
+* the ratios the trials allocate for: from the base ratio up to :data:`SPAN` times it (at most the study's
+  ``target_ratio`` when given, else :data:`TOP`, and at most the ratio whose seed rule still codes within 90% of
+  the budget at the grid's coarsest qp), in steps of at most 1.25x. More parameters coded coarser, or fewer coded finer:
+  the trade-off a one-shot rule cannot make, which each trial draws (the ``ratio`` parameter).
+
+Each trial allocates its ranks at its ratio, retrains, and is then coded (:class:`Coder`): the enqueued
+references at one uniform qp (the finest that fits), the rest each weight at its own qp
+(:func:`~ranksearch.core._bytes.fit_bytes`, weighted by the Fisher information of the task's loss). The trial's
+value is the decoded model's metric: what the stream delivers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ranksearch.core._bytes import QP_GRID, BytePoint, fisher, fit_bytes, uniform_qp
+from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, weight_names
+from ranksearch.core._solver import reachable_ratio
+from ranksearch.core._surgery import factorize
+from ranksearch.core._task import Task
+from ranksearch.errors import StudyError
+from ranksearch.study._allocator import Allocator
+from ranksearch.study._callables import Callables
+from ranksearch.study._settings import front_ratios
+from ranksearch.study._vocab import Coding, Method
+
+__all__ = ["SPAN", "TOP", "Coder", "measure_point", "spread"]
+
+_log = logging.getLogger(__name__)
+
+SPAN = 8.0  #: the trials' ratios reach this multiple of the base ratio (at most target_ratio)
+TOP = 0.75  #: and at most this ratio when the study gives none
+
+
+def _rule_bytes(model: nn.Module, allocator: Allocator, ratio: float, qp: int = DEFAULT_QP) -> int:
+    sol, _ = allocator.at(ratio).solution(Method.SEED_RULE, None)
+    small = factorize(model, {n: r for n, r in sol.ranks.items() if r is not None}, allocator.views.plain_factors)
+    return len(encode(small.eval(), qp=qp))
+
+
+def _largest(model: nn.Module, allocator: Allocator, lo: float, hi: float, budget: float, qp: int) -> float:
+    """The largest ratio in [lo, hi] whose seed-rule stream at ``qp`` is within ``budget`` (bisected in log; lo if none)."""
+    if _rule_bytes(model, allocator, hi, qp) <= budget:
+        return hi
+    if _rule_bytes(model, allocator, lo, qp) > budget:
+        return lo
+    for _ in range(12):  # the stream grows with the ratio
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if _rule_bytes(model, allocator, mid, qp) <= budget else (lo, mid)
+    return math.floor(lo * 1e4) / 1e4
+
+
+def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Callables) -> BytePoint:
+    """The byte working point of ``budget`` bytes on ``model`` (see the module's docstring)."""
+    start = time.perf_counter()
+    dense = copy.deepcopy(model).eval()
+    dense_bytes = len(encode(dense, qp=DEFAULT_QP))
+    if budget >= dense_bytes:
+        raise StudyError(f"--bytes {budget:,} is at least the dense model's NNR stream at the default qp ({dense_bytes:,} bytes): "
+                         f"there is nothing to search; ask for fewer, e.g. {dense_bytes // 10:,} (a tenth).")
+    qp, data, tensors = uniform_qp(dense, budget)
+    decoded = decoded_model(dense, tensors)
+    reference: dict[str, float] = {"qp": qp, "bytes": len(data), "val": float(calls.evaluate(decoded))}
+    if calls.test is not None:
+        reference["test"] = float(calls.test(decoded))
+    lo = reachable_ratio(allocator.views.plain_curves, allocator.total, allocator.grid, allocator.min_rank)
+    cap = allocator.target if allocator.target < 1 else TOP
+    if _rule_bytes(model, allocator, lo) > budget:
+        _log.warning("even at its smallest ratio %.4f the seed rule's stream at qp %d is over %s bytes: its baselines are coded at "
+                     "the finest uniform qp that fits", lo, DEFAULT_QP, f"{budget:,}")
+    base = _largest(model, allocator, lo, cap, budget, DEFAULT_QP)
+    # the largest ratio still codes within the budget at the grid's coarsest qp (with a tenth to spare: a retrain moves the weights)
+    top = _largest(model, allocator, base, min(cap, SPAN * base), 0.9 * budget, QP_GRID[-1])
+    ratios = front_ratios((base, top)) if top > base * 1.0001 else (base,)
+    point = BytePoint(int(budget), dense_bytes, base, ratios, reference, round(time.perf_counter() - start, 3))
+    _log.info("bytes %s: the dense model's stream is %s at qp %d; NNCodec meets the budget on it at qp %d (%s bytes, %s %.4f); "
+              "the seed rule meets it at ratio %.4f; trials allocate for %d ratios, %.4f to %.4f", f"{budget:,}", f"{dense_bytes:,}",
+              DEFAULT_QP, qp, f"{len(data):,}", calls.metric, reference["val"], base, len(ratios), ratios[-1], ratios[0])
+    return point
+
+
+@dataclass(frozen=True)
+class Coder:
+    """Codes a trial's retrained model within the byte budget and returns the decoded model and what it took.
+
+    Args:
+        budget: Bytes of the stream.
+        task: Whose training data weighs each weight's coding error (the Fisher information); None: plain squared error.
+    """
+
+    budget: int
+    task: Task | None = None
+
+    def __call__(self, model: nn.Module, coding: Coding) -> tuple[nn.Module, dict[str, Any]]:
+        model = model.eval()
+        if coding is Coding.UNIFORM:
+            qp, data, tensors = uniform_qp(model, self.budget)
+            qps = dict.fromkeys(weight_names(model), qp)
+            return decoded_model(model, tensors), {"bytes": len(data), "qps": qps, "predicted_bytes": None}
+        sensitivity = fisher(model, self.task) if self.task is not None else None
+        coded = fit_bytes(model, self.budget, sensitivity=sensitivity)
+        return decoded_model(model, coded.tensors), {"bytes": coded.bytes, "qps": coded.qps, "predicted_bytes": coded.predicted}
+
+
+def spread(qps: dict[str, int]) -> str:
+    """``-40..-24`` (or one qp): how a trial's qps read in a log line."""
+    values = np.array(list(qps.values()))
+    return f"{values.min()}" if values.min() == values.max() else f"{values.min()}..{values.max()}"

@@ -1,0 +1,183 @@
+"""A byte working point end to end on the tiny model: one study whose trials draw a parameter ratio, retrain, code their
+model within the budget (NNCodec) and are scored on the decoded model; the references at the base ratio coded at one
+uniform qp; the stream written, exported, resumed and joined like any other study; one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from ranksearch import Method, RetrainSettings, RunOptions, SearchSettings, TrialRecord, search
+from ranksearch.cli import main
+from ranksearch.core._nnr import DEFAULT_QP, decode, encode
+from ranksearch.core._retrain import evaluate
+from ranksearch.core._surgery import factorize
+from ranksearch.study import Coding
+from ranksearch.study._record import StudyRecord
+from ranksearch.study._storage import read_study
+
+pytest.importorskip("nncodec.nnc_core")
+
+RECIPE = RetrainSettings(epochs=2, batch_size=32, lr_start=0.01, lr_end=0.001)
+
+
+@pytest.fixture(scope="module")
+def budget(dense_and_task):
+    model, _ = dense_and_task
+    return len(encode(model.eval())) // 10
+
+
+@pytest.fixture(scope="module")
+def searched(dense_and_task, budget, tmp_path_factory):
+    model, task = dense_and_task
+    out = tmp_path_factory.mktemp("bytes")
+    settings = SearchSettings(1.0, target_bytes=budget, retrain=RECIPE, sampler="random")
+    return search(model, settings, task=task, run=RunOptions(n_trials=12, out_dir=out)), out
+
+
+def test_the_study_measures_its_point_once_and_enqueues_the_references_at_the_base_ratio(searched, dense_and_task, budget):
+    result, _ = searched
+    model, task = dense_and_task
+    study = result.study
+    assert study.study_name.endswith(f"@bytes{budget}") and len(study.directions) == 1
+    point = read_study(study).byte_point
+    assert point is not None and point.budget == budget and point.dense_bytes == len(encode(model.eval()))
+    assert point.ratios[-1] == point.base_ratio and point.base_ratio < point.ratios[0] <= min(0.75, 8 * point.base_ratio)
+    assert all(a / b <= 1.25 + 1e-3 for a, b in zip(point.ratios, point.ratios[1:]))
+    # the base ratio: the seed rule's stream at the default qp meets the budget there, and not much above it
+    from ranksearch.core import solve
+
+    def rule_bytes(ratio: float) -> int:
+        ranks = {n: r.rank for n, r in solve(model, ratio).layers.items() if r.rank is not None}
+        return len(encode(factorize(model, ranks).eval(), qp=DEFAULT_QP))
+
+    assert rule_bytes(point.base_ratio) <= budget < rule_bytes(point.base_ratio * 1.1)
+    # NNCodec's own answer on the dense model: the finest uniform qp within the budget, decoded and scored
+    assert point.dense["bytes"] == len(encode(model.eval(), qp=int(point.dense["qp"]))) <= budget
+    assert len(encode(model.eval(), qp=int(point.dense["qp"]) - 1)) > budget
+    enqueued = [TrialRecord.of(t) for t in study.trials if TrialRecord.of(t).method.enqueued]
+    at_base = sorted(r.method for r in enqueued if r.target == point.base_ratio)
+    assert at_base == sorted([Method.SEED_RULE, Method.UNIFORM, Method.SENSITIVITY, Method.SENSITIVITY_SUM])
+    assert all(r.coding is Coding.UNIFORM for r in enqueued if r.target == point.base_ratio)
+    larger = [r for r in enqueued if r.target != point.base_ratio]
+    assert larger and all(r.method is Method.SEED_RULE and r.coding is Coding.FITTED for r in larger)
+
+
+def test_every_trial_is_scored_on_its_decoded_stream_within_the_budget(searched, budget):
+    result, _ = searched
+    done = result.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) >= 6
+    for t in done:
+        r = TrialRecord.of(t)
+        assert r.bytes is not None and r.bytes <= budget and r.before_coding is not None
+        assert t.params["ratio"] == r.target and r.ratio <= r.target
+        if r.coding is Coding.FITTED and r.same_as is None:
+            assert r.bytes >= 0.95 * budget and r.predicted_bytes is not None  # each weight's qp fills the budget
+        if r.coding is Coding.UNIFORM:
+            assert len(set(r.qps.values())) == 1
+    assert len({TrialRecord.of(t).target for t in done}) >= 3  # the trials spread over the ratios
+
+
+def test_the_results_hold_the_stream_and_what_it_decodes_to(searched, dense_and_task, budget):
+    result, out = searched
+    model, task = dense_and_task
+    best = TrialRecord.of(result.study.trials[result.config.search["trial"]])
+    stream = (out / "model.nnr").read_bytes()
+    assert stream == result.stream and len(stream) == best.bytes <= budget
+    decoded = decode(stream, recompose=False)
+    for name, pair in ((n, m) for n, m in result.model.named_modules() if hasattr(m, "matrices")):
+        g, h = pair.matrices()
+        assert np.array_equal(decoded[f"{name}.weight_G"], g.detach().numpy()) and np.array_equal(decoded[f"{name}.weight_H"],
+                                                                                                h.detach().numpy())
+    assert evaluate(result.model, task.test, task.metric) == pytest.approx(best.test, abs=1e-9)  # the decoded model's
+    record = result.config.search["bytes"]
+    assert record["budget"] == budget and record["bytes"] == len(stream) and record["qps"] == best.qps
+    summary = (out / "summary.md").read_text()
+    assert "The byte working point:" in summary and "| best (" in summary and "dense, NNCodec at qp" in summary
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert {t["coding"] for t in trials if t["state"] == "complete"} == {"uniform", "fitted"}
+    from ranksearch.results import load_runs
+
+    assert load_runs(out)[0].summary.coding["budget"] == budget  # the report reads it back
+
+
+def test_export_writes_the_same_stream_and_the_best_beats_the_references(searched, dense_and_task, tmp_path):
+    from ranksearch.results import export_study
+    from ranksearch.study import artifact_store
+
+    result, out = searched
+    model, _ = dense_and_task
+    export_study(result.study, model, result.curves, tmp_path / "again", artifacts=artifact_store(out / "artifacts"))
+    assert (tmp_path / "again" / "model.nnr").read_bytes() == (out / "model.nnr").read_bytes()  # the coding is deterministic
+    s = result.summary
+    assert s.best.val is not None and s.seed_rule is not None and s.best.val >= s.seed_rule.val
+
+
+def test_a_byte_study_resumes_without_measuring_its_point_again_and_a_worker_joins(dense_and_task, budget, tmp_path, monkeypatch):
+    from ranksearch import run_worker
+    from ranksearch.study import _bytes
+
+    model, task = dense_and_task
+    settings = SearchSettings(1.0, target_bytes=budget, retrain=RetrainSettings(epochs=1, batch_size=32), sampler="random")
+    first = search(model, settings, task=task, run=RunOptions(n_trials=7, out_dir=tmp_path, report=False))
+    stored = read_study(first.study).byte_point
+
+    def refuse(*a, **k):
+        raise AssertionError("the byte point is measured once, when the study is created")
+
+    monkeypatch.setattr(_bytes, "measure_point", refuse)
+    resumed = search(model, settings, task=task, run=RunOptions(n_trials=9, out_dir=tmp_path, report=False, resume=True))
+    assert read_study(resumed.study).byte_point == stored
+    ran = run_worker(model, RunOptions(n_trials=11, storage=str(tmp_path / "study.journal"), study_name=first.study.study_name),
+                     task=task)
+    assert ran == 2
+    done = resumed.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert all(TrialRecord.of(t).bytes is None or TrialRecord.of(t).bytes <= budget for t in done)
+    assert StudyRecord.from_attrs(resumed.study.user_attrs).byte_point == stored
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--bytes", "999999999"], "is at least the dense model's NNR stream at the default qp"),
+    (["--bytes", "40"], "--bytes 40 is unreachable for this model at any qp"),
+    (["--bytes", "5000", "--latency", "1.0"], "a byte working point with a latency bound or a Pareto front is not built yet"),
+])
+def test_bad_byte_working_points_fail_in_one_line_and_write_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny-digits", "--trials", "2", "--epochs", "1", "--out", str(out), "--no-progress",
+                 *extra]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("ranksearch ")]  # not the log lines
+    assert len(err) == 1 and message in err[0], err
+    assert not (out / "study.journal").exists() and not (out / "rank_config.json").exists()
+
+
+def test_a_byte_budget_below_one_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--space", "tiny-digits", "--bytes", "0", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "--bytes 0 must be an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_byte_settings_round_trip_and_older_ones_still_read():
+    s = SearchSettings(0.5, target_bytes=12345)
+    assert SearchSettings.from_dict(s.to_dict()) == s and s.point == "bytes12345+0.5"
+    old = {**SearchSettings(0.25).to_dict(), "format_version": 8}
+    old.pop("target_bytes")
+    assert SearchSettings.from_dict(old).target_bytes is None
+
+
+def test_decoded_metric_is_what_the_stream_delivers(searched, dense_and_task):
+    """The trial's value is the decoded model's validation metric, not the retrained one's: recompute one trial's."""
+    result, out = searched
+    model, task = dense_and_task
+    assert any(TrialRecord.of(t).before_coding != t.value for t in result.study.get_trials(states=(TrialState.COMPLETE,)))
+    decoded = decode(out / "model.nnr")
+    import tinyspace
+
+    dense_shaped = tinyspace.build_model()
+    dense_shaped.load_state_dict({k: torch.from_numpy(v) for k, v in decoded.items()})
+    best = result.study.trials[result.config.search["trial"]]
+    assert evaluate(dense_shaped.eval(), task.val, task.metric) == pytest.approx(best.value, abs=1e-6)
