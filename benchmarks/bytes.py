@@ -49,6 +49,7 @@ def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, 
     from ranksearch import RunOptions, SearchSettings, TrialRecord, search
     from ranksearch.core._bytes import uniform_qp
     from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, encode_tensors, nnr_parameters
+    from ranksearch.errors import RankSearchError
     from ranksearch.results import trial_model
     from ranksearch.spaces import load_space
     from ranksearch.study import artifact_store
@@ -63,14 +64,20 @@ def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, 
                               retrain=space.retrain, seed=seed, rank_multiple=space.rank_multiple)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = search(model, settings, task=task, run=RunOptions(n_trials=trials, out_dir=Path(tmp), report=False))
+        try:
+            result = search(model, settings, task=task, run=RunOptions(n_trials=trials, out_dir=Path(tmp), report=False))
+        except RankSearchError as e:  # a budget no model of this space codes within (refused before the study is written)
+            return {"space": space_name, "fraction": fraction, "seed": seed, "budget": budget, "refused": str(e)}
         wall = time.perf_counter() - start
         study = result.study
         point = read_study(study).byte_point
         assert point is not None and result.stream is not None
         best = TrialRecord.of(study.trials[result.config.search["trial"]])
-        qp, dense_stream, tensors = uniform_qp(model, budget)
-        dense_scores = _scores(decoded_model(model, tensors), task)
+        try:
+            qp, dense_stream, tensors = uniform_qp(model, budget)
+            dense_scores = _scores(decoded_model(model, tensors), task)
+        except RankSearchError:  # NNCodec cannot code the dense model this small at any qp
+            qp, dense_stream, dense_scores = None, b"", None
         rule_trial = study.trials[0]
         rule = TrialRecord.of(rule_trial)
         small = trial_model(study, rule_trial, model, artifact_store(Path(tmp) / "artifacts"))
@@ -82,14 +89,15 @@ def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, 
         return {"space": space_name, "fraction": fraction, "seed": seed, "budget": budget, "dense_bytes": dense_bytes, "wall_s": wall,
                 "trials": result.summary.trials.to_dict(), "base_ratio": point.base_ratio, "ratios": len(point.ratios),
                 "top_ratio": point.ratios[0], "metric": task.metric,
-                "dense": {"qp": qp, "bytes": len(dense_stream), "test": float(dense_scores.mean())},
+                "dense": {"qp": qp, "bytes": len(dense_stream), "test": None if dense_scores is None else float(dense_scores.mean()),
+                          "floor": point.dense.get("floor")},
                 "rule": {"qp": sorted(set(rule.qps.values())), "bytes": len(rule_stream), "ratio": rule.ratio, "test": float(rule_scores.mean()),
                          "uncoded_val": rule.before_coding},
                 "best": {"trial": result.config.search["trial"], "method": str(best.method), "coding": str(best.coding),
                          "ratio": best.ratio, "bytes": len(result.stream), "qps": [min(best.qps.values()), max(best.qps.values())],
                          "test": float(best_scores.mean()), "val": study.trials[result.config.search["trial"]].value,
                          "uncoded_val": best.before_coding, "predicted": best.predicted_bytes},
-                "vs_dense": _paired(best_scores, dense_scores), "vs_rule": _paired(best_scores, rule_scores)}
+                "vs_dense": None if dense_scores is None else _paired(best_scores, dense_scores), "vs_rule": _paired(best_scores, rule_scores)}
 
 
 def main() -> None:
@@ -110,10 +118,14 @@ def main() -> None:
                 runs.append(_run(space, fraction, seed, args.trials))
                 print(runs[-1], flush=True)
     after = os.getloadavg()
+    publish(_lines(args, runs, load[0], after[0]), args.log)
+
+
+def _lines(args: argparse.Namespace, runs: list[dict[str, Any]], load: float, after: float) -> list[str]:
     lines = [f"## Byte working points ({args.spaces}; {args.fractions} of the dense stream) ({datetime.date.today()}, {platform.node()}, "
              f"{torch.get_num_threads()} threads)", "",
              f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/bytes.py --spaces {args.spaces} --fractions {args.fractions} --seeds {args.seeds} "
-             f"--trials {args.trials}` (load average {load[0]:.2f} before, {after[0]:.2f} after).", "",
+             f"--trials {args.trials}` (load average {load:.2f} before, {after:.2f} after).", "",
              "Budget: the fraction of the dense model's NNCodec stream at qp -38. *Dense*: NNCodec on the dense model at the finest "
              "uniform qp within the budget. *Rule*: the seed rule at the study's base ratio (its stream at qp -38 meets the budget), "
              "retrained, coded at the finest uniform qp within the budget. *Best*: the study's best trial (by the decoded model's "
@@ -122,17 +134,27 @@ def main() -> None:
              "retrain is built).", "",
              "| space | budget (B) | seed | dense: qp, bytes, test | rule: ratio, qp, bytes, test | best: ratio, allocation, qps, bytes "
              "(of budget), test | d/SE vs dense | d/SE vs rule | trials | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    refused = [r for r in runs if "refused" in r]
+    runs = [r for r in runs if "refused" not in r]
     for r in runs:
         d, u, b = r["dense"], r["rule"], r["best"]
-        lines.append(f"| {r['space']} | {r['budget']:,} ({r['fraction']:g}x) | {r['seed']} | {d['qp']}, {d['bytes']:,}, {d['test']:.4f} | "
+        dense = (f"{d['qp']}, {d['bytes']:,}, {d['test']:.4f}" if d["qp"] is not None
+                 else f"no qp fits (at qp 127: {d['floor']:,.0f})")
+        vs_dense = "unreachable" if r["vs_dense"] is None else f"{r['vs_dense']:+.2f}"
+        lines.append(f"| {r['space']} | {r['budget']:,} ({r['fraction']:g}x) | {r['seed']} | {dense} | "
                      f"{u['ratio']:.4f}, {','.join(map(str, u['qp']))}, {u['bytes']:,}, {u['test']:.4f} | {b['ratio']:.4f}, {b['method']} "
                      f"{b['coding']}, {b['qps'][0]}..{b['qps'][1]}, {b['bytes']:,} ({b['bytes'] / r['budget']:.4f}), {b['test']:.4f} | "
-                     f"{r['vs_dense']:+.2f} | {r['vs_rule']:+.2f} | {r['trials']['complete']}+{r['trials']['pruned']}p | {r['wall_s']:.0f} |")
+                     f"{vs_dense} | {r['vs_rule']:+.2f} | {r['trials']['complete']}+{r['trials']['pruned']}p | {r['wall_s']:.0f} |")
+    for r in refused:
+        lines.append(f"| {r['space']} | {r['budget']:,} ({r['fraction']:g}x) | {r['seed']} | refused: {r['refused']} | | | | | | |")
     cases = {(r["space"], r["fraction"]) for r in runs}
-    beat = sum(all(r["vs_dense"] > 1 and r["vs_rule"] > 1 for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
-    worse = sum(any(r["vs_dense"] < -1 or r["vs_rule"] < -1 for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
-    lines.append(f"\nBeats both by more than one SE (every seed): {beat} of {len(cases)} cases; worse than either by more than one "
-                 f"SE (any seed): {worse}.")
+    def above(r: dict[str, Any]) -> bool:  # a dense model NNCodec cannot code within the budget is beaten by any stream that fits
+        return (r["vs_dense"] is None or r["vs_dense"] > 1) and r["vs_rule"] > 1
+
+    beat = sum(all(above(r) for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
+    worse = sum(any((r["vs_dense"] or 0) < -1 or r["vs_rule"] < -1 for r in runs if (r["space"], r["fraction"]) == c) for c in cases)
+    lines.append(f"\nBeats both by more than one SE (every seed; where no qp codes the dense model within the budget, the rule "
+                 f"alone): {beat} of {len(cases)} cases; worse than either by more than one SE (any seed): {worse}.")
     for c in sorted(cases):
         tests = [r["best"]["test"] for r in runs if (r["space"], r["fraction"]) == c]
         if len(tests) > 1:
@@ -142,7 +164,7 @@ def main() -> None:
     lines.append(f"The searched streams take {min(landed):.4f}-{max(landed):.4f} of their budgets (NNCodec); the byte table "
                  "predicted them within " + f"{max(abs(r['best']['predicted'] - r['best']['bytes']) / r['best']['bytes'] for r in runs if r['best']['predicted']):.2%}."
                  if any(r["best"]["predicted"] for r in runs) else "")
-    publish(lines, args.log)
+    return lines
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def test_the_results_hold_the_stream_and_what_it_decodes_to(searched, dense_and_
     from ranksearch.results import load_runs
 
     assert load_runs(out)[0].summary.coding["budget"] == budget  # the report reads it back
+    if (out / "report.html").exists():  # matplotlib installed
+        assert "The byte working point:" in (out / "report.html").read_text() and "dense, NNCodec at qp" in (out / "report.html").read_text()
 
 
 def test_export_writes_the_same_stream_and_the_best_beats_the_references(searched, dense_and_task, tmp_path):
@@ -142,7 +144,7 @@ def test_a_byte_study_resumes_without_measuring_its_point_again_and_a_worker_joi
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--bytes", "999999999"], "is at least the dense model's NNR stream at the default qp"),
-    (["--bytes", "40"], "--bytes 40 is unreachable for this model at any qp"),
+    (["--bytes", "40"], "--bytes 40 is unreachable for this model: even at its smallest ratio"),
     (["--bytes", "5000", "--latency", "1.0"], "a byte working point with a latency bound or a Pareto front is not built yet"),
 ])
 def test_bad_byte_working_points_fail_in_one_line_and_write_nothing(tmp_path, capsys, extra, message):

@@ -23,6 +23,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,8 @@ class BytePoint:
             smallest ratio the rule reaches where even that one does not).
         ratios: The ratios the trials allocate for, largest first: from ``base_ratio`` up, in steps of at most 1.25x.
         dense: NNCodec on the dense model at the finest uniform qp within the budget: ``qp``, ``bytes``, and the
-            decoded model's ``val`` and ``test`` metric.
+            decoded model's ``val`` and ``test`` metric; where no qp brings it within the budget, ``floor``: its stream at
+            the coarsest qp.
         took_s: Seconds the measurement took.
     """
 
@@ -108,14 +110,14 @@ class BytePoint:
     dense: dict[str, float]
     took_s: float = 0.0
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "dense_bytes": self.dense_bytes, "base_ratio": self.base_ratio, "ratios": list(self.ratios),
                 "dense": dict(self.dense), "took_s": self.took_s}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> BytePoint:
-        return cls(int(data["budget"]), int(data["dense_bytes"]), float(data["base_ratio"]),  # type: ignore[call-overload, arg-type]
-                   tuple(float(r) for r in data["ratios"]), dict(data["dense"]), float(data.get("took_s", 0.0)))  # type: ignore[arg-type, attr-defined, call-overload]
+    def from_dict(cls, data: Mapping[str, Any]) -> BytePoint:
+        return cls(int(data["budget"]), int(data["dense_bytes"]), float(data["base_ratio"]), tuple(float(r) for r in data["ratios"]),
+                   dict(data["dense"]), float(data.get("took_s", 0.0)))
 
 
 def _units(params: Mapping[str, np.ndarray], decomposed: Mapping[str, tuple[int, ...]], unit: str) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from typing import Any
 from ranksearch._extras import require
 from ranksearch._io import atomic_write_bytes, atomic_write_text
 from ranksearch.results._files import Run, load_runs
-from ranksearch.results._tables import front_table, layer_table, points_table, summary_table
+from ranksearch.results._tables import bytes_table, front_table, layer_table, points_table, summary_table
 from ranksearch.study._vocab import Axis, Method
 
 __all__ = ["write_report"]
@@ -205,6 +205,8 @@ def write_report(folder: str | Path) -> Path:
         parts.append(summary_table(run.summary).html())
         if run.summary.points:
             parts.append(points_table(run.summary).html() + front_table(run.summary).html())
+        if run.summary.coding:
+            parts.append(bytes_table(run.summary).html())
         parts.append(_img(_history_figure(run, here / "history.png", metric), "optimization history"))
         parts.append(_img(_kept_figure(run, here / "kept.png"), "kept fraction per layer"))
         parts.append(_img(_errors_figure(run, here / "errors.png"), "error against rank"))

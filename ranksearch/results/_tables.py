@@ -187,8 +187,9 @@ def bytes_table(s: Summary) -> Table:
         f = f or Figures()
         return Row((label, fmt(f.ratio), fmt(f.bytes), fmt(f.val), fmt(f.test), fmt(f.before_coding), fmt(f.trial)))
 
-    rows = [Row((f"dense, NNCodec at qp {dense.get('qp')}", "1.0000", fmt(dense.get("bytes")), fmt(dense.get("val")), fmt(dense.get("test")),
-                 fmt(s.dense.val), "-")),
+    label = f"dense, NNCodec at qp {dense['qp']:g}" if dense.get("qp") is not None else (
+        f"dense, NNCodec: no qp fits (at least {dense.get('floor', 0):,.0f} bytes)")
+    rows = [Row((label, "1.0000", fmt(dense.get("bytes")), fmt(dense.get("val")), fmt(dense.get("test")), fmt(s.dense.val), "-")),
             row("seed rule, one qp", s.seed_rule), *(row(f"{m.label}, one qp", f) for m, f in s.baselines.items()),
             row(f"best ({s.best_method.label}, {c.get('coding', 'fitted')})", s.best)]
     qps = sorted((c.get("qps") or {}).values())

@@ -31,11 +31,11 @@ import numpy as np
 from torch import nn
 
 from ranksearch.core._bytes import QP_GRID, BytePoint, fisher, fit_bytes, uniform_qp
-from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, weight_names
+from ranksearch.core._nnr import DEFAULT_QP, QP_RANGE, decoded_model, encode, weight_names
 from ranksearch.core._solver import reachable_ratio
 from ranksearch.core._surgery import factorize
 from ranksearch.core._task import Task
-from ranksearch.errors import StudyError
+from ranksearch.errors import RankSearchError, StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._callables import Callables
 from ranksearch.study._settings import front_ratios
@@ -75,13 +75,23 @@ def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Ca
     if budget >= dense_bytes:
         raise StudyError(f"--bytes {budget:,} is at least the dense model's NNR stream at the default qp ({dense_bytes:,} bytes): "
                          f"there is nothing to search; ask for fewer, e.g. {dense_bytes // 10:,} (a tenth).")
-    qp, data, tensors = uniform_qp(dense, budget)
-    decoded = decoded_model(dense, tensors)
-    reference: dict[str, float] = {"qp": qp, "bytes": len(data), "val": float(calls.evaluate(decoded))}
-    if calls.test is not None:
-        reference["test"] = float(calls.test(decoded))
+    reference: dict[str, float] = {}
+    try:
+        qp, data, tensors = uniform_qp(dense, budget)
+    except RankSearchError:  # no qp brings the dense model's stream within the budget (its non-weights, headers): a factorized one may
+        reference["floor"] = len(encode(dense, qp=QP_RANGE[1]))
+        _log.warning("NNCodec cannot code the dense model within %s bytes at any qp (at qp %d: %s bytes); the factorized models may",
+                     f"{budget:,}", QP_RANGE[1], f"{int(reference['floor']):,}")
+    else:
+        decoded = decoded_model(dense, tensors)
+        reference.update(qp=qp, bytes=len(data), val=float(calls.evaluate(decoded)))
+        if calls.test is not None:
+            reference["test"] = float(calls.test(decoded))
     lo = reachable_ratio(allocator.views.plain_curves, allocator.total, allocator.grid, allocator.min_rank)
     cap = allocator.target if allocator.target < 1 else TOP
+    if (smallest := _rule_bytes(model, allocator, lo, QP_RANGE[1])) > budget:
+        raise StudyError(f"--bytes {budget:,} is unreachable for this model: even at its smallest ratio {lo:.4f} and the coarsest qp "
+                         f"{QP_RANGE[1]} its stream takes {smallest:,} bytes (the biases, normalization and headers); ask for more bytes.")
     if _rule_bytes(model, allocator, lo) > budget:
         _log.warning("even at its smallest ratio %.4f the seed rule's stream at qp %d is over %s bytes: its baselines are coded at "
                      "the finest uniform qp that fits", lo, DEFAULT_QP, f"{budget:,}")
@@ -90,9 +100,10 @@ def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Ca
     top = _largest(model, allocator, base, min(cap, SPAN * base), 0.9 * budget, QP_GRID[-1])
     ratios = front_ratios((base, top)) if top > base * 1.0001 else (base,)
     point = BytePoint(int(budget), dense_bytes, base, ratios, reference, round(time.perf_counter() - start, 3))
-    _log.info("bytes %s: the dense model's stream is %s at qp %d; NNCodec meets the budget on it at qp %d (%s bytes, %s %.4f); "
-              "the seed rule meets it at ratio %.4f; trials allocate for %d ratios, %.4f to %.4f", f"{budget:,}", f"{dense_bytes:,}",
-              DEFAULT_QP, qp, f"{len(data):,}", calls.metric, reference["val"], base, len(ratios), ratios[-1], ratios[0])
+    _log.info("bytes %s: the dense model's stream is %s at qp %d; NNCodec on it: %s; the seed rule meets the budget at ratio %.4f; "
+              "trials allocate for %d ratios, %.4f to %.4f", f"{budget:,}", f"{dense_bytes:,}", DEFAULT_QP,
+              f"qp {reference['qp']:g} ({reference['bytes']:,.0f} bytes, {calls.metric} {reference['val']:.4f})" if "qp" in reference
+              else "no qp fits", base, len(ratios), ratios[-1], ratios[0])
     return point
 
 

@@ -155,19 +155,19 @@ class Objective:
         value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(calls.evaluate(model))
         if not math.isfinite(value):
             raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
-        scored, coded = model, ""
+        final, coded = model, ""  # the model the value and the test metric are of
         if self.coder is not None:  # a byte working point: the value is what the stream delivers
             assert coding is not None
             try:
-                scored, info = self.coder(model, coding)
+                final, info = self.coder(model, coding)
             except RankSearchError as e:  # its retrained weights code over the budget even at the coarsest qps: no value
                 raise optuna.TrialPruned(f"not coded within the budget: {e}") from None
             uncoded = value
             write_trial(trial, TrialRecord(before_coding=uncoded, **info))
-            value = float(calls.evaluate(scored))
+            value = float(calls.evaluate(final))
             coded = f", {info['bytes']:,} bytes at qp {spread(info['qps'])} ({coding.value}: {value - uncoded:+.4f} by coding)"
         if calls.test is not None:
-            write_trial(trial, TrialRecord(test=float(calls.test(scored))))
+            write_trial(trial, TrialRecord(test=float(calls.test(final))))
         if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None):
             self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f%s%s -> %.4f (before retrain %.4f) in %.1f s",
