@@ -183,3 +183,17 @@ def test_decoded_metric_is_what_the_stream_delivers(searched, dense_and_task):
     dense_shaped.load_state_dict({k: torch.from_numpy(v) for k, v in decoded.items()})
     best = result.study.trials[result.config.search["trial"]]
     assert evaluate(dense_shaped.eval(), task.val, task.metric) == pytest.approx(best.value, abs=1e-6)
+
+
+def test_the_byte_table_says_when_no_qp_codes_the_dense_model_within_the_budget(searched):
+    """dcase-audio at 0.05x: NNCodec's non-weight qp leaves the dense stream over the budget at any qp; the reference
+    row says so, with the floor, instead of a qp."""
+    import dataclasses
+
+    from ranksearch.results._tables import bytes_table
+
+    result, _ = searched
+    coding = {**result.summary.coding, "dense": {"floor": 5027}}
+    text = bytes_table(dataclasses.replace(result.summary, coding=coding)).markdown()
+    assert "dense, NNCodec: no qp fits (at least 5,027 bytes)" in text
+    assert "dense, NNCodec at qp" in bytes_table(result.summary).markdown()

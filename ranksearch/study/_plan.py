@@ -84,11 +84,6 @@ class Plan:
     points: tuple[float, ...] = ()  #: a Pareto study's working points, where the references are enqueued (largest first)
     coder: Coder | None = None  #: a byte working point's (its ratios come with :meth:`with_bytes`)
 
-    @property
-    def pareto(self) -> bool:
-        """Whether the study has two objectives (a byte working point's trials draw their ratios too, with one)."""
-        return bool(self.points) and self.coder is None
-
     def retrained(self, model: nn.Module, trial: TrialRecord) -> nn.Module:
         """A trial's factorized model retrained again with the study's seed (its weights were not uploaded), in eval mode."""
         _, factors = self.views.of(trial.factors or self.views.kind)
