@@ -48,7 +48,7 @@ def _paired(a: Any, b: Any) -> float:
 def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, Any]:
     from ranksearch import RunOptions, SearchSettings, TrialRecord, search
     from ranksearch.core._bytes import uniform_qp
-    from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, encode_tensors, nnr_parameters
+    from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, encode_model
     from ranksearch.errors import RankSearchError
     from ranksearch.results import trial_model
     from ranksearch.spaces import load_space
@@ -82,8 +82,7 @@ def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, 
         rule = TrialRecord.of(rule_trial)
         small = trial_model(study, rule_trial, model, artifact_store(Path(tmp) / "artifacts"))
         assert small is not None and rule.qps is not None
-        params, decomposed = nnr_parameters(small)
-        rule_stream, rule_tensors = encode_tensors(params, decomposed, DEFAULT_QP, rule.qps)
+        rule_stream, rule_tensors = encode_model(small, DEFAULT_QP, rule.qps)
         rule_scores = _scores(decoded_model(small, rule_tensors), task)
         best_scores = _scores(result.model, task)
         return {"space": space_name, "fraction": fraction, "seed": seed, "budget": budget, "dense_bytes": dense_bytes, "wall_s": wall,

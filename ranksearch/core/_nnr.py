@@ -32,7 +32,7 @@ from ranksearch._io import atomic_write_bytes
 from ranksearch.core._layers import LowRank
 from ranksearch.errors import RankSearchError
 
-__all__ = ["DEFAULT_QP", "INSTALL", "QP_RANGE", "check_qp", "decode", "decoded_model", "encode", "encode_tensors", "nnr_parameters",
+__all__ = ["DEFAULT_QP", "INSTALL", "QP_RANGE", "check_qp", "decode", "decoded_model", "encode", "encode_model", "encode_tensors", "nnr_parameters",
            "weight_names"]
 
 _log = logging.getLogger(__name__)
@@ -138,14 +138,15 @@ def encode(model: nn.Module, path: str | Path | None = None, *, qp: int = DEFAUL
     check_qp(qp, warn=False)
     for q in (qps or {}).values():
         check_qp(q, warn=False)
-    data, _ = _encode(model, qp, qps)
+    data, _ = encode_model(model, qp, qps)
     if path is not None:
         atomic_write_bytes(path, data)
     return data
 
 
-def _encode(model: nn.Module, qp: int, qps: Mapping[str, int] | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
-    """The bitstream, and the tensors as the decoder must reconstruct them (dequantized, G and H apart)."""
+def encode_model(model: nn.Module, qp: int = DEFAULT_QP, qps: Mapping[str, int] | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
+    """:func:`encode` without the file: the bitstream, and the tensors as the decoder reconstructs them (dequantized, G and H
+    apart; :func:`decoded_model` puts them into a model)."""
     params, decomposed = nnr_parameters(model)
     return encode_tensors(params, decomposed, qp, qps)
 

@@ -22,7 +22,7 @@ from ranksearch.core._allocation import config_for
 from ranksearch.core._config import RankConfig
 from ranksearch.core._cost import model_cost
 from ranksearch.core._decompose import Factors
-from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode_tensors, nnr_parameters
+from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode_model
 from ranksearch.core._solver import Curve, Solution
 from ranksearch.core._surgery import count_params, factorize
 from ranksearch.core._weights import load_state_dict
@@ -222,7 +222,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
         best_model = rebuild(best)
     stream = None
     if record.byte_point is not None and (qps := TrialRecord.of(best).qps):  # the stream it was scored on: the coder is deterministic
-        stream, tensors = _coded(best_model, qps)
+        stream, tensors = encode_model(best_model, DEFAULT_QP, qps)
         best_model = decoded_model(best_model, tensors).eval()
     seed_trial = _first(study, Method.SEED_RULE)
     total = count_params(model)
@@ -252,8 +252,3 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     return SearchResult(config=cfg, study=study, model=best_model, seed_rule=config_of(seed_trial, metric, extra) if seed_trial else None,
                         summary=summary, sensitivity=record.sensitivity, curves=curves, stream=stream)
 
-
-def _coded(model: nn.Module, qps: Mapping[str, int]) -> tuple[bytes, dict[str, Any]]:
-    """A retrained model's NNR stream at each weight's qp, and the tensors it decodes to."""
-    params, decomposed = nnr_parameters(model)
-    return encode_tensors(params, decomposed, DEFAULT_QP, qps)

@@ -19,7 +19,7 @@ from ranksearch.errors import RankSearchError
 
 nnc_core = pytest.importorskip("nncodec.nnc_core")
 
-from ranksearch.core._nnr import _encode, _model_info, decode, encode, nnr_parameters  # noqa: E402
+from ranksearch.core._nnr import _model_info, decode, encode, encode_model, nnr_parameters  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_pairs_are_coded_as_g_and_h_with_their_rank_and_decode_exactly(searched)
     _, model = searched
     pairs = {n: m for n, m in model.named_modules() if isinstance(m, LowRank)}
     assert pairs
-    data, quantized = _encode(model, qp=-38)
+    data, quantized = encode_model(model, qp=-38)
     coded = decode(data, recompose=False)
     assert set(coded) == set(quantized)
     for key, value in quantized.items():  # the decoder gives back exactly what the encoder quantized
@@ -127,7 +127,7 @@ def test_every_layer_type_round_trips_through_the_stream():
     model = torch.nn.ModuleDict({"lin": torch.nn.Linear(24, 16), "c1": torch.nn.Conv1d(6, 12, 3), "c2": torch.nn.Conv2d(8, 16, 3),
                                  "up": torch.nn.ConvTranspose2d(6, 10, 3), "plain": torch.nn.Conv2d(4, 4, 1, bias=False)})
     small = factorize(model, {"lin": 4, "c1": 3, "c2": 5, "up": 2})
-    data, quantized = _encode(small, qp=-42)
+    data, quantized = encode_model(small, qp=-42)
     out = decode(data)
     assert set(out) == set(model.state_dict())
     for name in ("lin", "c1", "c2", "up"):
