@@ -4,7 +4,9 @@ For each space, each budget (a fraction of the dense model's NNCodec stream at t
 one study ``ranksearch search --bytes N`` of ``--trials`` trials. Its decoded best model is compared, on the same
 test samples (paired: the per-sample differences' mean over their standard error), with
 
-* *dense*: NNCodec on the dense model at the finest uniform qp whose stream is within the budget (no retrain);
+* *dense*: NNCodec on the dense model at the finest uniform qp whose stream is within the budget (no retrain), its
+  batch norms folded into their layers (NNR's batch-norm folding, as the study codes), and with NNCodec's defaults
+  (nothing folded, the other tensors at qp -75); the best is compared with the better of the two;
 * *rule*: the seed rule at the ratio whose stream at qp -38 meets the budget (the study's base ratio), retrained as
   every trial is, coded at the finest uniform qp within the budget (the study's first trial).
 
@@ -46,13 +48,15 @@ def _paired(a: Any, b: Any) -> float:
 
 
 def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, Any]:
-    from ranksearch import RunOptions, SearchSettings, TrialRecord, search
+    from ranksearch import Method, RunOptions, SearchSettings, TrialRecord, search
     from ranksearch.core._bytes import uniform_qp
     from ranksearch.core._nnr import DEFAULT_QP, decoded_model, encode, encode_model
     from ranksearch.errors import RankSearchError
     from ranksearch.results import trial_model
     from ranksearch.spaces import load_space
     from ranksearch.study import artifact_store
+    from ranksearch.study._bytes import Coder
+    from ranksearch.study._plan import Workload, make_plan
     from ranksearch.study._storage import read_study
 
     space = load_space(space_name)
@@ -73,30 +77,39 @@ def _run(space_name: str, fraction: float, seed: int, trials: int) -> dict[str, 
         point = read_study(study).byte_point
         assert point is not None and result.stream is not None
         best = TrialRecord.of(study.trials[result.config.search["trial"]])
-        try:
-            qp, dense_stream, tensors = uniform_qp(model, budget)
-            dense_scores = _scores(decoded_model(model, tensors), task)
-        except RankSearchError:  # NNCodec cannot code the dense model this small at any qp
-            qp, dense_stream, dense_scores = None, b"", None
-        rule_trial = study.trials[0]
+        folds = Coder(budget, task).folds(model)
+        dense: dict[str, Any] = {}
+        for name, fold in (("nnc", {}), ("bnf", folds)):  # NNCodec's defaults; and with batch norms folded, as the study codes
+            try:
+                qp, stream, tensors = uniform_qp(model, budget, fold)
+                dense[name] = (qp, len(stream), _scores(decoded_model(model, tensors, fold), task))
+            except RankSearchError:  # NNCodec cannot code the dense model this small at any qp
+                dense[name] = (None, 0, None)
+        rule_trial = next(t for t in study.trials if TrialRecord.of(t).method is Method.SEED_RULE)  # at the base ratio, uniform
         rule = TrialRecord.of(rule_trial)
         small = trial_model(study, rule_trial, model, artifact_store(Path(tmp) / "artifacts"))
-        assert small is not None and rule.qps is not None
-        rule_stream, rule_tensors = encode_model(small, DEFAULT_QP, rule.qps)
-        rule_scores = _scores(decoded_model(small, rule_tensors), task)
+        if small is None:  # its weights were not uploaded (it was never the best so far): retrain it again, as the study did
+            resolved = SearchSettings.from_dict(result.config.search["settings"])
+            small = make_plan(model, resolved, Workload(task=task)).retrained(model, rule)
+        assert rule.qps is not None
+        rule_stream, rule_tensors = encode_model(small, DEFAULT_QP, {**rule.qps, **(rule.other_qps or {})}, rule.folds)
+        rule_scores = _scores(decoded_model(small, rule_tensors, rule.folds), task)
         best_scores = _scores(result.model, task)
+        vs = [_paired(best_scores, d[2]) for d in dense.values() if d[2] is not None]
         return {"space": space_name, "fraction": fraction, "seed": seed, "budget": budget, "dense_bytes": dense_bytes, "wall_s": wall,
                 "trials": result.summary.trials.to_dict(), "base_ratio": point.base_ratio, "ratios": len(point.ratios),
                 "top_ratio": point.ratios[0], "metric": task.metric,
-                "dense": {"qp": qp, "bytes": len(dense_stream), "test": None if dense_scores is None else float(dense_scores.mean()),
-                          "floor": point.dense.get("floor")},
+                "dense": {"qp": dense["bnf"][0], "bytes": dense["bnf"][1], "test": None if dense["bnf"][2] is None else float(dense["bnf"][2].mean()),
+                          "floor": point.dense.get("floor"), "nnc_qp": dense["nnc"][0], "nnc_bytes": dense["nnc"][1],
+                          "nnc_test": None if dense["nnc"][2] is None else float(dense["nnc"][2].mean())},
+                "folds": len(folds),
                 "rule": {"qp": sorted(set(rule.qps.values())), "bytes": len(rule_stream), "ratio": rule.ratio, "test": float(rule_scores.mean()),
                          "uncoded_val": rule.before_coding},
                 "best": {"trial": result.config.search["trial"], "method": str(best.method), "coding": str(best.coding),
                          "ratio": best.ratio, "bytes": len(result.stream), "qps": [min(best.qps.values()), max(best.qps.values())],
                          "test": float(best_scores.mean()), "val": study.trials[result.config.search["trial"]].value,
                          "uncoded_val": best.before_coding, "predicted": best.predicted_bytes},
-                "vs_dense": None if dense_scores is None else _paired(best_scores, dense_scores), "vs_rule": _paired(best_scores, rule_scores)}
+                "vs_dense": min(vs) if vs else None, "vs_rule": _paired(best_scores, rule_scores)}
 
 
 def main() -> None:
@@ -121,12 +134,14 @@ def main() -> None:
 
 
 def _lines(args: argparse.Namespace, runs: list[dict[str, Any]], load: float, after: float) -> list[str]:
-    lines = [f"## Byte working points ({args.spaces}; {args.fractions} of the dense stream) ({datetime.date.today()}, {platform.node()}, "
+    lines = [f"## Byte working points ({args.spaces}; {args.fractions} of the dense stream; seeds {args.seeds}; batch norms folded, "
+             f"dense candidates) ({datetime.date.today()}, {platform.node()}, "
              f"{torch.get_num_threads()} threads)", "",
              f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/bytes.py --spaces {args.spaces} --fractions {args.fractions} --seeds {args.seeds} "
              f"--trials {args.trials}` (load average {load:.2f} before, {after:.2f} after).", "",
              "Budget: the fraction of the dense model's NNCodec stream at qp -38. *Dense*: NNCodec on the dense model at the finest "
-             "uniform qp within the budget. *Rule*: the seed rule at the study's base ratio (its stream at qp -38 meets the budget), "
+             "uniform qp within the budget, its batch norms folded (NNR's BNF, as the study codes); then with NNCodec's defaults "
+             "(nothing folded); d/SE vs dense is against the better of the two. *Rule*: the seed rule at the study's base ratio (its stream at qp -38 meets the budget), "
              "retrained, coded at the finest uniform qp within the budget. *Best*: the study's best trial (by the decoded model's "
              "validation metric), its stream as written. Every size measured by NNCodec; test metrics of the decoded models; d/SE "
              "paired on the same test samples. Retrain: plain (the search's short retrain, then coding; no quantization-aware "
@@ -137,8 +152,9 @@ def _lines(args: argparse.Namespace, runs: list[dict[str, Any]], load: float, af
     runs = [r for r in runs if "refused" not in r]
     for r in runs:
         d, u, b = r["dense"], r["rule"], r["best"]
-        dense = (f"{d['qp']}, {d['bytes']:,}, {d['test']:.4f}" if d["qp"] is not None
-                 else f"no qp fits (at qp 127: {d['floor']:,.0f})")
+        dense = (f"{d['qp']}, {d['bytes']:,}, {d['test']:.4f}" if d["qp"] is not None else "no qp fits")
+        dense += (f"; NNCodec's defaults: {d['nnc_qp']}, {d['nnc_bytes']:,}, {d['nnc_test']:.4f}" if d["nnc_qp"] is not None
+                  else "; NNCodec's defaults: no qp fits")
         vs_dense = "unreachable" if r["vs_dense"] is None else f"{r['vs_dense']:+.2f}"
         lines.append(f"| {r['space']} | {r['budget']:,} ({r['fraction']:g}x) | {r['seed']} | {dense} | "
                      f"{u['ratio']:.4f}, {','.join(map(str, u['qp']))}, {u['bytes']:,}, {u['test']:.4f} | {b['ratio']:.4f}, {b['method']} "

@@ -120,7 +120,7 @@ def search(
     if plan.coder is not None and not run.resume:  # before any study is written (a resumed one has its own)
         from ranksearch.study._bytes import measure_point
 
-        byte_point = measure_point(model, plan.allocator, plan.coder.budget, plan.calls)
+        byte_point = measure_point(model, plan.allocator, plan.coder.budget, plan.calls, plan.coder.folds(model))
         plan = plan.with_bytes(byte_point)
     _check_reachable(plan)
     for w in given.warm_start:  # before any study is written

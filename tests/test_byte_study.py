@@ -63,8 +63,13 @@ def test_the_study_measures_its_point_once_and_enqueues_the_references_at_the_ba
     at_base = sorted(r.method for r in enqueued if r.target == point.base_ratio)
     assert at_base == sorted([Method.SEED_RULE, Method.UNIFORM, Method.SENSITIVITY, Method.SENSITIVITY_SUM])
     assert all(r.coding is Coding.UNIFORM for r in enqueued if r.target == point.base_ratio)
-    larger = [r for r in enqueued if r.target != point.base_ratio]
+    larger = [r for r in enqueued if r.target != point.base_ratio and r.method is not Method.DENSE]
     assert larger and all(r.method is Method.SEED_RULE and r.coding is Coding.FITTED for r in larger)
+    # the dense model as given (no layer factorized, not retrained): first, NNCodec's own answer; last, coded per tensor
+    dense = [r for r in enqueued if r.method is Method.DENSE]
+    assert TrialRecord.of(study.trials[0]).method is Method.DENSE and [r.coding for r in dense] == [Coding.UNIFORM, Coding.FITTED]
+    assert all(r.ranks == {} and r.ratio == 1.0 and r.before_coding == pytest.approx(read_study(study).dense["val"]) for r in dense)
+    assert study.trials[0].value == pytest.approx(point.dense["val"])  # the same stream as the reference: the same decoded model
 
 
 def test_every_trial_is_scored_on_its_decoded_stream_within_the_budget(searched, budget):
@@ -74,7 +79,8 @@ def test_every_trial_is_scored_on_its_decoded_stream_within_the_budget(searched,
     for t in done:
         r = TrialRecord.of(t)
         assert r.bytes is not None and r.bytes <= budget and r.before_coding is not None
-        assert t.params["ratio"] == r.target and r.ratio <= r.target
+        assert t.params["ratio"] == r.target and (r.ratio <= r.target or r.method is Method.DENSE)
+        assert t.constraints == {"ratio_over_target": pytest.approx(r.ratio - 1.0)}  # at a byte working point the bytes are the constraint, the ratio a knob
         if r.coding is Coding.FITTED and r.same_as is None:
             assert r.bytes >= 0.95 * budget and r.predicted_bytes is not None  # each weight's qp fills the budget
         if r.coding is Coding.UNIFORM:
@@ -146,6 +152,9 @@ def test_a_byte_study_resumes_without_measuring_its_point_again_and_a_worker_joi
     (["--bytes", "999999999"], "is at least the dense model's NNR stream at the default qp"),
     (["--bytes", "40"], "--bytes 40 is unreachable for this model: even at its smallest ratio"),
     (["--bytes", "5000", "--latency", "1.0"], "a byte working point with a latency bound or a Pareto front is not built yet"),
+    (["--bits-per-param", "2", "--latency", "1.0"], "bits_per_param 2 goes alone"),
+    (["--bits-per-param", "2", "--bytes", "5000"], "target_bytes 5,000 and bits_per_param 2 disagree"),
+    (["--bits-per-param", "0.001"], "is unreachable for this model"),
 ])
 def test_bad_byte_working_points_fail_in_one_line_and_write_nothing(tmp_path, capsys, extra, message):
     out = tmp_path / "run"
@@ -197,3 +206,31 @@ def test_the_byte_table_says_when_no_qp_codes_the_dense_model_within_the_budget(
     text = bytes_table(dataclasses.replace(result.summary, coding=coding)).markdown()
     assert "dense, NNCodec: no qp fits (at least 5,027 bytes)" in text
     assert "dense, NNCodec at qp" in bytes_table(result.summary).markdown()
+
+
+def test_bits_per_parameter_name_the_budget_of_this_model(dense_and_task, tmp_path):
+    """--bits-per-param B: the budget is B bits per parameter of the dense model, and the study is that byte working point."""
+    from ranksearch.core import count_params
+
+    model, task = dense_and_task
+    settings = SearchSettings(1.0, bits_per_param=1.5, retrain=RetrainSettings(epochs=1, batch_size=32), sampler="random")
+    result = search(model, settings, task=task, run=RunOptions(n_trials=3, out_dir=tmp_path, report=False))
+    budget = int(1.5 * count_params(model) / 8)
+    stored = result.config.search["settings"]
+    assert result.study.study_name.endswith(f"@bytes{budget}") and stored["bits_per_param"] == 1.5 and stored["target_bytes"] == budget
+    assert read_study(result.study).byte_point.budget == budget and len(result.stream) <= budget
+    assert SearchSettings.from_dict(stored).point == f"bytes{budget}"
+
+
+def test_a_dense_candidate_is_rebuilt_as_it_was_given(searched, dense_and_task):
+    """Where the best trial's weights were not uploaded, the results retrain it again; the dense candidates were never
+    retrained, so their rebuild is the model itself."""
+    from ranksearch.study._plan import Workload, make_plan
+
+    result, _ = searched
+    model, task = dense_and_task
+    plan = make_plan(model, SearchSettings.from_dict(result.config.search["settings"]), Workload(task=task))
+    rebuilt = plan.retrained(model, TrialRecord(method=Method.DENSE, ranks={}))
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+    retrained = plan.retrained(model, TrialRecord(method=Method.UNIFORM, ranks={}))  # any other trial is retrained again
+    assert not all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), model.state_dict().values()))

@@ -135,7 +135,7 @@ def _targets(args: argparse.Namespace, space: Space, file: dict[str, Any]) -> li
         return list(check_value("pareto", file["pareto"], spec(pareto)))  # type: ignore[arg-type]
     if "target_ratio" in file:
         return [file["target_ratio"]]
-    if any(getattr(args, k, None) is not None or file.get(k) is not None for k in ("target_latency", "target_bytes")):
+    if any(getattr(args, k, None) is not None or file.get(k) is not None for k in ("target_latency", "target_bytes", "bits_per_param")):
         return [1.0]  # a latency or byte working point alone: no parameter budget
     raise RankSearchError("search needs a working point: --ratio R, --wp WP (or all), --latency F, --bytes N, or target_ratio in the "
                           "--settings file.")
@@ -311,7 +311,7 @@ def _export_config(args: argparse.Namespace) -> int:
     if args.verify and space.task_factory is None:
         raise RankSearchError(f"--verify evaluates the decoded model on the space's test split, but space {space.name!r} has no task; "
                               "add one to its file, or leave --verify out.")
-    needs_task = (fmt.needs_sample and space.task_factory is not None) or args.verify
+    needs_task = (fmt.needs_sample or args.bytes is not None) and space.task_factory is not None or args.verify
     task = space.build_task() if needs_task else None  # before the model: a missing --data fails first
     if args.weights is not None:
         model = load_factorized(space.build_architecture(), cfg, args.weights, allow_growth=args.allow_growth)
@@ -325,7 +325,7 @@ def _export_config(args: argparse.Namespace) -> int:
     if fmt.name == "nnr":
         from ranksearch.results._nnr import verify
 
-        print(write_model(model, args.out, "nnr", qp=args.qp, size=args.bytes))
+        print(write_model(model, args.out, "nnr", qp=args.qp, size=args.bytes, task=task))
         if args.verify:
             assert task is not None
             print(verify(args.out, model, space.build_architecture(), space.build_model(task), task, args.qp, args.bytes))

@@ -33,7 +33,8 @@ _NAMES = {
     # the NNR bitstream (NNCodec) and byte working points
     "DEFAULT_QP": "_nnr", "encode_nnr": "_nnr:encode", "decode_nnr": "_nnr:decode", "decoded_model": "_nnr",
     "QP_GRID": "_bytes", "ByteTable": "_bytes", "BytePoint": "_bytes", "Coded": "_bytes", "fisher": "_bytes", "fit_bytes": "_bytes",
-    "measure_bytes": "_bytes", "uniform_qp": "_bytes", "fit_steps": "_rate",
+    "measure_bytes": "_bytes", "uniform_qp": "_bytes", "fit_steps": "_rate", "NONWEIGHT_SHIFT": "_bytes", "foldable": "_fold",
+    "task_folds": "_fold",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
     "dense_reasons": "_allocation", "load_factorized": "_allocation", "solve": "_allocation",
@@ -44,12 +45,13 @@ __getattr__, __dir__ = exports(__name__, _NAMES)
 
 if TYPE_CHECKING:
     from ranksearch.core._allocation import apply, config_for, dense_reasons, load_factorized, solve
-    from ranksearch.core._bytes import QP_GRID, BytePoint, ByteTable, Coded, fisher, fit_bytes, measure_bytes, uniform_qp
+    from ranksearch.core._bytes import NONWEIGHT_SHIFT, QP_GRID, BytePoint, ByteTable, Coded, fisher, fit_bytes, measure_bytes, uniform_qp
     from ranksearch.core._calibrate import calibration_batches, input_moments, whitened
     from ranksearch.core._config import LayerRank, RankConfig
     from ranksearch.core._cost import CPU_BLOCK, TENSOR_CORE_MULTIPLE, ModelCost, model_cost, rank_multiple_for
     from ranksearch.core._decompose import FactorKind, Factors, singular_values
     from ranksearch.core._decompose import factorize as decompose
+    from ranksearch.core._fold import foldable, task_folds
     from ranksearch.core._inputs import batch_len, call, to_device
     from ranksearch.core._layers import LowRank, LowRankConv, LowRankConvTranspose2d, LowRankLinear, build_low_rank
     from ranksearch.core._nnr import DEFAULT_QP, decoded_model

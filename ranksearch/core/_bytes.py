@@ -29,30 +29,35 @@ import numpy as np
 import torch
 from torch import nn
 
+from ranksearch.core._fold import SCALING
 from ranksearch.core._inputs import call, to_device
 from ranksearch.core._nnr import DEFAULT_QP, QP_RANGE, encode_tensors, nnr_parameters, weight_names
 from ranksearch.core._rate import fit_steps
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 
-__all__ = ["QP_GRID", "ByteTable", "BytePoint", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
+__all__ = ["NONWEIGHT_SHIFT", "QP_GRID", "ByteTable", "BytePoint", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
 
 _log = logging.getLogger(__name__)
 
 QP_GRID: tuple[int, ...] = tuple(range(-56, -13, 2))  #: the qps a weight may take: steps 2**-14 (fine) to 2**-3.5 (coarse)
+NONWEIGHT_SHIFT = -16  #: the other tensors code 16 qps finer (a step 16 times smaller): -72 (NNCodec's own is -75) to -30
 
 
 @dataclass(frozen=True)
 class ByteTable:
-    """What each coded weight adds to a model's NNR stream at each qp, and the error it leaves.
+    """What each coded unit adds to a model's NNR stream at each qp, and the error it leaves.
 
     Attributes:
-        units: The coded weights (``<layer>.weight``; a pair's G and H as one).
-        qps: The qps measured, ascending (finer first).
-        size: (units, qps) bytes each weight's stream adds (its stream alone, less the header every stream has).
-        error: (units, qps) the squared error of the decoded weight, summed over its elements (weighted by the
+        units: The coded units: each weight (``<layer>.weight``; a pair's G and H as one), then each module's other
+            tensors (biases, normalization, a folded layer's scaling and bias) as one unit named by the module.
+        qps: The weights' qps measured, ascending (finer first); a unit codes at ``qps[j] + shift[unit]``.
+        size: (units, qps) bytes each unit's stream adds (its stream alone, less the header every stream has).
+        error: (units, qps) the squared error of the decoded unit, summed over its elements (weighted by the
             Fisher information where it was given).
-        fixed: Bytes of the stream of everything else (biases, normalization, at NNCodec's non-weight qp) and its header.
+        fixed: Bytes of the stream of everything else (integer buffers) and its header.
+        members: Per unit, the tensors it codes (a weight: its own name).
+        shift: Per unit, its qps' offset from the weights' (0 for a weight, :data:`NONWEIGHT_SHIFT` for the others).
     """
 
     units: tuple[str, ...]
@@ -60,27 +65,40 @@ class ByteTable:
     size: np.ndarray = field(repr=False)
     error: np.ndarray = field(repr=False)
     fixed: int
+    members: tuple[tuple[str, ...], ...] = ()
+    shift: tuple[int, ...] = ()
 
     def predicted(self, qps: Mapping[str, int]) -> int:
-        """The predicted bytes of the whole stream with each weight at its qp in ``qps``."""
+        """The predicted bytes of the whole stream with each unit at its column's qp in ``qps`` (a weight's qp, by unit)."""
         col = {q: j for j, q in enumerate(self.qps)}
         return self.fixed + int(sum(self.size[i, col[qps[u]]] for i, u in enumerate(self.units)))
 
     @property
     def smallest(self) -> int:
-        """The predicted bytes with every weight at the coarsest qp of the grid."""
+        """The predicted bytes with every unit at the coarsest qp of the grid."""
         return self.fixed + int(self.size[:, -1].sum())
+
+    def tensor_qps(self, column: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        """The qps to encode with, from each unit's column qp (its weight-grid qp): the weights', and every other tensor's."""
+        weights: dict[str, int] = {}
+        others: dict[str, int] = {}
+        for u, members, shift in zip(self.units, self.members or [(u,) for u in self.units], self.shift or [0] * len(self.units)):
+            for m in members:
+                (weights if shift == 0 else others)[m] = int(column[u] + shift)
+        return weights, others
 
 
 @dataclass(frozen=True)
 class Coded:
-    """A model coded within a byte budget: its stream, each weight's qp, and the tensors the decoder reconstructs."""
+    """A model coded within a byte budget: its stream, each tensor's qp, and the tensors the decoder reconstructs."""
 
     stream: bytes = field(repr=False)
-    qps: dict[str, int]
+    qps: dict[str, int]  #: each weight's
     predicted: int  #: the table's prediction of the stream's bytes
     budget: int
     tensors: dict[str, np.ndarray] = field(repr=False)
+    other_qps: dict[str, int] = field(default_factory=dict)  #: every other tensor's (biases, normalization, scalings)
+    folds: dict[str, str] = field(default_factory=dict)  #: the batch norms folded into the layers before them
 
     @property
     def bytes(self) -> int:
@@ -132,21 +150,36 @@ def _squared_error(coded: Mapping[str, np.ndarray], decoded: Mapping[str, np.nda
     return total
 
 
-def measure_bytes(model: nn.Module, qps: Sequence[int] = QP_GRID, sensitivity: Mapping[str, np.ndarray] | None = None) -> ByteTable:
-    """The byte table of ``model``: each weight coded alone at each of ``qps`` (``sensitivity``: per NNR tensor, the
-    weight of each element's squared error, as :func:`fisher` gives it)."""
+def _owner(key: str) -> str:
+    return key[: -len(f".weight{SCALING}")] if key.endswith(f".weight{SCALING}") else key.rpartition(".")[0]
+
+
+def measure_bytes(model: nn.Module, qps: Sequence[int] = QP_GRID, sensitivity: Mapping[str, np.ndarray] | None = None,
+                  folds: Mapping[str, str] | None = None) -> ByteTable:
+    """The byte table of ``model``: each weight coded alone at each of ``qps``, each module's other float tensors together at
+    each of ``qps`` shifted by :data:`NONWEIGHT_SHIFT` (``sensitivity``: per NNR tensor, the weight of each element's squared
+    error, as :func:`fisher` gives it; ``folds``: batch norms folded, :func:`~ranksearch.core._nnr.nnr_parameters`)."""
     qps = tuple(sorted(int(q) for q in qps))
-    if not qps or qps[0] < QP_RANGE[0] or qps[-1] > QP_RANGE[1]:
-        raise RankSearchError(f"qps {qps} must be within NNCodec's range {QP_RANGE}.")
-    params, decomposed = nnr_parameters(model)
-    units = tuple(weight_names(model))
-    if not units:
+    if not qps or qps[0] + NONWEIGHT_SHIFT < QP_RANGE[0] or qps[-1] > QP_RANGE[1]:
+        raise RankSearchError(f"qps {qps} must be within NNCodec's range {QP_RANGE} (the other tensors code {-NONWEIGHT_SHIFT} finer).")
+    params, decomposed = nnr_parameters(model, folds)
+    weights = tuple(weight_names(model))
+    if not weights:
         raise RankSearchError(f"{type(model).__name__} has no weight NNCodec codes at a qp of its own; nothing to fit to bytes.")
-    coded = {u: _units(params, decomposed, u) for u in units}
+    coded = {u: _units(params, decomposed, u) for u in weights}
+    taken = {k for c in coded.values() for k in c}
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in params.items():
+        if key not in taken and value.dtype.kind == "f":
+            groups.setdefault(_owner(key), {})[key] = value
+    units = weights + tuple(groups)
+    coded.update(groups)
+    shift = (0,) * len(weights) + (NONWEIGHT_SHIFT,) * len(groups)
     rest = {k: v for k, v in params.items() if not any(k in c for c in coded.values())}
 
-    def stream(tensors: Mapping[str, np.ndarray], qp: int) -> tuple[int, dict[str, np.ndarray]]:
-        data, decoded = encode_tensors(tensors, {x: s for x, s in decomposed.items() if f"{x}_G" in tensors}, qp)
+    def stream(tensors: Mapping[str, np.ndarray], qp: int, by: int = 0) -> tuple[int, dict[str, np.ndarray]]:
+        each = {k: qp + by for k in tensors if not k.endswith(("_G", "_H"))} if by else None
+        data, decoded = encode_tensors(tensors, {x: s for x, s in decomposed.items() if f"{x}_G" in tensors}, qp, each)
         return len(data), decoded
 
     first = coded[units[0]]
@@ -163,16 +196,23 @@ def measure_bytes(model: nn.Module, qps: Sequence[int] = QP_GRID, sensitivity: M
     error = np.zeros((len(units), len(qps)), dtype=np.float64)
     for i, u in enumerate(units):
         for j, q in enumerate(qps):
-            n, decoded = stream(coded[u], q)
+            n, decoded = stream(coded[u], q, shift[i])
             size[i, j] = n - header
             error[i, j] = _squared_error(coded[u], decoded, sensitivity)
-    return ByteTable(units, qps, size, error, int(fixed))
+    members = tuple((u,) if i < len(weights) else tuple(coded[u]) for i, u in enumerate(units))
+    return ByteTable(units, qps, size, error, int(fixed), members, shift)
 
 
-def fisher(model: nn.Module, task: Task, samples: int = 256, batch_size: int = 16, device: torch.device | None = None) -> dict[str, np.ndarray]:
+def fisher(model: nn.Module, task: Task, samples: int = 256, batch_size: int = 16, device: torch.device | None = None,
+           folds: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """The diagonal of the empirical Fisher information of ``task``'s training loss, per NNR tensor (:func:`nnr_parameters`'
-    names): mean squared gradients over batches of the first ``samples`` training samples. How much the loss feels an
-    error in each weight element: the second-order weight of a coding error."""
+    names, with ``folds`` as they are coded): mean squared gradients over batches of the first ``samples`` training samples.
+    How much the loss feels an error in each element: the second-order weight of a coding error.
+
+    A batch norm's running statistics have no gradient; their weights follow from its affine ones, exactly per channel
+    (``y = gamma (x - mean) / s + beta``, ``s = sqrt(var + eps)``): ``mean`` as ``beta`` times ``(gamma / s)**2``, ``var`` as
+    ``gamma`` times ``(gamma / (2 s**2))**2``. A folded layer's bias is the normalization's beta; its scaling ``gamma / s``
+    moves the output as ``gamma`` does, times ``s``: weight ``s**2`` times ``gamma``'s."""
     from ranksearch.core._retrain import _task_loss, best_device
 
     device = device or best_device()
@@ -190,22 +230,45 @@ def fisher(model: nn.Module, task: Task, samples: int = 256, batch_size: int = 1
             if p.grad is not None:
                 s += p.grad.detach() ** 2
         batches += 1
+    net = net.cpu()
+    norms = {n: m for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)}
     with torch.no_grad():  # the squares in the parameters' places, so the NNR names come out as the weights' do
+        stats = {n: (m.weight.detach().clone(), torch.sqrt(m.running_var + m.eps)) for n, m in norms.items()
+                 if m.affine and m.running_var is not None}
         for s, p in zip(squares, params):
-            p.copy_(s / max(1, batches))
-    return nnr_parameters(net.cpu())[0]
+            p.copy_(s.cpu() / max(1, batches))
+        for n, (gamma, sd) in stats.items():  # the running statistics' weights, from the affine ones
+            bn = norms[n]
+            assert bn.running_mean is not None and bn.running_var is not None
+            bn.running_mean.copy_(bn.bias * (gamma / sd) ** 2)
+            bn.running_var.copy_(bn.weight * (gamma / (2 * sd**2)) ** 2)
+    out = nnr_parameters(net)[0]
+    modules = dict(net.named_modules())
+    for layer, norm in (folds or {}).items():  # named as they are coded: nnr_parameters(model, folds)
+        gamma, sd = stats[norm]
+        for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            out.pop(f"{norm}.{leaf}", None)
+        out[f"{layer}.weight{SCALING}"] = (modules[norm].weight.detach() * sd**2).numpy().astype(np.float32)
+        out[f"{layer}.bias"] = modules[norm].bias.detach().numpy().astype(np.float32)
+    return out
 
 
 def fit_bytes(model: nn.Module, budget: int, *, qps: Sequence[int] = QP_GRID, offsets: Mapping[str, int] | None = None,
-              sensitivity: Mapping[str, np.ndarray] | None = None, table: ByteTable | None = None) -> Coded:
+              sensitivity: Mapping[str, np.ndarray] | None = None, table: ByteTable | None = None,
+              folds: Mapping[str, str] | None = None) -> Coded:
     """``model``'s NNR stream at most ``budget`` bytes: each weight at a common qp plus its ``offsets`` (in steps of the
-    grid, > 0 coarser; default 0), the finest that fits, then finer steps where a byte removes most (weighted) error.
+    grid, > 0 coarser; default 0), the finest that fits, then finer steps where a byte removes most (weighted) error; the
+    other tensors alike, :data:`NONWEIGHT_SHIFT` finer. ``folds``: batch norms folded into their layers
+    (:func:`~ranksearch.core._fold.foldable`).
+
+    The table's sum is checked against the encoder: a stream that lands off it (blocks share a header) is fitted again
+    to the budget less the difference, then coarsened, a step at a time, while it is over.
 
     Raises:
         RankSearchError: when even the coarsest qp of the grid in every weight is over the budget (the message names
             the smallest stream).
     """
-    table = table or measure_bytes(model, qps, sensitivity)
+    table = table or measure_bytes(model, qps, sensitivity, folds)
     if table.smallest > budget:
         raise RankSearchError(f"--bytes {budget:,} is unreachable for this model: with every weight at qp {table.qps[-1]} "
                               f"(step {2 ** (table.qps[-1] / 4):.2g}) its stream takes about {table.smallest:,} bytes; ask for more bytes, "
@@ -213,29 +276,47 @@ def fit_bytes(model: nn.Module, budget: int, *, qps: Sequence[int] = QP_GRID, of
     unknown = sorted(set(offsets or {}) - set(table.units))
     if unknown:
         raise RankSearchError(f"qp offsets name {unknown[:3]}, which are not weights of this model; name its <layer>.weight.")
-    idx = fit_steps(table.size, table.error, budget - table.fixed, [int((offsets or {}).get(u, 0)) for u in table.units])
-    choice = {u: table.qps[j] for u, j in zip(table.units, idx)}
-    params, decomposed = nnr_parameters(model)
-    predicted = table.predicted(choice)
-    for _ in range(table.size.size + 1):
-        data, decoded = encode_tensors(params, decomposed, DEFAULT_QP, choice)
-        if len(data) <= budget:
-            return Coded(data, choice, predicted, int(budget), decoded)
-        at = [table.qps.index(choice[u]) for u in table.units]  # coarsen where a byte saved costs least error
+    params, decomposed = nnr_parameters(model, folds)
+    shifts = [int((offsets or {}).get(u, 0)) for u in table.units]
+    best: Coded | None = None
+    aim, tried = float(budget - table.fixed), []
+    for _ in range(3):  # fit, encode, and fit again to what the encoder says
+        idx = fit_steps(table.size, table.error, max(aim, float(table.size[:, -1].sum())), shifts)
+        choice = {u: table.qps[j] for u, j in zip(table.units, idx)}
+        if choice in tried:
+            break
+        tried.append(choice)
+        weights, others = table.tensor_qps(choice)
+        data, decoded = encode_tensors(params, decomposed, DEFAULT_QP, {**weights, **others})
+        predicted = table.predicted(choice)
+        if len(data) <= budget and (best is None or len(data) > best.bytes):
+            best = Coded(data, weights, predicted, int(budget), decoded, others, dict(folds or {}))
+        if len(data) <= budget and len(data) >= 0.995 * budget:
+            break
+        aim -= len(data) - predicted
+    if best is not None:
+        return best
+    for _ in range(table.size.size + 1):  # still over: coarsen where a byte saved costs least error
+        at = [table.qps.index(choice[u]) for u in table.units]
         cost = [(table.error[i, j + 1] - table.error[i, j]) / max(1, table.size[i, j] - table.size[i, j + 1])
                 if j + 1 < len(table.qps) else np.inf for i, j in enumerate(at)]
         i = int(np.argmin(cost))
         if not np.isfinite(cost[i]):
             break
         choice[table.units[i]] = table.qps[at[i] + 1]
+        weights, others = table.tensor_qps(choice)
+        data, decoded = encode_tensors(params, decomposed, DEFAULT_QP, {**weights, **others})
+        if len(data) <= budget:
+            return Coded(data, weights, table.predicted(choice), int(budget), decoded, others, dict(folds or {}))
     raise RankSearchError(f"--bytes {budget:,} is unreachable for this model: at the coarsest qps the stream takes "
                           f"{len(data):,} bytes; ask for more bytes, or keep fewer parameters (a smaller --ratio).")
 
 
-def uniform_qp(model: nn.Module, budget: int) -> tuple[int, bytes, dict[str, np.ndarray]]:
+def uniform_qp(model: nn.Module, budget: int, folds: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, np.ndarray]]:
     """The finest single qp whose stream of ``model`` is at most ``budget`` bytes (NNCodec's own way to meet a
-    size), with that stream and the tensors the decoder reconstructs."""
-    params, decomposed = nnr_parameters(model)
+    size; the other tensors at its non-weight qp, ``folds`` folded), with that stream and the tensors the decoder
+    reconstructs."""
+    params, decomposed = nnr_parameters(model, folds)
     lo, hi = -96, QP_RANGE[1]  # bytes fall as the qp rises: bisect for the smallest that fits (finer than -96 no budget here needs)
     data, decoded = encode_tensors(params, decomposed, hi)
     if len(data) > budget:

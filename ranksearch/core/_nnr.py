@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ranksearch._io import atomic_write_bytes
+from ranksearch.core._fold import SCALING, fold_arrays, unfold
 from ranksearch.core._layers import LowRank
 from ranksearch.errors import RankSearchError
 
@@ -70,24 +71,32 @@ def _nncodec() -> Any:
 INSTALL = "pip install --no-deps 'nncodec==2.1.3'"
 
 
-def nnr_parameters(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+def nnr_parameters(model: nn.Module, folds: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
     """The tensors NNCodec encodes for ``model``: every state-dict entry as float32 (int32 for integer
     buffers), each low-rank pair as ``<layer>.weight_G`` / ``<layer>.weight_H``; and, for each pair, the
-    original shape of the weight ``<layer>.weight`` they replace."""
+    original shape of the weight ``<layer>.weight`` they replace. ``folds`` (layer -> the batch norm after it,
+    :func:`~ranksearch.core._fold.foldable`): each such layer carries ``<layer>.weight_scaling`` and its folded bias
+    ``<layer>.bias`` instead of the normalization's tensors (NNR's batch-norm folding)."""
+    folds = dict(folds or {})
     pairs = {n: m for n, m in model.named_modules() if isinstance(m, LowRank)}
+    gone = {f"{norm}.{leaf}" for norm in folds.values() for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    gone |= {f"{layer}.bias" for layer in folds}
     params: dict[str, np.ndarray] = {}
     decomposed: dict[str, tuple[int, ...]] = {}
     for key, value in model.state_dict().items():
         owner = next((n for n in pairs if key.startswith(f"{n}.")), None)
-        if owner is None:
+        if owner is None and key not in gone:
             params[key] = _array(value)
     for name, pair in pairs.items():
         g, h = pair.matrices()
         params[f"{name}.weight_G"] = _array(g)
         params[f"{name}.weight_H"] = _array(h)
-        if pair.bias is not None:
+        if pair.bias is not None and name not in folds:
             params[f"{name}.bias"] = _array(pair.bias)
         decomposed[f"{name}.weight"] = tuple(int(d) for d in pair.weight_shape)
+    for layer, arrays in fold_arrays(model, folds).items():
+        params[f"{layer}.weight{SCALING}"] = arrays["scaling"]
+        params[f"{layer}.bias"] = arrays["bias"]
     return params, decomposed
 
 
@@ -115,6 +124,15 @@ def _model_info(nnc_core: Any, params: Mapping[str, np.ndarray], decomposed: Map
             info["parameter_type"].pop(key, None)
     info["parameter_index"] = {k: i for i, k in enumerate(order)}
     info["block_identifier"] = {}
+    for key in params:  # a folded layer: its weight, scaling and bias as one NNR block (coded alone: each a tensor of its own)
+        weight = key[: -len(SCALING)]
+        if key.endswith(f".weight{SCALING}"):
+            info["parameter_type"][key] = "weight.ls"
+        if key.endswith(f".weight{SCALING}") and (weight in params or f"{weight}_G" in params):
+            block = key[: -len(f".weight{SCALING}")]
+            info["parameter_type"][f"{block}.bias"] = "bias"
+            for k in (key, f"{block}.bias", *(() if weight in decomposed else (weight,))):
+                info["block_identifier"][k] = block
     for x, shape in decomposed.items():
         info["parameter_dimensions"][x] = shape
         info["parameter_type"][x] = "weight"
@@ -127,27 +145,30 @@ def _model_info(nnc_core: Any, params: Mapping[str, np.ndarray], decomposed: Map
     return model
 
 
-def encode(model: nn.Module, path: str | Path | None = None, *, qp: int = DEFAULT_QP, qps: Mapping[str, int] | None = None) -> bytes:
+def encode(model: nn.Module, path: str | Path | None = None, *, qp: int = DEFAULT_QP, qps: Mapping[str, int] | None = None,
+           folds: Mapping[str, str] | None = None) -> bytes:
     """Encode ``model`` (factorized or dense) into an NNR bitstream; written atomically to ``path`` when given.
 
     The steps and settings of NNCodec's ``nnc.compress`` with its defaults (uniform quantization with
     dependent quantization, qp density 2, parameter optimization, non-weight qp -75, general profile 1),
     called on its core so that the training framework ``nnc`` imports is not needed. ``qps`` gives weights
-    their own qp (``<layer>.weight`` -> qp; a pair's G and H share it), signalled per tensor in the stream.
+    their own qp (``<layer>.weight`` -> qp; a pair's G and H share it; any other tensor by its name), signalled per
+    tensor in the stream. ``folds``: batch norms folded into the layers before them (:func:`nnr_parameters`).
     """
     check_qp(qp, warn=False)
     for q in (qps or {}).values():
         check_qp(q, warn=False)
-    data, _ = encode_model(model, qp, qps)
+    data, _ = encode_model(model, qp, qps, folds)
     if path is not None:
         atomic_write_bytes(path, data)
     return data
 
 
-def encode_model(model: nn.Module, qp: int = DEFAULT_QP, qps: Mapping[str, int] | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
+def encode_model(model: nn.Module, qp: int = DEFAULT_QP, qps: Mapping[str, int] | None = None,
+                 folds: Mapping[str, str] | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
     """:func:`encode` without the file: the bitstream, and the tensors as the decoder reconstructs them (dequantized, G and H
-    apart; :func:`decoded_model` puts them into a model)."""
-    params, decomposed = nnr_parameters(model)
+    apart, a folded layer's scaling apart; :func:`decoded_model` puts them into a model)."""
+    params, decomposed = nnr_parameters(model, folds)
     return encode_tensors(params, decomposed, qp, qps)
 
 
@@ -198,9 +219,10 @@ def weight_names(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def decoded_model(model: nn.Module, tensors: Mapping[str, np.ndarray]) -> nn.Module:
+def decoded_model(model: nn.Module, tensors: Mapping[str, np.ndarray], folds: Mapping[str, str] | None = None) -> nn.Module:
     """A copy of ``model`` holding ``tensors`` as the decoder reconstructs them (:func:`nnr_parameters`' names: each pair as
-    ``<layer>.weight_G`` / ``_H``), so it computes what the decoded bitstream computes."""
+    ``<layer>.weight_G`` / ``_H``), so it computes what the decoded bitstream computes; ``folds`` as they were encoded (each
+    folded layer's rows times its ``<layer>.weight_scaling``, its normalization the identity)."""
     out = copy.deepcopy(model)
     pairs = {n: m for n, m in out.named_modules() if isinstance(m, LowRank)}
     state = out.state_dict()
@@ -213,6 +235,11 @@ def decoded_model(model: nn.Module, tensors: Mapping[str, np.ndarray]) -> nn.Mod
         for key, value in state.items():
             if key in tensors and not any(key.startswith(f"{n}.") for n in pairs):
                 value.copy_(torch.from_numpy(np.asarray(tensors[key])).to(value.dtype).reshape(value.shape))
+    if folds:
+        missing = sorted(layer for layer in folds if f"{layer}.weight{SCALING}" not in tensors)
+        if missing:
+            raise RankSearchError(f"the tensors have no scaling for the folded layers {missing[:3]}; decode a stream encoded with these folds.")
+        unfold(out, folds, {k: tensors[f"{k}.weight{SCALING}"] for k in folds}, {k: tensors[f"{k}.bias"] for k in folds})
     return out
 
 
@@ -247,4 +274,7 @@ def decode(data: bytes | str | Path, *, recompose: bool = True) -> dict[str, np.
         g, h = params.pop(g_name), params.pop(f"{x}_H")
         shape = tuple(int(d) for d in info["parameter_dimensions"][x])
         params[x] = (g.astype(np.float32) @ h.astype(np.float32)).reshape(shape)
+    for key in [k for k in params if k.endswith(SCALING)]:  # NNR's local scaling: one factor per output row
+        weight, scale = params[key[: -len(SCALING)]], params.pop(key).astype(np.float32)
+        params[key[: -len(SCALING)]] = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
     return params

@@ -172,7 +172,8 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
                       best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
     if record.byte_point is not None:
         best_record = TrialRecord.of(best)
-        coding = {**record.byte_point.to_dict(), "qps": best_record.qps, "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes}
+        coding = {**record.byte_point.to_dict(), "qps": best_record.qps, "other_qps": best_record.other_qps, "folds": best_record.folds,
+                  "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes}
         coding.pop("took_s")
         return dataclasses.replace(summary, coding=coding)
     if not record.settings.pareto:
@@ -221,9 +222,9 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
         assert rebuild is not None, "_pick returns a trial with weights when there is no rebuild"
         best_model = rebuild(best)
     stream = None
-    if record.byte_point is not None and (qps := TrialRecord.of(best).qps):  # the stream it was scored on: the coder is deterministic
-        stream, tensors = encode_model(best_model, DEFAULT_QP, qps)
-        best_model = decoded_model(best_model, tensors).eval()
+    if record.byte_point is not None and (qps := (r := TrialRecord.of(best)).qps):  # the stream it was scored on: the coder is deterministic
+        stream, tensors = encode_model(best_model, DEFAULT_QP, {**qps, **(r.other_qps or {})}, r.folds)
+        best_model = decoded_model(best_model, tensors, r.folds).eval()
     seed_trial = _first(study, Method.SEED_RULE)
     total = count_params(model)
     cost = model_cost(model, record.input_shape) if record.input_shape else None

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ranksearch.core._fold import SCALING, dense_state, task_folds
 from ranksearch.core._nnr import DEFAULT_QP, decode, encode
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
@@ -19,7 +20,7 @@ def verify(path: str | Path, model: nn.Module, architecture: nn.Module, dense: n
            size: int | None = None) -> str:
     """Decode the bitstream at ``path`` into ``architecture`` (the dense model's shape) and compare, in one
     line: its bytes against the ``dense`` model's bitstream at the same qp (``size``: against the budget, and the dense
-    model coded by NNCodec at the finest uniform qp within it, with that decoded model's test metric), and the test
+    model coded by NNCodec at the finest uniform qp within it, its batch norms folded, with that decoded model's test metric), and the test
     metric of ``model`` (before coding) and of the decoded model."""
     from ranksearch.core._bytes import uniform_qp
     from ranksearch.core._nnr import decoded_model
@@ -27,7 +28,8 @@ def verify(path: str | Path, model: nn.Module, architecture: nn.Module, dense: n
 
     qp = DEFAULT_QP if qp is None else qp
     reference = architecture.state_dict()
-    tensors = decode(path)
+    folded = [k[: -len(f".weight{SCALING}")] for k in decode(path, recompose=False) if k.endswith(f".weight{SCALING}")]
+    tensors = dense_state(decode(path), architecture, folded)
     if set(tensors) != set(reference):
         raise RankSearchError(f"{str(path)!r} decodes to tensors {sorted(set(tensors) ^ set(reference))[:4]} that "
                               f"{type(architecture).__name__} has not or misses; give the bitstream of this model's config.")
@@ -41,7 +43,8 @@ def verify(path: str | Path, model: nn.Module, architecture: nn.Module, dense: n
         dense_bytes = len(encode(dense, qp=qp))
         return (f"verified: {size_on_disk:,} bytes, the dense model's bitstream at qp {qp} {dense_bytes:,} bytes "
                 f"({size_on_disk / dense_bytes:.3f}x); {coded}, {samples})")
-    uniform, data, decoded = uniform_qp(dense, size)
-    baseline = evaluate(decoded_model(dense, decoded), task.test, task.metric, forward=task.forward)
+    folds = task_folds(dense, task)  # NNR's batch-norm folding, as the stream may use it
+    uniform, data, decoded = uniform_qp(dense, size, folds)
+    baseline = evaluate(decoded_model(dense, decoded, folds), task.test, task.metric, forward=task.forward)
     return (f"verified: {size_on_disk:,} bytes of the {size:,} allowed; {coded}); the dense model at the finest uniform qp within "
             f"them (qp {uniform}, {len(data):,} bytes) {baseline:.4f} ({after - baseline:+.4f}), {samples}")

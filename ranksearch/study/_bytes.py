@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ import numpy as np
 from torch import nn
 
 from ranksearch.core._bytes import QP_GRID, BytePoint, fisher, fit_bytes, uniform_qp
+from ranksearch.core._fold import task_folds
 from ranksearch.core._nnr import DEFAULT_QP, QP_RANGE, decoded_model, encode, weight_names
 from ranksearch.core._solver import reachable_ratio
 from ranksearch.core._surgery import factorize
@@ -49,27 +51,29 @@ SPAN = 8.0  #: the trials' ratios reach this multiple of the base ratio (at most
 TOP = 0.75  #: and at most this ratio when the study gives none
 
 
-def _rule_bytes(model: nn.Module, allocator: Allocator, ratio: float, qp: int = DEFAULT_QP) -> int:
+def _rule_bytes(model: nn.Module, allocator: Allocator, ratio: float, qp: int = DEFAULT_QP, folds: Mapping[str, str] | None = None) -> int:
     sol, _ = allocator.at(ratio).solution(Method.SEED_RULE, None)
     small = factorize(model, {n: r for n, r in sol.ranks.items() if r is not None}, allocator.views.plain_factors)
-    return len(encode(small.eval(), qp=qp))
+    return len(encode(small.eval(), qp=qp, folds=folds))
 
 
-def _largest(model: nn.Module, allocator: Allocator, lo: float, hi: float, budget: float, qp: int) -> float:
+def _largest(model: nn.Module, allocator: Allocator, lo: float, hi: float, budget: float, qp: int, folds: Mapping[str, str]) -> float:
     """The largest ratio in [lo, hi] whose seed-rule stream at ``qp`` is within ``budget`` (bisected in log; lo if none)."""
-    if _rule_bytes(model, allocator, hi, qp) <= budget:
+    if _rule_bytes(model, allocator, hi, qp, folds) <= budget:
         return hi
-    if _rule_bytes(model, allocator, lo, qp) > budget:
+    if _rule_bytes(model, allocator, lo, qp, folds) > budget:
         return lo
     for _ in range(12):  # the stream grows with the ratio
         mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if _rule_bytes(model, allocator, mid, qp) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if _rule_bytes(model, allocator, mid, qp, folds) <= budget else (lo, mid)
     return math.floor(lo * 1e4) / 1e4
 
 
-def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Callables) -> BytePoint:
-    """The byte working point of ``budget`` bytes on ``model`` (see the module's docstring)."""
+def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Callables, folds: Mapping[str, str] | None = None) -> BytePoint:
+    """The byte working point of ``budget`` bytes on ``model`` (see the module's docstring); ``folds``: the batch norms that
+    fold into the layers before them (:meth:`Coder.folds`; a factorized layer keeps its dense layer's name, and its fold)."""
     start = time.perf_counter()
+    folds = dict(folds or {})
     dense = copy.deepcopy(model).eval()
     dense_bytes = len(encode(dense, qp=DEFAULT_QP))
     if budget >= dense_bytes:
@@ -77,27 +81,27 @@ def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Ca
                          f"there is nothing to search; ask for fewer, e.g. {dense_bytes // 10:,} (a tenth).")
     reference: dict[str, float] = {}
     try:
-        qp, data, tensors = uniform_qp(dense, budget)
+        qp, data, tensors = uniform_qp(dense, budget, folds)
     except RankSearchError:  # no qp brings the dense model's stream within the budget (its non-weights, headers): a factorized one may
-        reference["floor"] = len(encode(dense, qp=QP_RANGE[1]))
+        reference["floor"] = len(encode(dense, qp=QP_RANGE[1], folds=folds))
         _log.warning("NNCodec cannot code the dense model within %s bytes at any qp (at qp %d: %s bytes); the factorized models may",
                      f"{budget:,}", QP_RANGE[1], f"{int(reference['floor']):,}")
     else:
-        decoded = decoded_model(dense, tensors)
+        decoded = decoded_model(dense, tensors, folds)
         reference.update(qp=qp, bytes=len(data), val=float(calls.evaluate(decoded)))
         if calls.test is not None:
             reference["test"] = float(calls.test(decoded))
     lo = reachable_ratio(allocator.views.plain_curves, allocator.total, allocator.grid, allocator.min_rank)
     cap = allocator.target if allocator.target < 1 else TOP
-    if (smallest := _rule_bytes(model, allocator, lo, QP_RANGE[1])) > budget:
+    if (smallest := _rule_bytes(model, allocator, lo, QP_RANGE[1], folds)) > budget:
         raise StudyError(f"--bytes {budget:,} is unreachable for this model: even at its smallest ratio {lo:.4f} and the coarsest qp "
                          f"{QP_RANGE[1]} its stream takes {smallest:,} bytes (the biases, normalization and headers); ask for more bytes.")
-    if _rule_bytes(model, allocator, lo) > budget:
+    if _rule_bytes(model, allocator, lo, DEFAULT_QP, folds) > budget:
         _log.warning("even at its smallest ratio %.4f the seed rule's stream at qp %d is over %s bytes: its baselines are coded at "
                      "the finest uniform qp that fits", lo, DEFAULT_QP, f"{budget:,}")
-    base = _largest(model, allocator, lo, cap, budget, DEFAULT_QP)
+    base = _largest(model, allocator, lo, cap, budget, DEFAULT_QP, folds)
     # the largest ratio still codes within the budget at the grid's coarsest qp (with a tenth to spare: a retrain moves the weights)
-    top = _largest(model, allocator, base, min(cap, SPAN * base), 0.9 * budget, QP_GRID[-1])
+    top = _largest(model, allocator, base, min(cap, SPAN * base), 0.9 * budget, QP_GRID[-1], folds)
     ratios = front_ratios((base, top)) if top > base * 1.0001 else (base,)
     point = BytePoint(int(budget), dense_bytes, base, ratios, reference, round(time.perf_counter() - start, 3))
     _log.info("bytes %s: the dense model's stream is %s at qp %d; NNCodec on it: %s; the seed rule meets the budget at ratio %.4f; "
@@ -113,21 +117,28 @@ class Coder:
 
     Args:
         budget: Bytes of the stream.
-        task: Whose training data weighs each weight's coding error (the Fisher information); None: plain squared error.
+        task: Whose training data weighs each weight's coding error (the Fisher information), and on whose first validation
+            batch each batch-norm fold is checked; None: plain squared error, nothing folded.
     """
 
     budget: int
     task: Task | None = None
 
+    def folds(self, model: nn.Module) -> dict[str, str]:
+        """The batch norms of ``model`` that fold into the layers before them (checked on a batch of the task's data)."""
+        return task_folds(model, self.task) if self.task is not None else {}
+
     def __call__(self, model: nn.Module, coding: Coding) -> tuple[nn.Module, dict[str, Any]]:
         model = model.eval()
+        folds = self.folds(model)
         if coding is Coding.UNIFORM:
-            qp, data, tensors = uniform_qp(model, self.budget)
+            qp, data, tensors = uniform_qp(model, self.budget, folds)
             qps = dict.fromkeys(weight_names(model), qp)
-            return decoded_model(model, tensors), {"bytes": len(data), "qps": qps, "predicted_bytes": None}
-        sensitivity = fisher(model, self.task) if self.task is not None else None
-        coded = fit_bytes(model, self.budget, sensitivity=sensitivity)
-        return decoded_model(model, coded.tensors), {"bytes": coded.bytes, "qps": coded.qps, "predicted_bytes": coded.predicted}
+            return decoded_model(model, tensors, folds), {"bytes": len(data), "qps": qps, "predicted_bytes": None, "folds": folds or None}
+        sensitivity = fisher(model, self.task, folds=folds) if self.task is not None else None
+        coded = fit_bytes(model, self.budget, sensitivity=sensitivity, folds=folds)
+        return decoded_model(model, coded.tensors, folds), {"bytes": coded.bytes, "qps": coded.qps, "predicted_bytes": coded.predicted,
+                                                            "other_qps": coded.other_qps or None, "folds": folds or None}
 
 
 def spread(qps: dict[str, int]) -> str:

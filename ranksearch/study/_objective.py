@@ -108,7 +108,9 @@ class Objective:
         curves, factors = self.allocator.views.of(kind)
         assert target is not None
         latency_axis = front and self.allocator.axis is Axis.LATENCY  # target: a latency fraction, within the study's ratio
-        trial.set_constraint("ratio_over_target", sol.ratio - (self.allocator.target if latency_axis else target))
+        # the drawn point is the constraint, except on the latency axis and at a byte working point (the bytes are; the ratio a knob)
+        bound = self.allocator.target if latency_axis or self.coder is not None else target
+        trial.set_constraint("ratio_over_target", sol.ratio - bound)
         write_trial(trial, TrialRecord(ranks=ranks, mse={n: float(curves[n].mse[r]) for n, r in ranks.items()}, factors=kind,
                                        params=sol.params, ratio=sol.ratio,
                                        latency=cost if latency_axis else None, coding=coding))
@@ -118,6 +120,7 @@ class Objective:
             r = TrialRecord.of(twin)
             write_trial(trial, TrialRecord(same_as=twin.number, before_retrain=r.before_retrain,
                                            before_retrain_samples=r.before_retrain_samples, test=r.test, bytes=r.bytes, qps=r.qps,
+                                           other_qps=r.other_qps, folds=r.folds,
                                            predicted_bytes=r.predicted_bytes, before_coding=r.before_coding))
             value = metric_of(twin)
             assert value is not None
@@ -132,7 +135,7 @@ class Objective:
             before = float(calls.evaluate(model))
             write_trial(trial, TrialRecord(before_retrain=before))
         scored = None
-        if calls.retrain is not None:
+        if calls.retrain is not None and method is not Method.DENSE:  # the dense model is scored as it was given
             if accepts_report(calls.retrain):
                 reports: dict[int, float] = {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
 from ranksearch.study._settings import Components, SearchSettings
 from ranksearch.study._views import Views, views_for
-from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Prior, Pruner, Sampler, SensitivityKind
+from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Method, Prior, Pruner, Sampler, SensitivityKind
 
 __all__ = ["Plan", "Workload", "check_model", "latency_plan", "make_plan", "resolve"]
 
@@ -88,7 +89,8 @@ class Plan:
         """A trial's factorized model retrained again with the study's seed (its weights were not uploaded), in eval mode."""
         _, factors = self.views.of(trial.factors or self.views.kind)
         small = factorize(model, trial.kept_ranks, factors)
-        self.calls.retrain_again(small)
+        if trial.method is not Method.DENSE:  # a byte working point's dense candidates are scored as they were given
+            self.calls.retrain_again(small)
         return small.eval()
 
     def with_bytes(self, point: BytePoint) -> Plan:
@@ -125,6 +127,12 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
         curves = spectra(model, cache_dir=cache_dir, exclude=s.exclude) if best_device().type == "cuda" or block else None
         target = s.target_ratio if s.target_ratio < 1 else None  # a latency working point alone: no parameter budget to land on
         changes["rank_multiple"] = rank_multiple_for(best_device(), 1, curves, target, count_params(model), s.min_rank, block)
+    if s.bits_per_param is not None:  # the budget in bytes, of this model's parameters
+        budget = max(1, math.floor(s.bits_per_param * count_params(model) / 8))
+        if s.target_bytes is not None and s.target_bytes != budget:
+            raise StudyError(f"target_bytes {s.target_bytes:,} and bits_per_param {s.bits_per_param:g} disagree: {s.bits_per_param:g} bits "
+                             f"per parameter of {count_params(model):,} are {budget:,} bytes; give one of the two.")
+        changes["target_bytes"] = budget
     if work.task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if work.task is None and s.retrain is not None:

@@ -68,7 +68,8 @@ class TrialRecord:
     gate pruner's decisions at the screen and by later step); ``reports`` (a Pareto study's trial: the values its
     retrain reported, by step, which Optuna keeps only for one objective); ``error``, ``traceback``, ``interrupted``.
     At a byte working point: ``coding`` (how its retrained model is coded; enqueued references: uniform), ``bytes`` (its
-    stream, measured by NNCodec), ``qps`` (each weight's), ``predicted_bytes`` (the byte table's estimate, fitted coding)
+    stream, measured by NNCodec), ``qps`` (each weight's), ``other_qps`` (each other tensor's, fitted coding), ``folds``
+    (the batch norms folded into the layers before them), ``predicted_bytes`` (the byte table's estimate, fitted coding)
     and ``before_coding`` (the validation metric of the retrained model before coding; the trial's value is the
     decoded model's).
     """
@@ -88,6 +89,8 @@ class TrialRecord:
     coding: Coding | None = None
     bytes: int | None = None
     qps: dict[str, int] | None = None
+    other_qps: dict[str, int] | None = None
+    folds: dict[str, str] | None = None
     predicted_bytes: int | None = None
     before_coding: float | None = None
     worker: str | None = None

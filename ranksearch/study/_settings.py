@@ -45,13 +45,13 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 9  #: 9 adds byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 10  #: 10 adds bits_per_param; 9 byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
@@ -131,6 +131,10 @@ class SearchSettings:
                                       "trial chooses a parameter ratio and its ranks, and each weight's qp, and is scored on "
                                       "the decoded model", "int", low=1, optional=True, group=GRID, flag="--bytes",
                                       hint="e.g. a tenth of the dense model's stream at qp -38", metavar="N")
+    bits_per_param: float | None = option(None, "a byte working point given per parameter of the dense model: target_bytes is "
+                                          "this many bits times its parameters, over 8 (both recorded)", "float", low=0, high=32,
+                                          open_low=True, optional=True, group=GRID, flag="--bits-per-param",
+                                          hint="e.g. 1.6: a twentieth of float32", metavar="B")
     pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
                                        "points (the largest is target_ratio, or target_latency on the latency axis): the front "
                                        "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
@@ -160,9 +164,13 @@ class SearchSettings:
         if isinstance(self.factors, str) and self.factors in _OLD_FACTORS:
             raise ConfigError(f"factors {self.factors!r} is spelled {_OLD_FACTORS[self.factors]!r} now.")
         validate(self)
-        if self.target_ratio == 1 and self.target_latency is None and self.target_bytes is None:
+        if self.target_ratio == 1 and self.target_latency is None and self.target_bytes is None and self.bits_per_param is None:
             raise ConfigError("target_ratio 1 would keep every parameter; give a ratio below 1 (e.g. 0.25 keeps a quarter), or "
                               "target_latency or target_bytes for a latency or byte working point alone.")
+        if self.bits_per_param is not None and (self.pareto or self.target_latency is not None):
+            raise ConfigError(f"bits_per_param {self.bits_per_param:g} goes alone (with target_ratio as the largest ratio a trial may "
+                              "keep); a byte working point with a latency bound or a Pareto front is not built yet: run them as "
+                              "separate studies.")
         if self.target_bytes is not None and (self.pareto or self.target_latency is not None):
             raise ConfigError(f"target_bytes {self.target_bytes} goes alone (with target_ratio as the largest ratio a trial may keep); "
                               "a byte working point with a latency bound or a Pareto front is not built yet: run them as separate studies.")

@@ -39,8 +39,9 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     rows already stored by an interrupted setup are kept), the prior's centre, and the enqueued
     allocations (the seed rule first, then uniform, the AIMET-style greedy and the sensitivity-sum ones,
     then the warm starts), all within the timing table's limits. At a byte working point (measured here unless given or
-    stored) the references are enqueued at its base ratio, coded at a uniform qp, and the seed rule, coded per weight, at
-    a few of its larger ratios. An allocation the study already holds
+    stored) the dense model as given, coded at a uniform qp, comes first (without a ratio bound); then the references at
+    its base ratio, coded at a uniform qp, the seed rule, coded per weight, at a few of its larger ratios, and the dense
+    model coded per tensor. An allocation the study already holds
     is not enqueued again, so a setup taken over after a crash enqueues each one once. Returns the
     sensitivity table."""
     record = read_study(study)
@@ -73,7 +74,7 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     if plan.coder is not None:  # stored once, like the timing table
         byte_point = record.byte_point or byte_point
         if record.byte_point is None:
-            byte_point = byte_point or measure_point(model, plan.allocator, plan.coder.budget, plan.calls)
+            byte_point = byte_point or measure_point(model, plan.allocator, plan.coder.budget, plan.calls, plan.coder.folds(model))
             write_study(study, StudyRecord(byte_point=byte_point))
             cost["bytes_s"] = round(byte_point.took_s, 3)
         assert byte_point is not None
@@ -95,13 +96,28 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     centre = first.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
     write_study(study, StudyRecord(centre=centre))
     coding = None if plan.coder is None else Coding.UNIFORM  # a byte working point's references: NNCodec's one qp
+    if plan.coder is not None:  # first, NNCodec on the dense model: a trial must beat it on validation to replace it
+        _enqueue_dense(study, plan, Coding.UNIFORM)
     for r in points:
         _enqueue(study, plan, centre, starts[r], warm_start, r if plan.points else None, coding)
     front = plan.allocator.front
     for r in (front[:-1][::3] if plan.coder is not None else ()):  # the seed rule coded per weight, at larger ratios
         _enqueue(study, plan, centre, {}, (), r, Coding.FITTED, rule_only=True)
+    if plan.coder is not None:  # and the dense model coded per tensor
+        _enqueue_dense(study, plan, Coding.FITTED)
     write_study(study, StudyRecord(setup={**setup, "state": "ready", "at": time.time()}))
     return table
+
+
+def _enqueue_dense(study: optuna.Study, plan: Plan, coding: Coding) -> None:
+    """At a byte working point without a ratio bound: the dense model as it was given (no layer factorized, not retrained),
+    coded with ``coding``, once."""
+    front = plan.allocator.front
+    if plan.allocator.target < 1 or any((r := TrialRecord.of(t)).method is Method.DENSE and r.coding is coding
+                                        for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial({**{p: 0.0 for p in plan.allocator.search_space()}, plan.allocator.axis.value: front[0]},
+                        user_attrs=TrialRecord(method=Method.DENSE, target=front[0], ranks={}, coding=coding).to_attrs())
 
 
 def _fixed_cost(cost: dict[str, Any], record: StudyRecord, seconds: float, measured: int) -> dict[str, Any]:

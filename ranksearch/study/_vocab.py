@@ -24,6 +24,7 @@ class Method(StrEnum):
     SENSITIVITY = "sensitivity"  #: AIMET-style greedy allocation from the sensitivity table
     SENSITIVITY_SUM = "sensitivity_sum"  #: the ranks that maximize the sum of the layers' sensitivity scores
     WARM_START = "warm_start"  #: an allocation given from outside (another working point's best)
+    DENSE = "dense"  #: no layer factorized, not retrained (a byte working point's candidates: the dense model as given, coded)
     SEARCHED = "searched"  #: drawn by the sampler
 
     @property
@@ -38,7 +39,7 @@ class Method(StrEnum):
 
 
 _LABELS = {Method.SEED_RULE: "the seed rule", Method.UNIFORM: "uniform", Method.SENSITIVITY: "AIMET-style sensitivity",
-           Method.SENSITIVITY_SUM: "sensitivity sum", Method.WARM_START: "warm start", Method.SEARCHED: "sampled trial"}
+           Method.SENSITIVITY_SUM: "sensitivity sum", Method.WARM_START: "warm start", Method.DENSE: "dense", Method.SEARCHED: "sampled trial"}
 
 #: the enqueued allocations reported beside the seed rule
 BASELINES = (Method.UNIFORM, Method.SENSITIVITY, Method.SENSITIVITY_SUM)

@@ -3,8 +3,6 @@ qps in the stream, the decoded model, the Fisher weights, and one-line errors.""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from ranksearch.errors import RankSearchError
 
 nnc_core = pytest.importorskip("nncodec.nnc_core")
 
-from ranksearch.core._bytes import ByteTable, fisher, fit_bytes, measure_bytes, uniform_qp  # noqa: E402
+from ranksearch.core._bytes import NONWEIGHT_SHIFT, ByteTable, fisher, fit_bytes, measure_bytes, uniform_qp  # noqa: E402
 from ranksearch.core._nnr import decode, decoded_model, encode, nnr_parameters, weight_names  # noqa: E402
 from ranksearch.core._surgery import factorize  # noqa: E402
 
@@ -84,11 +82,19 @@ def test_the_table_predicts_the_whole_stream_at_any_qps(models):
     """Streams add up over weights less one header each: the table's prediction against NNCodec on the whole model."""
     for model in models:
         table = measure_bytes(model, qps=(-44, -36, -28, -20))
-        assert set(table.units) == set(weight_names(model))
-        assert np.all(np.diff(table.size, axis=1) < 0) and np.all(np.diff(table.error, axis=1) > 0)  # coarser: smaller, worse
-        for pick in itertools.islice(itertools.product(table.qps, repeat=len(table.units)), 0, None, 37):
-            qps = dict(zip(table.units, pick))
-            actual = len(encode(model, qps=qps))
+        weights = set(weight_names(model))
+        assert set(table.units[: len(weights)]) == weights
+        others = [k for k, v in nnr_parameters(model)[0].items() if k.removesuffix("_G").removesuffix("_H") not in weights and v.dtype.kind == "f"]
+        assert others and set(table.units[len(weights):]) == {k.rpartition(".")[0] for k in others}  # biases, normalization
+        assert table.shift == (0,) * len(weights) + (NONWEIGHT_SHIFT,) * (len(table.units) - len(weights))
+        assert np.all(np.diff(table.size, axis=1) <= 0) and np.all(np.diff(table.error, axis=1) >= 0)  # coarser: smaller, worse
+        assert np.all(np.diff(table.size[: len(weights)], axis=1) < 0) and np.all(np.diff(table.error[: len(weights)], axis=1) > 0)
+        rng = np.random.default_rng(0)
+        for pick in rng.choice(table.qps, size=(12, len(table.units))):
+            qps = dict(zip(table.units, pick.tolist()))
+            w, others = table.tensor_qps(qps)
+            assert set(w) == weights and set(others) == set(table.members[-1]).union(*table.members[len(weights):])
+            actual = len(encode(model, qps={**w, **others}))
             assert abs(table.predicted(qps) - actual) <= 0.01 * actual, (qps, table.predicted(qps), actual)
 
 

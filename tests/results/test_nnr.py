@@ -188,3 +188,39 @@ def test_bad_byte_budgets_fail_in_one_line(searched, tmp_path, capsys, extra, me
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "no --weights" not in line]  # the info line of an export
     assert len(err) == 1 and message in err[0], err
     assert not target.exists()
+
+
+def test_a_stream_with_batch_norms_folded_verifies_in_the_dense_architecture(tmp_path):
+    """The writer folds each batch norm that follows its layer (checked on the task's data) and fits the budget; the verifier
+    decodes the stream into the plain dense architecture, normalizations the identity, and scores it."""
+    from torch.utils.data import TensorDataset
+
+    from ranksearch.core._surgery import factorize
+    from ranksearch.core._task import Task
+    from ranksearch.results import write_model
+    from ranksearch.results._nnr import verify
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Flatten(),
+                                   torch.nn.Linear(16 * 64, 10)).eval()
+
+    dense = net()
+    with torch.no_grad():
+        for bn in (dense[1], dense[4]):
+            bn.running_var.uniform_(0.5, 2.0), bn.running_mean.normal_(0, 0.3), bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(0, 0.2)
+    data = TensorDataset(torch.randn(96, 1, 8, 8), torch.randint(0, 10, (96,)))
+    task = Task(data, data, data, "cross_entropy", "accuracy")
+    model = factorize(dense, {"3": 4}).eval()
+    size = len(encode(model)) // 3
+    line = write_model(model, tmp_path / "m.nnr", "nnr", size=size, task=task)
+    assert "2 batch norms folded" in line
+    stream = (tmp_path / "m.nnr").read_bytes()
+    assert len(stream) <= size and {"0.weight_scaling", "3.weight_scaling"} <= set(decode(stream, recompose=False))
+    said = verify(tmp_path / "m.nnr", model, net(), dense, task, None, size)
+    assert said.startswith(f"verified: {len(stream):,} bytes of the {size:,} allowed") and "\n" not in said
+    with pytest.raises(RankSearchError, match="no batch norm after"):  # a stream for another architecture
+        verify(tmp_path / "m.nnr", model, torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.ReLU(),
+                                                               torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Linear(16 * 64, 10)),
+               dense, task, None, size)
