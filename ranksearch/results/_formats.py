@@ -243,7 +243,7 @@ def _write_onnx(model: nn.Module, sample: torch.Tensor | None, path: Path) -> st
 
 
 def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: int | None = None, size: int | None = None,
-               task: Any = None) -> str:
+               task: Task | None = None) -> str:
     from ranksearch.core._layers import LowRank
     from ranksearch.core._nnr import DEFAULT_QP, check_qp, encode
 
