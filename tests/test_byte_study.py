@@ -175,6 +175,8 @@ def test_a_byte_budget_below_one_is_refused_by_the_parser(tmp_path, capsys):
 def test_byte_settings_round_trip_and_older_ones_still_read():
     s = SearchSettings(0.5, target_bytes=12345)
     assert SearchSettings.from_dict(s.to_dict()) == s and s.point == "bytes12345+0.5"
+    q = SearchSettings(1.0, target_bytes=12345, qat=0.25)
+    assert SearchSettings.from_dict(q.to_dict()) == q and q.to_dict()["format_version"] == 11 and q.to_dict()["qat"] == 0.25
     old = {**SearchSettings(0.25).to_dict(), "format_version": 8}
     old.pop("target_bytes")
     assert SearchSettings.from_dict(old).target_bytes is None
@@ -234,3 +236,57 @@ def test_a_dense_candidate_is_rebuilt_as_it_was_given(searched, dense_and_task):
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
     retrained = plan.retrained(model, TrialRecord(method=Method.UNIFORM, ranks={}))  # any other trial is retrained again
     assert not all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_quantization_aware_study_trains_through_its_steps_and_retrains_its_trials_again_alike(dense_and_task, budget, tmp_path):
+    """``qat``: each retrained trial's last steps round every weight to the step of the qp it would be coded at; the record says
+    so, the summary says which retrain the best had, and a trial retrained again (its weights not kept) is the same model."""
+    from ranksearch.core._qat import step_of
+    from ranksearch.results import trial_model
+    from ranksearch.study import artifact_store
+    from ranksearch.study._plan import Workload, make_plan
+
+    model, task = dense_and_task
+    settings = SearchSettings(1.0, target_bytes=budget, retrain=RECIPE, sampler="random", qat=0.5)
+    result = search(model, settings, task=task, run=RunOptions(n_trials=7, out_dir=tmp_path, report=False))
+    done = [(t, TrialRecord.of(t)) for t in result.study.get_trials(states=(TrialState.COMPLETE,)) if TrialRecord.of(t).same_as is None]
+    assert {r.qat for _, r in done if r.method is not Method.DENSE} == {0.5} and all(r.qat is None for _, r in done if r.method is Method.DENSE)
+    kept = [(t, r) for t, r in done if r.weights is not None and r.method is not Method.DENSE]
+    assert kept
+    trial, record = kept[0]
+    stored = trial_model(result.study, trial, model, artifact_store(tmp_path / "artifacts"))
+    # its weights sit on the steps of the qps its quantization-aware half began with: a step finer or coarser than it was coded at
+    layer = next(n for n, m in stored.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith((".g", ".h")))
+    w = stored.get_submodule(layer).weight.detach()
+    assert any(torch.allclose(w / step_of(q), torch.round(w / step_of(q)), atol=1e-4) for q in range(record.qps[f"{layer}.weight"] - 8,
+                                                                                                        record.qps[f"{layer}.weight"] + 9))
+    again = make_plan(model, SearchSettings.from_dict(result.config.search["settings"]), Workload(task=task)).retrained(model, record)
+    for key, value in stored.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, msg=key)
+    assert result.summary.coding["qat"] == TrialRecord.of(result.study.trials[result.config.search["trial"]]).qat
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--ratio", "0.5", "--qat", "0.5"], "qat 0.5 rounds each weight to the step it is coded at, which only a byte working point"),
+    (["--bytes", "5000", "--qat", "1.5"], "--qat 1.5 must be"),
+])
+def test_quantization_aware_retrain_outside_a_byte_working_point_is_refused_in_one_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    try:
+        code = main(["search", "--space", "tiny-digits", "--trials", "2", "--epochs", "1", "--out", str(out), "--no-progress", *extra])
+    except SystemExit as e:  # the parser's own range check
+        code = e.code
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith(("ranksearch ", "usage")) or message in line]
+    assert any(message in line for line in err), err
+    assert not (out / "study.journal").exists()
+
+
+def test_quantization_aware_retrain_needs_the_built_in_retrain(dense_and_task, budget, tmp_path):
+    from ranksearch.errors import StudyError
+
+    model, task = dense_and_task
+    settings = SearchSettings(1.0, target_bytes=budget, qat=0.5)
+    with pytest.raises(StudyError, match="only the built-in retrain"):
+        search(model, settings, evaluate=lambda m: 0.5, retrain=lambda m: None, run=RunOptions(n_trials=1, out_dir=tmp_path, report=False))
+    assert not (tmp_path / "study.journal").exists()

@@ -34,7 +34,7 @@ _NAMES = {
     "DEFAULT_QP": "_nnr", "encode_nnr": "_nnr:encode", "decode_nnr": "_nnr:decode", "decoded_model": "_nnr",
     "QP_GRID": "_bytes", "ByteTable": "_bytes", "BytePoint": "_bytes", "Coded": "_bytes", "fisher": "_bytes", "fit_bytes": "_bytes",
     "measure_bytes": "_bytes", "uniform_qp": "_bytes", "fit_steps": "_rate", "NONWEIGHT_SHIFT": "_bytes", "foldable": "_fold",
-    "task_folds": "_fold",
+    "task_folds": "_fold", "QuantAware": "_qat", "quantization_aware": "_qat", "step_of": "_qat",
     # the rank config and weights files
     "LayerRank": "_config", "RankConfig": "_config", "apply": "_allocation", "config_for": "_allocation",
     "dense_reasons": "_allocation", "load_factorized": "_allocation", "solve": "_allocation",
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ranksearch.core._nnr import DEFAULT_QP, decoded_model
     from ranksearch.core._nnr import decode as decode_nnr
     from ranksearch.core._nnr import encode as encode_nnr
+    from ranksearch.core._qat import QuantAware, quantization_aware, step_of
     from ranksearch.core._rate import fit_steps
     from ranksearch.core._retrain import Optimizer, RetrainSettings, best_device, compile_for_training, evaluate, fit, sample_scores
     from ranksearch.core._solver import (

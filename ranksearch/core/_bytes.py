@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ranksearch.core._fold import SCALING
+from ranksearch.core._fold import SCALING, task_folds
 from ranksearch.core._inputs import call, to_device
 from ranksearch.core._nnr import DEFAULT_QP, QP_RANGE, encode_tensors, nnr_parameters, weight_names
 from ranksearch.core._rate import fit_steps
@@ -255,11 +255,12 @@ def fisher(model: nn.Module, task: Task, samples: int = 256, batch_size: int = 1
 
 def fit_bytes(model: nn.Module, budget: int, *, qps: Sequence[int] = QP_GRID, offsets: Mapping[str, int] | None = None,
               sensitivity: Mapping[str, np.ndarray] | None = None, table: ByteTable | None = None,
-              folds: Mapping[str, str] | None = None) -> Coded:
+              folds: Mapping[str, str] | None = None, task: Task | None = None) -> Coded:
     """``model``'s NNR stream at most ``budget`` bytes: each weight at a common qp plus its ``offsets`` (in steps of the
     grid, > 0 coarser; default 0), the finest that fits, then finer steps where a byte removes most (weighted) error; the
     other tensors alike, :data:`NONWEIGHT_SHIFT` finer. ``folds``: batch norms folded into their layers
-    (:func:`~ranksearch.core._fold.foldable`).
+    (:func:`~ranksearch.core._fold.foldable`). ``task``: its data decides, where they are not given, the folds (each
+    checked on a validation batch, :func:`~ranksearch.core._fold.task_folds`) and the errors' weights (:func:`fisher`).
 
     The table's sum is checked against the encoder: a stream that lands off it (blocks share a header) is fitted again
     to the budget less the difference, then coarsened, a step at a time, while it is over.
@@ -268,6 +269,10 @@ def fit_bytes(model: nn.Module, budget: int, *, qps: Sequence[int] = QP_GRID, of
         RankSearchError: when even the coarsest qp of the grid in every weight is over the budget (the message names
             the smallest stream).
     """
+    if task is not None and folds is None:
+        folds = task_folds(model, task)
+    if task is not None and sensitivity is None and table is None:
+        sensitivity = fisher(model, task, folds=folds)
     table = table or measure_bytes(model, qps, sensitivity, folds)
     if table.smallest > budget:
         raise RankSearchError(f"--bytes {budget:,} is unreachable for this model: with every weight at qp {table.qps[-1]} "

@@ -7,6 +7,7 @@ the dense model's outputs. Runs on CUDA when present (bf16 autocast, channels-la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ranksearch._fields import document, option, validate
 from ranksearch.core._inputs import Forward, call, to_device
+from ranksearch.core._qat import QuantAware, quantization_aware
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 
@@ -135,6 +137,7 @@ def fit(
     validate: bool = False,
     screen: float = 0.0,
     subset: Dataset | None = None,
+    quantize: QuantAware | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``task.train`` and return it (on ``device``, in eval mode).
 
@@ -156,6 +159,9 @@ def fit(
             ``on_epoch(0, value)`` (the gate pruner's cheap first look; 0: not).
         subset: With ``validate``, the validation data of the screen and of every epoch's report but
             the last (default: ``task.val``); the last epoch is always scored on ``task.val``.
+        quantize: Train the last steps quantization-aware (:class:`~ranksearch.core._qat.QuantAware`): from its start, each
+            coded weight is rounded to its qp's step going forward (straight through going back), the reports after it
+            are of the rounded model, and the model returned holds the float weights.
     """
     device = device or best_device()
     torch.manual_seed(seed)
@@ -178,39 +184,49 @@ def fit(
     decay = math.log(settings.lr_end / settings.lr_start) / max(1, total - 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: math.exp(decay * min(step, total - 1)))
     screen_at = math.ceil(screen * steps_per_epoch) if validate and screen > 0 and settings.epochs > 0 else None
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        running = torch.zeros((), device=device)
-        for step, (x, y) in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            if epoch == 1 and step == screen_at:  # never at steps_per_epoch: that is the epoch's own report
-                screened = evaluate(model, task.val if subset is None else subset, task.metric, device=device, forward=task.forward)
-                _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, screened)
-                model.train()
-                if on_epoch is not None:
-                    on_epoch(0, screened)
-            x, y = to_device(x, device, True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                out = net(x)
-                loss = _task_loss(task.loss, out.float(), y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_out = call(teacher, x, task.forward).float()
-                    loss = (1 - settings.distill) * loss + settings.distill * _distill_loss(task.loss, out.float(), t_out, settings.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.detach()
-        data = task.val if subset is None or epoch == settings.epochs else subset
-        value: float | None = evaluate(model, data, task.metric, device=device, forward=task.forward) if validate else None
-        _log.debug(
-            "epoch %d/%d loss %.4f lr %.2e%s", epoch, settings.epochs, float(running) / max(1, steps_per_epoch),
-            opt.param_groups[0]["lr"], "" if value is None else f" val {task.metric} {value:.4f}",
-        )
-        if on_epoch is not None:
-            on_epoch(epoch, value)
+    begin, done = -1 if quantize is None else quantize.start(total), 0
+    with contextlib.ExitStack() as rounding:  # the rounding, once it is entered, until the retrain ends
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            running = torch.zeros((), device=device)
+            for step, (x, y) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                if done == begin:  # the quantization-aware part begins (never without one: begin is -1)
+                    assert quantize is not None
+                    qps = quantize.qps(model.eval())
+                    rounding.enter_context(quantization_aware(model, qps))
+                    _log.debug("step %d: the last %d%% of the retrain trains quantization-aware (%d weights)", done,
+                               round(100 * quantize.fraction), len(qps))
+                    model.train()
+                done += 1
+                if epoch == 1 and step == screen_at:  # never at steps_per_epoch: that is the epoch's own report
+                    screened = evaluate(model, task.val if subset is None else subset, task.metric, device=device, forward=task.forward)
+                    _log.debug("screen after %d of %d steps: val %s %.4f", step, steps_per_epoch, task.metric, screened)
+                    model.train()
+                    if on_epoch is not None:
+                        on_epoch(0, screened)
+                x, y = to_device(x, device, True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    out = net(x)
+                    loss = _task_loss(task.loss, out.float(), y)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_out = call(teacher, x, task.forward).float()
+                        loss = (1 - settings.distill) * loss + settings.distill * _distill_loss(task.loss, out.float(), t_out, settings.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += loss.detach()
+            data = task.val if subset is None or epoch == settings.epochs else subset
+            value: float | None = evaluate(model, data, task.metric, device=device, forward=task.forward) if validate else None
+            _log.debug(
+                "epoch %d/%d loss %.4f lr %.2e%s", epoch, settings.epochs, float(running) / max(1, steps_per_epoch),
+                opt.param_groups[0]["lr"], "" if value is None else f" val {task.metric} {value:.4f}",
+            )
+            if on_epoch is not None:
+                on_epoch(epoch, value)
     return model.eval()
 
 

@@ -173,7 +173,7 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     if record.byte_point is not None:
         best_record = TrialRecord.of(best)
         coding = {**record.byte_point.to_dict(), "qps": best_record.qps, "other_qps": best_record.other_qps, "folds": best_record.folds,
-                  "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes}
+                  "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes, "qat": best_record.qat}
         coding.pop("took_s")
         return dataclasses.replace(summary, coding=coding)
     if not record.settings.pareto:

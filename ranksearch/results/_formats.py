@@ -254,16 +254,12 @@ def _write_nnr(model: nn.Module, sample: torch.Tensor | None, path: Path, qp: in
 
         if qp is not None:
             raise RankSearchError("--bytes chooses each weight's qp; leave --qp out.")
-        from ranksearch.core._bytes import fisher
-        from ranksearch.core._fold import task_folds
-
-        folds = task_folds(model, task) if task is not None else {}  # with the space's data: batch norms folded, Fisher-weighted
-        coded = fit_bytes(model, size, folds=folds, sensitivity=fisher(model, task, folds=folds) if task is not None else None)
+        coded = fit_bytes(model, size, task=task)  # with the space's data: batch norms folded, Fisher-weighted
         path.write_bytes(coded.stream)
         qps = sorted(coded.qps.values())
         return (f"NNR bitstream (NNCodec), {coded.bytes:,} bytes of the {size:,} allowed ({coded.bytes / size:.3f}; the byte table "
                 f"predicted {coded.predicted:,}); {len(qps)} weights each at its own qp, {qps[0]} to {qps[-1]}, "
-                f"{len(folds)} batch norms folded; {what}")
+                f"{len(coded.folds)} batch norms folded; {what}")
     qp = DEFAULT_QP if qp is None else qp
     step = check_qp(qp, warn=False)
     data = encode(model, qp=qp)

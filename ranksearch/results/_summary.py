@@ -96,7 +96,8 @@ class Summary:
             rule and the baselines enqueued at it.
         coding: At a byte working point: its ``budget``, ``dense_bytes`` (the dense model's stream at the default qp),
             ``base_ratio``, ``ratios``, ``dense`` (NNCodec on the dense model at the finest uniform qp within the budget:
-            ``qp``, ``bytes``, ``val``, ``test``), and the best trial's ``qps``, ``coding`` and ``predicted_bytes``.
+            ``qp``, ``bytes``, ``val``, ``test``), and the best trial's ``qps``, ``coding``, ``predicted_bytes`` and ``qat`` (the share of
+            its retrain trained quantization-aware; None: plain).
     """
 
     metric: str

@@ -199,7 +199,9 @@ def bytes_table(s: Summary) -> Table:
              f"within it; the trials drew their ratio from {len(c.get('ratios') or [])} between {min(c.get('ratios') or [0]):g} and "
              f"{max(c.get('ratios') or [0]):g}." + (f" The best trial's qps: {qps[0]} to {qps[-1]}"
                                                    + (f"; the byte table predicted {fmt(c.get('predicted_bytes'))} bytes." if
-                                                      c.get("predicted_bytes") else ".") if qps else ""),) if budget and dense_bytes else ()
+                                                      c.get("predicted_bytes") else ".") if qps else "")
+             + (f" Its retrain trained its last {c['qat']:.0%} quantization-aware." if c.get("qat") else
+                " Its retrain was plain (no quantization-aware steps)."),) if budget and dense_bytes else ()
     name = s.metric
     return Table(("model", "ratio", "bytes", f"val {name}", f"test {name}", "val before coding", "trial"), tuple(rows),
                  title="The byte working point:", notes=notes)

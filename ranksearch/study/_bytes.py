@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ranksearch.core._bytes import QP_GRID, BytePoint, fisher, fit_bytes, uniform_qp
+from ranksearch.core._bytes import QP_GRID, BytePoint, fit_bytes, uniform_qp
 from ranksearch.core._fold import task_folds
 from ranksearch.core._nnr import DEFAULT_QP, QP_RANGE, decoded_model, encode, weight_names
+from ranksearch.core._qat import QuantAware
 from ranksearch.core._solver import reachable_ratio
 from ranksearch.core._surgery import factorize
 from ranksearch.core._task import Task
@@ -119,10 +120,12 @@ class Coder:
         budget: Bytes of the stream.
         task: Whose training data weighs each weight's coding error (the Fisher information), and on whose first validation
             batch each batch-norm fold is checked; None: plain squared error, nothing folded.
+        qat: The share of each trial's retrain, its last steps, trained quantization-aware (:meth:`quantize`; 0: plain).
     """
 
     budget: int
     task: Task | None = None
+    qat: float = 0.0
 
     def folds(self, model: nn.Module) -> dict[str, str]:
         """The batch norms of ``model`` that fold into the layers before them (checked on a batch of the task's data)."""
@@ -135,10 +138,18 @@ class Coder:
             qp, data, tensors = uniform_qp(model, self.budget, folds)
             qps = dict.fromkeys(weight_names(model), qp)
             return decoded_model(model, tensors, folds), {"bytes": len(data), "qps": qps, "predicted_bytes": None, "folds": folds or None}
-        sensitivity = fisher(model, self.task, folds=folds) if self.task is not None else None
-        coded = fit_bytes(model, self.budget, sensitivity=sensitivity, folds=folds)
+        coded = fit_bytes(model, self.budget, folds=folds, task=self.task)
         return decoded_model(model, coded.tensors, folds), {"bytes": coded.bytes, "qps": coded.qps, "predicted_bytes": coded.predicted,
                                                             "other_qps": coded.other_qps or None, "folds": folds or None}
+
+    def qps(self, model: nn.Module, coding: Coding) -> dict[str, int]:
+        """Each weight's qp were ``model`` coded now (what a quantization-aware retrain rounds to)."""
+        return dict(self(model, coding)[1]["qps"])
+
+    def quantize(self, coding: Coding) -> QuantAware | None:
+        """The quantization-aware part of a retrain whose model is coded by ``coding`` (None: a plain retrain): its last
+        :attr:`qat` of steps round each weight to the step of the qp it would be coded at as that part begins."""
+        return QuantAware(self.qat, lambda model: self.qps(model, coding)) if self.qat > 0 else None
 
 
 def spread(qps: dict[str, int]) -> str:

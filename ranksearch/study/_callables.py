@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from ranksearch.core._inputs import Forward
+from ranksearch.core._qat import QuantAware
 from ranksearch.core._retrain import RetrainSettings, fit
 from ranksearch.core._retrain import evaluate as evaluate_metric
 from ranksearch.core._task import Task
@@ -26,10 +27,10 @@ Evaluate = Callable[[nn.Module], float]
 Retrain = Callable[..., Any]
 
 
-def accepts_report(fn: Callable[..., Any]) -> bool:
-    """Whether a retrain callable takes ``report=`` (so the pruner can stop it)."""
+def accepts_report(fn: Callable[..., Any], name: str = "report") -> bool:
+    """Whether a retrain callable takes ``report=`` (so the pruner can stop it), or another keyword ``name``."""
     try:
-        return "report" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -48,14 +49,16 @@ class Callables:
     inputs: Sequence[Any] | None = None  #: the calibration input batches, when given (the ``output`` probes' fallback)
     forward: Forward | None = None
 
-    def retrain_again(self, model: nn.Module) -> None:
-        """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept)."""
+    def retrain_again(self, model: nn.Module, quantize: QuantAware | None = None) -> None:
+        """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept); ``quantize``: as a
+        byte working point's trial that trained its last steps quantization-aware."""
         if self.retrain is None:
             return
+        extra: dict[str, Any] = {} if quantize is None else {"quantize": quantize}
         if accepts_report(self.retrain):
-            self.retrain(model, report=lambda step, value, last=False: None)
+            self.retrain(model, report=lambda step, value, last=False: None, **extra)
         else:
-            self.retrain(model)
+            self.retrain(model, **extra)
 
 
 def sample_shape(task: Task) -> tuple[int, ...] | None:
@@ -87,13 +90,14 @@ def task_callables(task: Task, recipe: RetrainSettings, teacher: nn.Module, seed
                    screen_samples: int = 0) -> Callables:
     """The built-in metric, retrain and test metric of a ``task``. The retrain reports the validation
     metric after each epoch, and as step 0 after ``screen`` of the first epoch (when > 0), scoring every
-    report but the last on ``screen_samples`` validation samples (a fixed subset; 0: all)."""
+    report but the last on ``screen_samples`` validation samples (a fixed subset; 0: all); its ``quantize`` trains its
+    last steps quantization-aware (:func:`~ranksearch.core._retrain.fit`)."""
     subset = subset_of(task.val, screen_samples)
 
     def evaluate(model: nn.Module) -> float:
         return evaluate_metric(model, task.val, task.metric, forward=task.forward)
 
-    def retrain(model: nn.Module, report: Callable[..., None]) -> float | None:
+    def retrain(model: nn.Module, report: Callable[..., None], quantize: QuantAware | None = None) -> float | None:
         last: list[float | None] = [None]
 
         def on_epoch(step: int, value: float | None) -> None:
@@ -103,7 +107,8 @@ def task_callables(task: Task, recipe: RetrainSettings, teacher: nn.Module, seed
             else:
                 report(step, value)
 
-        fit(model, task, recipe, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen, subset=subset)
+        fit(model, task, recipe, teacher=teacher, seed=seed, on_epoch=on_epoch, validate=True, screen=screen, subset=subset,
+            quantize=quantize)
         return last[0]  # the validation metric after the last epoch (None without epochs)
 
     def test(model: nn.Module) -> float:

@@ -135,6 +135,10 @@ class Objective:
             before = float(calls.evaluate(model))
             write_trial(trial, TrialRecord(before_retrain=before))
         scored = None
+        quantize = None if self.coder is None or coding is None else self.coder.quantize(coding)
+        extra: dict[str, Any] = {} if quantize is None else {"quantize": quantize}  # the built-in retrain's (the plan checked)
+        if quantize is not None and method is not Method.DENSE:
+            write_trial(trial, TrialRecord(qat=quantize.fraction))
         if calls.retrain is not None and method is not Method.DENSE:  # the dense model is scored as it was given
             if accepts_report(calls.retrain):
                 reports: dict[int, float] = {}
@@ -151,9 +155,9 @@ class Objective:
                         return
                     _report(trial, step, value, last)
 
-                scored = calls.retrain(model, report=report)
+                scored = calls.retrain(model, report=report, **extra)
             else:
-                scored = calls.retrain(model)
+                scored = calls.retrain(model, **extra)
         # a retrain that returns a number has scored the model on the validation split already
         value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(calls.evaluate(model))
         if not math.isfinite(value):
@@ -168,7 +172,8 @@ class Objective:
             uncoded = value
             write_trial(trial, TrialRecord(before_coding=uncoded, **info))
             value = float(calls.evaluate(final))
-            coded = f", {info['bytes']:,} bytes at qp {spread(info['qps'])} ({coding.value}: {value - uncoded:+.4f} by coding)"
+            qat = "" if quantize is None or method is Method.DENSE else f", after {quantize.fraction:.0%} quantization-aware"
+            coded = f", {info['bytes']:,} bytes at qp {spread(info['qps'])} ({coding.value}: {value - uncoded:+.4f} by coding{qat})"
         if calls.test is not None:
             write_trial(trial, TrialRecord(test=float(calls.test(final))))
         if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None):

@@ -32,7 +32,7 @@ from ranksearch.core._weights import state_digest
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._bytes import Coder
-from ranksearch.study._callables import Callables, Evaluate, Retrain, task_callables, user_callables
+from ranksearch.study._callables import Callables, Evaluate, Retrain, accepts_report, task_callables, user_callables
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._latency import LatencyPlan, limited
 from ranksearch.study._pruners import make_pruner
@@ -41,7 +41,7 @@ from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
 from ranksearch.study._settings import Components, SearchSettings
 from ranksearch.study._views import Views, views_for
-from ranksearch.study._vocab import CUSTOM, Factors, Granularity, Method, Prior, Pruner, Sampler, SensitivityKind
+from ranksearch.study._vocab import CUSTOM, Coding, Factors, Granularity, Method, Prior, Pruner, Sampler, SensitivityKind
 
 __all__ = ["Plan", "Workload", "check_model", "latency_plan", "make_plan", "resolve"]
 
@@ -90,7 +90,9 @@ class Plan:
         _, factors = self.views.of(trial.factors or self.views.kind)
         small = factorize(model, trial.kept_ranks, factors)
         if trial.method is not Method.DENSE:  # a byte working point's dense candidates are scored as they were given
-            self.calls.retrain_again(small)
+            quantize = None if self.coder is None or not trial.qat else dataclasses.replace(self.coder, qat=trial.qat).quantize(
+                trial.coding or Coding.FITTED)
+            self.calls.retrain_again(small, quantize)
         return small.eval()
 
     def with_bytes(self, point: BytePoint) -> Plan:
@@ -199,6 +201,9 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
-    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task)
+    if s.qat > 0 and (calls.retrain is None or not accepts_report(calls.retrain, "quantize")):
+        raise StudyError(f"qat {s.qat:g} trains the retrain's last steps quantization-aware, which only the built-in retrain (a task "
+                         "and its recipe) does; drop --qat, or give the task instead of your own retrain.")
+    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task, s.qat)
     return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto, coder)
 

@@ -71,7 +71,7 @@ class TrialRecord:
     stream, measured by NNCodec), ``qps`` (each weight's), ``other_qps`` (each other tensor's, fitted coding), ``folds``
     (the batch norms folded into the layers before them), ``predicted_bytes`` (the byte table's estimate, fitted coding)
     and ``before_coding`` (the validation metric of the retrained model before coding; the trial's value is the
-    decoded model's).
+    decoded model's); ``qat`` (the share of its retrain, the last steps, trained quantization-aware; absent: plain).
     """
 
     method: Method | None = None
@@ -93,6 +93,7 @@ class TrialRecord:
     folds: dict[str, str] | None = None
     predicted_bytes: int | None = None
     before_coding: float | None = None
+    qat: float | None = None
     worker: str | None = None
     before_retrain: float | None = None
     before_retrain_samples: int | None = None

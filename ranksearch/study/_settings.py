@@ -45,13 +45,13 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 10  #: 10 adds bits_per_param; 9 byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 11  #: 11 adds qat; 10 bits_per_param; 9 byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}, 10: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
@@ -135,6 +135,10 @@ class SearchSettings:
                                           "this many bits times its parameters, over 8 (both recorded)", "float", low=0, high=32,
                                           open_low=True, optional=True, group=GRID, flag="--bits-per-param",
                                           hint="e.g. 1.6: a twentieth of float32", metavar="B")
+    qat: float = option(0.0, "at a byte working point: the share of each trial's retrain, its last steps, trained quantization-aware "
+                        "(each weight rounded to the step of the qp it would be coded at as they begin, the gradient passed "
+                        "straight through); 0: a plain retrain", "float", low=0, high=1, group=GRID, flag="--qat",
+                        hint="e.g. 0.5: the second half of each retrain", metavar="SHARE")
     pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
                                        "points (the largest is target_ratio, or target_latency on the latency axis): the front "
                                        "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
@@ -174,6 +178,9 @@ class SearchSettings:
         if self.target_bytes is not None and (self.pareto or self.target_latency is not None):
             raise ConfigError(f"target_bytes {self.target_bytes} goes alone (with target_ratio as the largest ratio a trial may keep); "
                               "a byte working point with a latency bound or a Pareto front is not built yet: run them as separate studies.")
+        if self.qat > 0 and self.target_bytes is None and self.bits_per_param is None:
+            raise ConfigError(f"qat {self.qat:g} rounds each weight to the step it is coded at, which only a byte working point "
+                              "codes; give target_bytes (--bytes N) or bits_per_param, or drop qat.")
         if self.pareto:
             self._check_pareto()
         elif self.pareto_axis is not Axis.RATIO:

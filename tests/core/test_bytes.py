@@ -196,3 +196,23 @@ def test_a_table_that_misses_the_encoder_still_lands_the_stream_within_2_percent
         coded = fit_bytes(model, budget, table=off)
         assert 0.98 * budget <= coded.bytes == len(coded.stream) <= budget
         assert len(encode(model, qps={**coded.qps, **coded.other_qps})) == coded.bytes
+
+
+def test_a_task_decides_the_folds_and_the_weights_of_the_fit(models):
+    """``fit_bytes(task=...)``: the batch norms that fold on the task's data are folded, and errors weighted by its Fisher
+    information, exactly as when both are given."""
+    from torch.utils.data import TensorDataset
+
+    from ranksearch.core._fold import task_folds
+    from ranksearch.core._task import Task
+
+    dense, _ = models
+    data = TensorDataset(torch.randn(64, 3, 4, 4), torch.randint(0, 10, (64,)))
+    task = Task(data, data, data, "cross_entropy", "accuracy")
+    budget = len(encode(dense)) // 3
+    folds = task_folds(dense, task)
+    assert folds == {"0": "1"}
+    given = fit_bytes(dense, budget, folds=folds, sensitivity=fisher(dense, task, folds=folds))
+    owned = fit_bytes(dense, budget, task=task)
+    assert owned.stream == given.stream and owned.folds == folds and owned.qps == given.qps
+    assert fit_bytes(dense, budget).folds == {}  # without a task nothing is folded

@@ -28,7 +28,7 @@ def test_a_trial_record_round_trips_every_field():
         "before_retrain_samples": 64, "test": 0.6, "same_as": 3, "weights": "id", "gate": {"promoted": True},
         "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25, "latency": 0.8,
         "reports": {0: 0.4, 1: 0.55}, "coding": Coding.FITTED, "bytes": 4900, "qps": {"a.weight": -30}, "other_qps": {"a.bias": -46}, "folds": {"a": "bn"}, "predicted_bytes": 4910,
-        "before_coding": 0.61})
+        "before_coding": 0.61, "qat": 0.5})
     attrs = record.to_attrs()
     assert attrs["coding"] == "fitted"
     assert attrs["gate:1"] == {"promoted": False} and "gate_later" not in attrs  # the stored spelling of a later step
