@@ -282,6 +282,20 @@ def test_quantization_aware_retrain_outside_a_byte_working_point_is_refused_in_o
     assert not (out / "study.journal").exists()
 
 
+def test_the_retrain_is_quantization_aware_by_default_at_a_byte_working_point_only(searched, dense_and_task):
+    """qat left out: 0.5 at a byte working point with the built-in retrain (it won there), a plain retrain otherwise."""
+    from ranksearch.study._plan import Workload, resolve
+    from ranksearch.study._settings import QAT
+
+    result, _ = searched
+    model, task = dense_and_task
+    assert SearchSettings.from_dict(result.config.search["settings"]).qat == QAT == 0.5
+    assert resolve(model, SearchSettings(1.0, target_bytes=5000), Workload(task=task)).qat == 0.5
+    assert resolve(model, SearchSettings(0.5), Workload(task=task)).qat == 0.0
+    assert resolve(model, SearchSettings(1.0, target_bytes=5000, qat=0.0), Workload(task=task)).qat == 0.0
+    assert resolve(model, SearchSettings(1.0, target_bytes=5000), Workload(evaluate=lambda m: 0.5)).qat == 0.0  # your own retrain
+
+
 def test_quantization_aware_retrain_needs_the_built_in_retrain(dense_and_task, budget, tmp_path):
     from ranksearch.errors import StudyError
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import optuna
 from torch import nn
 
 from ranksearch.core._bytes import QP_GRID, BytePoint, fit_bytes, uniform_qp
@@ -148,8 +149,15 @@ class Coder:
 
     def quantize(self, coding: Coding) -> QuantAware | None:
         """The quantization-aware part of a retrain whose model is coded by ``coding`` (None: a plain retrain): its last
-        :attr:`qat` of steps round each weight to the step of the qp it would be coded at as that part begins."""
-        return QuantAware(self.qat, lambda model: self.qps(model, coding)) if self.qat > 0 else None
+        :attr:`qat` of steps round each weight to the step of the qp it would be coded at as that part begins. A model
+        that codes over the budget even at the coarsest qps prunes its trial there, as the coding after the retrain would."""
+        def qps(model: nn.Module) -> dict[str, int]:
+            try:
+                return self.qps(model, coding)
+            except RankSearchError as e:
+                raise optuna.TrialPruned(f"not coded within the budget: {e}") from None
+
+        return QuantAware(self.qat, qps) if self.qat > 0 else None
 
 
 def spread(qps: dict[str, int]) -> str:

@@ -39,7 +39,7 @@ from ranksearch.study._pruners import make_pruner
 from ranksearch.study._record import TrialRecord
 from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
-from ranksearch.study._settings import Components, SearchSettings
+from ranksearch.study._settings import QAT, Components, SearchSettings
 from ranksearch.study._views import Views, views_for
 from ranksearch.study._vocab import CUSTOM, Coding, Factors, Granularity, Method, Prior, Pruner, Sampler, SensitivityKind
 
@@ -135,6 +135,8 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
             raise StudyError(f"target_bytes {s.target_bytes:,} and bits_per_param {s.bits_per_param:g} disagree: {s.bits_per_param:g} bits "
                              f"per parameter of {count_params(model):,} are {budget:,} bytes; give one of the two.")
         changes["target_bytes"] = budget
+    if s.qat is None:  # quantization-aware at a byte working point with the built-in retrain (it won there: benchmarks/RESULTS.md)
+        changes["qat"] = QAT if (s.target_bytes is not None or s.bits_per_param is not None) and work.task is not None else 0.0
     if work.task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if work.task is None and s.retrain is not None:
@@ -201,9 +203,9 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
-    if s.qat > 0 and (calls.retrain is None or not accepts_report(calls.retrain, "quantize")):
+    if s.qat and (calls.retrain is None or not accepts_report(calls.retrain, "quantize")):
         raise StudyError(f"qat {s.qat:g} trains the retrain's last steps quantization-aware, which only the built-in retrain (a task "
                          "and its recipe) does; drop --qat, or give the task instead of your own retrain.")
-    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task, s.qat)
+    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task, s.qat or 0.0)
     return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto, coder)
 

@@ -55,6 +55,7 @@ _ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
+QAT = 0.5  #: the share of a retrain trained quantization-aware by default at a byte working point (benchmarks/RESULTS.md)
 FRONT_STEP = 1.25  #: a Pareto study's ratios: the given ones and geometric steps between them of at most this factor
 
 
@@ -135,10 +136,11 @@ class SearchSettings:
                                           "this many bits times its parameters, over 8 (both recorded)", "float", low=0, high=32,
                                           open_low=True, optional=True, group=GRID, flag="--bits-per-param",
                                           hint="e.g. 1.6: a twentieth of float32", metavar="B")
-    qat: float = option(0.0, "at a byte working point: the share of each trial's retrain, its last steps, trained quantization-aware "
-                        "(each weight rounded to the step of the qp it would be coded at as they begin, the gradient passed "
-                        "straight through); 0: a plain retrain", "float", low=0, high=1, group=GRID, flag="--qat",
-                        hint="e.g. 0.5: the second half of each retrain", metavar="SHARE")
+    qat: float | None = option(None, "at a byte working point: the share of each trial's retrain, its last steps, trained "
+                               "quantization-aware (each weight rounded to the step of the qp it would be coded at as they "
+                               "begin, the gradient passed straight through); 0: a plain retrain; default: 0.5 at a byte "
+                               "working point with the built-in retrain, else 0", "float", low=0, high=1, optional=True,
+                               group=GRID, flag="--qat", hint="e.g. 0.5: the second half of each retrain; 0: plain", metavar="SHARE")
     pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
                                        "points (the largest is target_ratio, or target_latency on the latency axis): the front "
                                        "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
@@ -178,7 +180,7 @@ class SearchSettings:
         if self.target_bytes is not None and (self.pareto or self.target_latency is not None):
             raise ConfigError(f"target_bytes {self.target_bytes} goes alone (with target_ratio as the largest ratio a trial may keep); "
                               "a byte working point with a latency bound or a Pareto front is not built yet: run them as separate studies.")
-        if self.qat > 0 and self.target_bytes is None and self.bits_per_param is None:
+        if self.qat and self.target_bytes is None and self.bits_per_param is None:
             raise ConfigError(f"qat {self.qat:g} rounds each weight to the step it is coded at, which only a byte working point "
                               "codes; give target_bytes (--bytes N) or bits_per_param, or drop qat.")
         if self.pareto:
