@@ -304,3 +304,15 @@ def test_quantization_aware_retrain_needs_the_built_in_retrain(dense_and_task, b
     with pytest.raises(StudyError, match="only the built-in retrain"):
         search(model, settings, evaluate=lambda m: 0.5, retrain=lambda m: None, run=RunOptions(n_trials=1, out_dir=tmp_path, report=False))
     assert not (tmp_path / "study.journal").exists()
+
+
+def test_a_byte_study_resumes_with_its_default_qat_and_refuses_another(tmp_path, capsys):
+    """The default qat is resolved when the study is made (0.5 here): a resume that leaves it out joins, one that asks for a
+    plain retrain is refused in one line before any model is built."""
+    base = ["search", "--space", "tiny-digits", "--bytes", "3000", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main([*base, "--trials", "2"]) == 0
+    assert main([*base, "--trials", "3", "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--trials", "4", "--resume", "--qat", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("ranksearch ")]
+    assert len(err) == 1 and "was created with qat=0.5, this process has qat=0.0" in err[0], err

@@ -88,8 +88,7 @@ def _refuse_differences(name: str, diff: list[tuple[str, Any, Any]]) -> None:
 def precheck(storage: str | None, out_dir: str | os.PathLike[str] | None, name: str, settings: SearchSettings, *, resume: bool,
              heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> None:
     """Before any model is built or trained: a study already in the storage is joined only with ``resume``
-    and the same settings (those the model decides, its weights digest and an ``auto`` rank grid or factor
-    kind, are compared once it is built)."""
+    and the same settings (those the model decides, :func:`_decided_later`, are compared once it is built)."""
     url = storage_url(storage, out_dir)
     if url is None or ("://" not in url and not Path(url).is_file()):
         return
@@ -102,9 +101,15 @@ def precheck(storage: str | None, out_dir: str | os.PathLike[str] | None, name: 
         study = optuna.load_study(study_name=name, storage=store)
         stored = read_study(study).settings
         if stored is not None:
-            _refuse_differences(name, [d for d in settings.differences(stored) if d[0] != "weights_digest" and d[1] != "auto"])
+            _refuse_differences(name, [d for d in settings.differences(stored) if not _decided_later(d[0], d[1])])
     finally:
         release(store)
+
+
+def _decided_later(field: str, mine: Any) -> bool:
+    """Whether a setting is resolved once the model and the workload are known (and compared then): the weights digest,
+    an ``auto`` rank grid or factor kind, a default ``qat``."""
+    return field == "weights_digest" or mine == "auto" or (field == "qat" and mine is None)
 
 
 def join_study(storage: str | BaseStorage, name: str, *, wait: float = 0.0, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
