@@ -21,16 +21,16 @@ from ranksearch.core._retrain import RetrainSettings, fit
 from ranksearch.core._retrain import evaluate as evaluate_metric
 from ranksearch.core._task import Task
 
-__all__ = ["Callables", "Evaluate", "Retrain", "accepts_report", "sample_shape", "subset_of", "task_callables", "user_callables"]
+__all__ = ["Callables", "Evaluate", "Retrain", "accepts", "sample_shape", "subset_of", "task_callables", "user_callables"]
 
 Evaluate = Callable[[nn.Module], float]
 Retrain = Callable[..., Any]
 
 
-def accepts_report(fn: Callable[..., Any], name: str = "report") -> bool:
-    """Whether a retrain callable takes ``report=`` (so the pruner can stop it), or another keyword ``name``."""
+def accepts(fn: Callable[..., Any], keyword: str) -> bool:
+    """Whether a retrain callable takes ``keyword``: ``report=`` (so the pruner can stop it), ``quantize=`` (the built-in one)."""
     try:
-        return name in inspect.signature(fn).parameters
+        return keyword in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -49,16 +49,20 @@ class Callables:
     inputs: Sequence[Any] | None = None  #: the calibration input batches, when given (the ``output`` probes' fallback)
     forward: Forward | None = None
 
+    def retrain_with(self, model: nn.Module, report: Callable[..., None] | None = None, quantize: QuantAware | None = None) -> Any:
+        """Run the retrain on ``model`` (it must be given): ``report`` where it takes one, ``quantize`` (which only the
+        built-in retrain takes: the plan checks) where given; returns what the retrain returns."""
+        assert self.retrain is not None
+        kwargs: dict[str, Any] = {} if quantize is None else {"quantize": quantize}
+        if report is not None and accepts(self.retrain, "report"):
+            kwargs["report"] = report
+        return self.retrain(model, **kwargs)
+
     def retrain_again(self, model: nn.Module, quantize: QuantAware | None = None) -> None:
         """Retrain ``model`` as a trial does, without reporting (the best trial's weights were not kept); ``quantize``: as a
         byte working point's trial that trained its last steps quantization-aware."""
-        if self.retrain is None:
-            return
-        extra: dict[str, Any] = {} if quantize is None else {"quantize": quantize}
-        if accepts_report(self.retrain):
-            self.retrain(model, report=lambda step, value, last=False: None, **extra)
-        else:
-            self.retrain(model, **extra)
+        if self.retrain is not None:
+            self.retrain_with(model, lambda step, value, last=False: None, quantize)
 
 
 def sample_shape(task: Task) -> tuple[int, ...] | None:

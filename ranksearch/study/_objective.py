@@ -33,7 +33,7 @@ from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._bytes import Coder, spread
-from ranksearch.study._callables import Callables, accepts_report
+from ranksearch.study._callables import Callables
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._record import TrialRecord, metric_of
 from ranksearch.study._storage import worker_id, write_trial
@@ -136,28 +136,24 @@ class Objective:
             write_trial(trial, TrialRecord(before_retrain=before))
         scored = None
         quantize = None if self.coder is None or coding is None else self.coder.quantize(coding)
-        extra: dict[str, Any] = {} if quantize is None else {"quantize": quantize}  # the built-in retrain's (the plan checked)
-        if quantize is not None and method is not Method.DENSE:
-            write_trial(trial, TrialRecord(qat=quantize.fraction))
         if calls.retrain is not None and method is not Method.DENSE:  # the dense model is scored as it was given
-            if accepts_report(calls.retrain):
-                reports: dict[int, float] = {}
+            if quantize is not None:
+                write_trial(trial, TrialRecord(qat=quantize.fraction))
+            reports: dict[int, float] = {}
 
-                def report(step: int, value: float | None, last: bool = False) -> None:
-                    if value is None:
-                        return
-                    if front:  # Optuna keeps no intermediate values of a multi-objective trial: its record does
-                        if self.screen is not None:
-                            self.screen(trial, reports, step, value, last)
-                        else:
-                            reports[int(step)] = float(value)
-                            write_trial(trial, TrialRecord(reports=dict(reports)))
-                        return
-                    _report(trial, step, value, last)
+            def report(step: int, value: float | None, last: bool = False) -> None:
+                if value is None:
+                    return
+                if front:  # Optuna keeps no intermediate values of a multi-objective trial: its record does
+                    if self.screen is not None:
+                        self.screen(trial, reports, step, value, last)
+                    else:
+                        reports[int(step)] = float(value)
+                        write_trial(trial, TrialRecord(reports=dict(reports)))
+                    return
+                _report(trial, step, value, last)
 
-                scored = calls.retrain(model, report=report, **extra)
-            else:
-                scored = calls.retrain(model, **extra)
+            scored = calls.retrain_with(model, report, quantize)
         # a retrain that returns a number has scored the model on the validation split already
         value = float(scored) if isinstance(scored, (int, float)) and not isinstance(scored, bool) else float(calls.evaluate(model))
         if not math.isfinite(value):

@@ -32,7 +32,7 @@ from ranksearch.core._weights import state_digest
 from ranksearch.errors import StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._bytes import Coder
-from ranksearch.study._callables import Callables, Evaluate, Retrain, accepts_report, task_callables, user_callables
+from ranksearch.study._callables import Callables, Evaluate, Retrain, accepts, task_callables, user_callables
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._latency import LatencyPlan, limited
 from ranksearch.study._pruners import make_pruner
@@ -203,7 +203,7 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     latency = latency_plan(s)
     if latency is not None and s.runtime is Runtime.ONNXRUNTIME:  # said before any work
         require("onnxruntime", "onnx", "runtime onnxruntime")
-    if s.qat and (calls.retrain is None or not accepts_report(calls.retrain, "quantize")):
+    if s.qat and (calls.retrain is None or not accepts(calls.retrain, "quantize")):
         raise StudyError(f"qat {s.qat:g} trains the retrain's last steps quantization-aware, which only the built-in retrain (a task "
                          "and its recipe) does; drop --qat, or give the task instead of your own retrain.")
     coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task, s.qat or 0.0)
