@@ -68,10 +68,11 @@ def quantization_aware(model: nn.Module, qps: Mapping[str, int]) -> Iterator[nn.
     its qp, and trains the float weights beneath (straight through). The parameters stay the same objects, so an
     optimizer made before goes on updating them; on exit each holds its rounded value, what the model learned to compute
     with (coded again at its qp, it decodes to the same multiples up to dependent quantization's choices)."""
+    coded = [(parts, qp) for name, qp in qps.items() for parts in [_coded(model, name)]]  # every name checked before any is touched
     done: list[tuple[nn.Module, str, list[str]]] = []
     try:
-        for name, qp in qps.items():
-            for module, attr in _coded(model, name):
+        for parts, qp in coded:
+            for module, attr in parts:
                 order = list(module._parameters)
                 parametrize.register_parametrization(module, attr, _Rounded(step_of(qp)))
                 done.append((module, attr, order))

@@ -82,11 +82,13 @@ def test_a_pair_rounds_both_factors_and_any_coded_weight_by_name():
     assert _lattice(g.detach(), step_of(-16)) and _lattice(h.detach(), step_of(-16))
     assert _lattice(model[1].gamma.detach(), step_of(-12)) and _lattice(model[2].weight.detach(), step_of(-24))
     assert not _lattice(model[2].bias.detach(), step_of(-24))  # only what was named
+    before = copy.deepcopy(model.state_dict())
     for bad in ("3.weight", "2.bias_x", "0.g.missing"):
         with pytest.raises(RankSearchError, match="is not a weight of this model"):
-            with quantization_aware(model, {bad: -20}):
+            with quantization_aware(model, {"2.weight": -8, bad: -20}):  # a good name first: it must not be rounded either
                 pass
     assert not any(parametrize.is_parametrized(m) for m in model.modules())  # a refusal leaves nothing registered
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # and no weight changed
 
 
 def test_the_share_says_where_the_quantization_aware_steps_begin():
