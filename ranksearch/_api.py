@@ -47,7 +47,7 @@ from ranksearch.study._record import StudyRecord, TrialRecord
 from ranksearch.study._settings import Components, RunOptions, SearchSettings
 from ranksearch.study._setup import set_up
 from ranksearch.study._storage import artifact_store, check_storage, open_storage, read_study, release, worker_id, write_study
-from ranksearch.study._vocab import Method, Sensitivity
+from ranksearch.study._vocab import Axis, Method, Sensitivity
 
 __all__ = ["run_worker", "search"]
 
@@ -116,12 +116,16 @@ def search(
     if plan.latency is not None and not run.resume:  # before any study is written (a resumed one has its own)
         timing = measure_timing(model, plan.allocator, plan.latency, plan.calls.input_shape, run.progress)
         plan = plan.with_timing(timing)
-    byte_point = None
-    if plan.coder is not None and not run.resume:  # before any study is written (a resumed one has its own)
-        from ranksearch.study._bytes import measure_point
+    byte_point, byte_front = None, None
+    if (coder := plan.coder) is not None and not run.resume:  # before any study is written (a resumed one has its own)
+        from ranksearch.study._bytes import measure_front, measure_point
 
-        byte_point = measure_point(model, plan.allocator, plan.coder.budget, plan.calls, plan.coder.folds(model))
-        plan = plan.with_bytes(byte_point)
+        if settings.pareto:  # a front over bytes: one point per budget
+            byte_front = measure_front(model, plan.allocator, plan.allocator.front, plan.calls, coder.folds(model))
+            plan = plan.with_byte_front(byte_front)
+        else:
+            byte_point = measure_point(model, plan.allocator, coder.budget, plan.calls, coder.folds(model))
+            plan = plan.with_bytes(byte_point)
     _check_reachable(plan)
     for w in given.warm_start:  # before any study is written
         if unknown := sorted(set(w) - set(plan.views.curves)):
@@ -132,6 +136,9 @@ def search(
         point += f"{' and ' if point else ''}latency {settings.target_latency:g} of dense on {settings.runtime.value}"
     if settings.target_bytes is not None:
         point = f"{settings.target_bytes:,} bytes" + (f" (ratios up to {settings.target_ratio:g})" if point else "")
+    if settings.pareto:
+        point = f"the front over {settings.pareto_axis.value} {', '.join(f'{p:g}' for p in settings.pareto)}" + (
+            f" ({point})" if point and settings.pareto_axis is not Axis.RATIO else "")
     _log.info("searching %s at %s on %s (%s trials%s%s)", settings.model, point, best_device(),
               run.n_trials if run.n_trials is not None else "no cap on", f", timeout {run.timeout:g} s" if run.timeout else "",
               f", {run.workers} workers" if run.workers > 1 else "")
@@ -145,16 +152,13 @@ def search(
 
         def setup() -> None:
             table[0] = set_up(study, model, plan, sensitivity=given.sensitivity, timing=timing, warm_start=given.warm_start,
-                              progress=run.progress, byte_point=byte_point)
+                              progress=run.progress, byte_point=byte_point, byte_front=byte_front)
 
         if created:
             setup()
         else:
             wait_until_ready(study, on_orphan=setup)
-        if plan.latency is not None and (stored := read_study(study).timing) is not None:
-            plan = plan.with_timing(stored)  # the study's table, whoever measured it
-        if plan.coder is not None and (point_stored := read_study(study).byte_point) is not None:
-            plan = plan.with_bytes(point_stored)
+        plan = plan.with_stored(read_study(study))  # the study's timing table or byte points, whoever measured them
         arts = artifact_store(where) if where is not None else None
         if run.workers > 1:
             from ranksearch._workers import spawn
@@ -188,9 +192,11 @@ def _check_model(model: object) -> None:
 def _check_reachable(plan: Plan) -> None:
     """The solver raises, in one line, for a target the model cannot reach (before any study is written); a Pareto
     study's smallest point too."""
-    plan.allocator.solution(Method.SEED_RULE, None)
-    for target in plan.allocator.front[-1:]:
-        plan.allocator.at(target).solution(Method.SEED_RULE, None)
+    a = plan.allocator
+    a.solution(Method.SEED_RULE, None)
+    for target in a.front[-1:]:
+        if a.axis is not Axis.BYTES:  # a byte point's smallest ratio is reachable: measured so
+            a.at(target).solution(Method.SEED_RULE, None)
 
 
 def _with_latency(result: SearchResult, study: optuna.Study, model: nn.Module, plan: Plan) -> SearchResult:
@@ -218,10 +224,7 @@ def _artifacts_where(study: optuna.Study, created: bool, run: RunOptions) -> Any
 def _objective(study: optuna.Study, model: nn.Module, plan: Plan, artifacts: Any, n_trials: int | None) -> Objective:
     """The trial function of a set-up study (the prior's centre read from the study)."""
     record = read_study(study)
-    if plan.latency is not None and record.timing is not None:
-        plan = plan.with_timing(record.timing)
-    if plan.coder is not None and record.byte_point is not None:
-        plan = plan.with_bytes(record.byte_point)
+    plan = plan.with_stored(record)
     return Objective(model, plan.allocator.with_centre(record.centre or {}), plan.calls, artifacts=artifacts, n_trials=n_trials,
                      screen=plan.screen, coder=plan.coder)
 

@@ -94,7 +94,7 @@ def export_from_space(storage: str, study_name: str, out_dir: str | Path, *, wei
         curves = spectra(model, cache_dir=cache_root() / "spectra", exclude=settings.exclude)
         def rebuild(t: FrozenTrial) -> nn.Module:  # only an asked-for trial without weights: its retrain again
             plan = make_plan(model, settings, Workload(task=space.build_task()), cache_dir=cache_root() / "spectra")
-            return plan.retrained(model, TrialRecord.of(t))
+            return plan.with_stored(record).retrained(model, TrialRecord.of(t))
 
         result = export_study(study, model, curves, out_dir, artifacts=arts, source=record.source, trial=trial,
                               rebuild=rebuild if trial is not None else None)

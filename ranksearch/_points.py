@@ -27,15 +27,17 @@ __all__ = ["check_points", "point_options", "search_points"]
 _log = logging.getLogger(__name__)
 
 
-def point_options(run: RunOptions, ratio: float, several: bool) -> RunOptions:
-    """One working point's run options: with several points, its own folder (``ratio-R``), study name
-    (``NAME@R``) and artifact folder under the given ones, and no report of its own."""
+def point_options(run: RunOptions, settings: SearchSettings, several: bool) -> RunOptions:
+    """One working point's run options: with several points, its own folder (``ratio-R`` for a parameter ratio, else the
+    point's name, e.g. ``bytes5000``), study name (``NAME@R``) and artifact folder under the given ones, and no report of
+    its own."""
     if not several:
         return run
-    tag = f"{ratio:g}"
-    return run.replace(out_dir=Path(run.out_dir) / f"ratio-{tag}" if run.out_dir is not None else None,
+    tag = settings.point
+    folder = f"ratio-{tag}" if tag == f"{settings.target_ratio:g}" else tag
+    return run.replace(out_dir=Path(run.out_dir) / folder if run.out_dir is not None else None,
                        study_name=f"{run.study_name}@{tag}" if run.study_name else None,
-                       artifacts=Path(run.artifacts) / f"ratio-{tag}" if isinstance(run.artifacts, (str, Path)) else run.artifacts,
+                       artifacts=Path(run.artifacts) / folder if isinstance(run.artifacts, (str, Path)) else run.artifacts,
                        report=False)
 
 
@@ -67,13 +69,16 @@ def search_points(
     run = run or RunOptions()
     given = given or Components()
     settings = [p if isinstance(p, SearchSettings) else SearchSettings(target_ratio=p) for p in points]
-    check_points([s.target_ratio for s in settings])
+    if not settings:
+        raise RankSearchError("search_points needs at least one working point.")
+    if len({s.point for s in settings}) != len(settings):
+        raise RankSearchError(f"working points {[s.point for s in settings]} repeat one; give each once.")
     calibration = None if calibration is None else list(calibration)
     several = len(settings) > 1
     results: list[SearchResult] = []
     sensitivity, warm = given.sensitivity, list(given.warm_start)
     for s in settings:
-        here = point_options(run, s.target_ratio, several)
+        here = point_options(run, s, several)
         point = dataclasses.replace(given, sensitivity=sensitivity, warm_start=warm)
         result = search(model, s, task=task, evaluate=evaluate, retrain=retrain, calibration=calibration, forward=forward,
                         run=here, given=point)

@@ -93,7 +93,7 @@ def test_the_results_hold_the_stream_and_what_it_decodes_to(searched, dense_and_
     model, task = dense_and_task
     best = TrialRecord.of(result.study.trials[result.config.search["trial"]])
     stream = (out / "model.nnr").read_bytes()
-    assert stream == result.stream and len(stream) == best.bytes <= budget
+    assert stream == result.stream and 0.98 * budget <= len(stream) == best.bytes <= budget  # it lands within 2% of the budget
     decoded = decode(stream, recompose=False)
     for name, pair in ((n, m) for n, m in result.model.named_modules() if hasattr(m, "matrices")):
         g, h = pair.matrices()
@@ -151,7 +151,8 @@ def test_a_byte_study_resumes_without_measuring_its_point_again_and_a_worker_joi
 @pytest.mark.parametrize(("extra", "message"), [
     (["--bytes", "999999999"], "is at least the dense model's NNR stream at the default qp"),
     (["--bytes", "40"], "--bytes 40 is unreachable for this model: even at its smallest ratio"),
-    (["--bytes", "5000", "--latency", "1.0"], "a byte working point with a latency bound or a Pareto front is not built yet"),
+    (["--bytes", "5000", "--latency", "1.0"], "a byte working point with a latency bound is not built yet"),
+    (["--bytes", "5000", "--ratio", "0.5,0.2", "--pareto"], "a front over bytes is pareto_axis 'bytes' (--pareto-bytes F,F)"),
     (["--bits-per-param", "2", "--latency", "1.0"], "bits_per_param 2 goes alone"),
     (["--bits-per-param", "2", "--bytes", "5000"], "target_bytes 5,000 and bits_per_param 2 disagree"),
     (["--bits-per-param", "0.001"], "is unreachable for this model"),
@@ -176,7 +177,7 @@ def test_byte_settings_round_trip_and_older_ones_still_read():
     s = SearchSettings(0.5, target_bytes=12345)
     assert SearchSettings.from_dict(s.to_dict()) == s and s.point == "bytes12345+0.5"
     q = SearchSettings(1.0, target_bytes=12345, qat=0.25)
-    assert SearchSettings.from_dict(q.to_dict()) == q and q.to_dict()["format_version"] == 11 and q.to_dict()["qat"] == 0.25
+    assert SearchSettings.from_dict(q.to_dict()) == q and q.to_dict()["format_version"] >= 11 and q.to_dict()["qat"] == 0.25
     old = {**SearchSettings(0.25).to_dict(), "format_version": 8}
     old.pop("target_bytes")
     assert SearchSettings.from_dict(old).target_bytes is None

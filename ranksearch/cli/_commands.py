@@ -167,23 +167,30 @@ def _search(args: argparse.Namespace) -> int:
     space = _space(args)
     file = read_settings_file(args.settings) if args.settings else {}
     from_file = bool(file.get("pareto")) and args.ratio is None and args.wp is None
-    latency_points = args.pareto_latency or (_targets(args, space, file) if from_file and file.get("pareto_axis") == "latency" else None)
-    if not latency_points or args.ratio is not None or args.wp is not None:
+    if args.pareto_latency and args.pareto_bytes:
+        raise RankSearchError("--pareto-latency and --pareto-bytes each give a study its second objective; give one of them.")
+    axis = "latency" if args.pareto_latency else "bytes" if args.pareto_bytes else file.get("pareto_axis") if from_file else None
+    axis_points = args.pareto_latency or args.pareto_bytes or (_targets(args, space, file) if axis in ("latency", "bytes") else None)
+    if not axis_points or args.ratio is not None or args.wp is not None:
         targets = _targets(args, space, file)
-    else:  # a front over latency fractions: the one ratio every trial keeps, from the settings file, or none
+    else:  # a front over latency or byte fractions: the one ratio every trial keeps at most, from the settings file, or none
         targets = [float(file["target_ratio"])] if from_file and "target_ratio" in file else [1.0]
     check_writable(args.out, folder=True, what="--out")  # "" would be the current folder
     out = Path(args.out)
     run = RunOptions(**given(args, RUN_FIELDS), out_dir=out, cache_dir=cache_root() / "spectra", source=_source(space),
                      progress=args.progress)
     check_points(targets)
-    if latency_points:  # one study over latency fractions, every trial within the one ratio given (or none)
-        check_points(latency_points)
+    if axis_points:  # one study over latency or byte fractions, every trial within the one ratio given (or none)
+        check_points(axis_points)
+        flag = f"--pareto-{axis}"
         if args.pareto or getattr(args, "target_latency", None) is not None or len(targets) > 1:
-            raise RankSearchError("--pareto-latency F,F gives a front over latency fractions, with at most one --ratio every trial "
+            raise RankSearchError(f"{flag} F,F gives a front over {axis} fractions, with at most one --ratio every trial "
                                   "keeps; leave --pareto and --latency out, and give one ratio or none.")
-        settings = [_settings(args, space, targets[0], file, pareto=tuple(latency_points), pareto_axis="latency",
-                              target_latency=max(latency_points))]
+        if axis == "bytes" and (getattr(args, "target_bytes", None) is not None or getattr(args, "bits_per_param", None) is not None):
+            raise RankSearchError(f"{flag} F,F gives the budgets of the front (fractions of the dense model's NNR stream at qp -38); "
+                                  "leave --bytes and --bits-per-param out (they give one byte working point).")
+        point = {"target_latency": max(axis_points)} if axis == "latency" else {}
+        settings = [_settings(args, space, targets[0], file, pareto=tuple(axis_points), pareto_axis=axis, **point)]
     elif args.pareto or from_file:  # one study over all the points
         if len(targets) < 2:
             raise RankSearchError(f"--pareto spans two working points or more; give e.g. --ratio {targets[0]:g},{targets[0] / 2.5:g} "
@@ -193,13 +200,13 @@ def _search(args: argparse.Namespace) -> int:
         settings = [_settings(args, space, t, file) for t in targets]  # every point's settings are valid before any work
     several = len(settings) > 1
     for s in settings:  # every path is checked before any training (nothing is created here)
-        here = point_options(run, s.target_ratio, several)
+        here = point_options(run, s, several)
         check_results_folder(Path(here.out_dir), here.name_for(space.name, s.point), run.resume)  # type: ignore[arg-type]
         check_storage(here.storage if isinstance(here.storage, str) else None, here.out_dir)
     if run.artifacts:
         check_writable(run.artifacts, folder=True, what="--artifacts")
     for s in settings:  # an existing study: joined only with --resume and the same settings, said before any training
-        here = point_options(run, s.target_ratio, several)
+        here = point_options(run, s, several)
         precheck(here.storage if isinstance(here.storage, str) else None, here.out_dir,
                  here.name_for(space.name, s.point), s, resume=run.resume, heartbeat=run.heartbeat, grace=run.grace)
     task = space.build_task()
@@ -213,7 +220,7 @@ def _search(args: argparse.Namespace) -> int:
         print(summary_table(r.summary).markdown(), end="")
         print(extra_tables(r.summary), end="")
         print(layer_table(r.config).markdown())
-        print(_where(point_options(run, s.target_ratio, several), r.config, space.name))
+        print(_where(point_options(run, s, several), r.config, space.name))
     if several:
         print(working_points_table([r.summary for r in results]).markdown(), end="")
     return 0

@@ -48,6 +48,21 @@ def _fractions(text: str) -> list[float]:
     return out
 
 
+def _shares(text: str) -> list[float]:
+    """Byte budgets as fractions of the dense model's NNR stream, each in (0, 1)."""
+    out = []
+    for t in text.split(","):
+        try:
+            value = float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"byte fraction {t!r} is not a number; give e.g. 0.1,0.05") from None
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"byte fraction {value} must be in (0, 1): a share of the dense model's stream, "
+                                             "e.g. 0.1 for a tenth")
+        out.append(value)
+    return out
+
+
 def _space_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--space", required=required, help="space name in search_spaces/ or a .yaml file")
     p.add_argument("--weights", help="local file with the dense model's weights (.safetensors or .pt)")
@@ -84,6 +99,10 @@ def _search(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParse
     groups["working point"].add_argument("--pareto-latency", type=_fractions, metavar="F,F",
                                          help="one multi-objective study of the metric against the latency (fractions of the "
                                               "dense model's on --runtime, e.g. 1.0,0.7), each trial within one --ratio if given")
+    groups["working point"].add_argument("--pareto-bytes", type=_shares, metavar="F,F",
+                                         help="one multi-objective study of the metric against the bytes of the NNR stream "
+                                              "(budgets as fractions of the dense model's stream at qp -38, e.g. 0.1,0.05), each "
+                                              "trial coded within one of them and within one --ratio if given")
     groups["search"] = p.add_argument_group("search")
     groups["search"].add_argument("--settings", metavar="FILE", help="YAML or JSON file of SearchSettings fields (a flag given here wins)")
     add_fields(p, SearchSettings, groups, show_rare=show_rare, defaults=SPACE_DEFAULTS)

@@ -36,11 +36,12 @@ from ranksearch.core._rate import fit_steps
 from ranksearch.core._task import Task
 from ranksearch.errors import RankSearchError
 
-__all__ = ["NONWEIGHT_SHIFT", "QP_GRID", "ByteTable", "BytePoint", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
+__all__ = ["LAND", "NONWEIGHT_SHIFT", "QP_GRID", "ByteTable", "BytePoint", "Coded", "fisher", "fit_bytes", "measure_bytes", "uniform_qp"]
 
 _log = logging.getLogger(__name__)
 
 QP_GRID: tuple[int, ...] = tuple(range(-56, -13, 2))  #: the qps a weight may take: steps 2**-14 (fine) to 2**-3.5 (coarse)
+LAND = 0.98  #: a stream lands on its budget when it takes at least this share of it (within 2%)
 NONWEIGHT_SHIFT = -16  #: the other tensors code 16 qps finer (a step 16 times smaller): -72 (NNCodec's own is -75) to -30
 
 
@@ -119,6 +120,8 @@ class BytePoint:
             decoded model's ``val`` and ``test`` metric; where no qp brings it within the budget, ``floor``: its stream at
             the coarsest qp.
         took_s: Seconds the measurement took.
+        share: On a Pareto study's bytes axis, the fraction of ``dense_bytes`` the budget was asked as (None: a budget in
+            bytes).
     """
 
     budget: int
@@ -127,15 +130,18 @@ class BytePoint:
     ratios: tuple[float, ...]
     dense: dict[str, float]
     took_s: float = 0.0
+    share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        share = {} if self.share is None else {"share": self.share}
         return {"budget": self.budget, "dense_bytes": self.dense_bytes, "base_ratio": self.base_ratio, "ratios": list(self.ratios),
-                "dense": dict(self.dense), "took_s": self.took_s}
+                "dense": dict(self.dense), "took_s": self.took_s, **share}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BytePoint:
+        share = data.get("share")
         return cls(int(data["budget"]), int(data["dense_bytes"]), float(data["base_ratio"]), tuple(float(r) for r in data["ratios"]),
-                   dict(data["dense"]), float(data.get("took_s", 0.0)))
+                   dict(data["dense"]), float(data.get("took_s", 0.0)), None if share is None else float(share))
 
 
 def _units(params: Mapping[str, np.ndarray], decomposed: Mapping[str, tuple[int, ...]], unit: str) -> dict[str, np.ndarray]:
@@ -323,7 +329,7 @@ def _refined(best: Coded, choice: dict[str, int], table: ByteTable, params: Mapp
     """``best`` made finer, a unit one step at a time (most error removed per byte first), each step kept only where the
     encoder's stream still fits: what closes the gap the refits leave (the stream lands within 2% of the budget)."""
     skip: set[str] = set()
-    while best.bytes < 0.98 * budget:
+    while best.bytes < LAND * budget:
         at = {u: table.qps.index(choice[u]) for u in table.units}
         gains = [((table.error[i, at[u]] - table.error[i, at[u] - 1]) / max(1, table.size[i, at[u] - 1] - table.size[i, at[u]]), u)
                  for i, u in enumerate(table.units) if at[u] > 0 and u not in skip and table.error[i, at[u] - 1] < table.error[i, at[u]]]

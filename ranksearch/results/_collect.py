@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ranksearch.core._allocation import config_for
+from ranksearch.core._bytes import LAND
 from ranksearch.core._config import RankConfig
 from ranksearch.core._cost import model_cost
 from ranksearch.core._decompose import Factors
@@ -29,6 +30,7 @@ from ranksearch.core._weights import load_state_dict
 from ranksearch.errors import StudyError
 from ranksearch.results._summary import Figures, Summary, TrialCounts, front_of
 from ranksearch.study._record import StudyRecord, TrialRecord, metric_of
+from ranksearch.study._settings import SearchSettings
 from ranksearch.study._storage import read_study
 from ranksearch.study._vocab import BASELINES, Axis, Method, Sensitivity
 
@@ -72,7 +74,7 @@ def _figures(t: FrozenTrial | None) -> Figures | None:
         return None
     r = TrialRecord.of(t)
     return Figures(t.number, metric_of(t), r.test, r.before_retrain, r.before_retrain_samples, r.method, r.ratio, r.latency, r.bytes,
-                   r.before_coding)
+                   r.before_coding, r.stream_share)
 
 
 def _first(study: optuna.Study, method: Method, target: float | None = None) -> FrozenTrial | None:
@@ -125,6 +127,19 @@ def _rank(t: FrozenTrial) -> tuple[float, float, int]:
     return values[0], -values[1] if len(values) > 1 else 0.0, -t.number
 
 
+def _landed(record: StudyRecord, complete: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials a study's best is picked from: at a byte working point those whose stream lands within 2% of the budget
+    (:data:`~ranksearch.core._bytes.LAND`; a reference coded at one uniform qp may fall short), if any; else all."""
+    point = record.byte_point
+    if point is None:
+        return complete
+    landed = [t for t in complete if (b := TrialRecord.of(t).bytes) is not None and b >= LAND * point.budget]
+    if not landed:
+        _log.warning("no stream of study %s lands within 2%% of its %s bytes: its best is picked from all", record.settings and
+                     record.settings.model, f"{point.budget:,}")
+    return landed or complete
+
+
 def _pick(study: optuna.Study, complete: list[FrozenTrial], artifacts: Any, can_rebuild: bool) -> FrozenTrial:
     """The best trial (of equal values the earliest; Optuna's tie-break differs), or without a way to
     rebuild its weights the best one that uploaded them."""
@@ -166,16 +181,12 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m))) is not None}  # a pruned baseline has no figures
     dense = record.dense or {}
     assert record.settings is not None
-    summary = Summary(metric=record.metric or "metric", target_ratio=TrialRecord.of(best).target or record.settings.target_ratio,
+    summary = Summary(metric=record.metric or "metric", target_ratio=_target_ratio(TrialRecord.of(best), record.settings),
                       achieved_ratio=float(TrialRecord.of(best).ratio or 0.0),
                       dense=Figures(val=dense.get("val"), test=dense.get("test"), ratio=1.0), seed_rule=_figures(seed),
                       best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
-    if record.byte_point is not None:
-        best_record = TrialRecord.of(best)
-        coding = {**record.byte_point.to_dict(), "qps": best_record.qps, "other_qps": best_record.other_qps, "folds": best_record.folds,
-                  "coding": best_record.coding, "predicted_bytes": best_record.predicted_bytes, "qat": best_record.qat}
-        coding.pop("took_s")
-        return dataclasses.replace(summary, coding=coding)
+    if (coding := _coding(record, best)) is not None:
+        summary = dataclasses.replace(summary, coding=coding)
     if not record.settings.pareto:
         return summary
     done = [f for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (f := _figures(t)) is not None]
@@ -185,10 +196,32 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     for point in record.settings.pareto:  # the best no larger than each point, against what was enqueued there
         best_here = next((f for f in front if (c := f.cost(axis)) is not None and c <= point * (1 + 1e-9)), Figures())
         baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m, point))) is not None}
+        here = None if best_here.trial is None else study.trials[best_here.trial]
         points.append(dataclasses.replace(summary, target_ratio=point, achieved_ratio=float(best_here.ratio or 0.0),
                                           seed_rule=_figures(_first(study, Method.SEED_RULE, point)), best=best_here,
-                                          baselines=baselines, fixed_cost=None, axis=axis))
+                                          baselines=baselines, fixed_cost=None, axis=axis,
+                                          coding=_coding(record, here, point) if axis is Axis.BYTES else None))
     return dataclasses.replace(summary, front=front, points=tuple(points), axis=axis)
+
+
+def _target_ratio(r: TrialRecord, settings: SearchSettings) -> float:
+    """The parameter ratio a trial allocated for: its drawn one (a Pareto study's or a byte working point's), else the
+    study's (on the latency axis a trial's target is its latency fraction, on the bytes axis its budget)."""
+    drawn = {Axis.RATIO: r.target, Axis.LATENCY: None, Axis.BYTES: r.ratio_target}[settings.pareto_axis]
+    return drawn if drawn is not None else settings.target_ratio
+
+
+def _coding(record: StudyRecord, trial: FrozenTrial | None, share: float | None = None) -> dict[str, Any] | None:
+    """The byte working point a coded trial met (on the bytes axis: the point ``share``, else the trial's budget), with how
+    the trial was coded (None: no byte working point)."""
+    r = TrialRecord.of(trial) if trial is not None else TrialRecord()
+    point = record.point_of(share if share is not None else r.target)
+    if point is None:
+        return None
+    coding = {**point.to_dict(), "qps": r.qps, "other_qps": r.other_qps, "folds": r.folds, "coding": r.coding,
+              "predicted_bytes": r.predicted_bytes, "qat": r.qat}
+    coding.pop("took_s")
+    return coding
 
 
 def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], *, artifacts: Any = None,
@@ -214,15 +247,15 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
     if not complete or settings is None:
         raise StudyError(f"No trial of study {study.study_name!r} has completed yet (timeout too short?); "
                          "raise --timeout or --trials, or export later.")
-    best = _pick(study, complete, artifacts, rebuild is not None) if trial is None else _chosen(study, complete, trial, artifacts,
-                                                                                             rebuild is not None)
+    best = (_pick(study, _landed(record, complete), artifacts, rebuild is not None) if trial is None
+            else _chosen(study, complete, trial, artifacts, rebuild is not None))
     weights = _weights_of(study, best) if artifacts is not None else None
     best_model = trial_model(study, best, model, artifacts, factors) if weights is not None else None
     if best_model is None:
         assert rebuild is not None, "_pick returns a trial with weights when there is no rebuild"
         best_model = rebuild(best)
     stream = None
-    if record.byte_point is not None and (qps := (r := TrialRecord.of(best)).qps):  # the stream it was scored on: the coder is deterministic
+    if qps := (r := TrialRecord.of(best)).qps:  # a coded trial: the stream it was scored on (the coder is deterministic)
         stream, tensors = encode_model(best_model, DEFAULT_QP, {**qps, **(r.other_qps or {})}, r.folds)
         best_model = decoded_model(best_model, tensors, r.folds).eval()
     seed_trial = _first(study, Method.SEED_RULE)
@@ -232,7 +265,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
 
     def config_of(t: FrozenTrial, metric: dict[str, Any], extra: dict[str, Any]) -> RankConfig:
         r = TrialRecord.of(t)
-        return config_for(model, curves, _solution(t, curves, total), r.target or settings.target_ratio, model_name=settings.model,
+        return config_for(model, curves, _solution(t, curves, total), _target_ratio(r, settings), model_name=settings.model,
                           source=dict(source if source is not None else record.source or {}), metric=metric,
                           search={**base, **extra, "factors": r.factors, "trial_method": r.method, "trial": t.number},
                           mse=r.mse, cost=cost, rank_multiple=settings.rank_multiple,  # type: ignore[arg-type]

@@ -71,7 +71,7 @@ def trials_record(study: optuna.Study, fixed_cost: Mapping[str, Any] | None = No
         trials.append({"number": t.number, "state": t.state.name.lower(), "method": str(r.method), "value": metric_of(t),
                        "last_reported": last, "ratio": r.ratio, "latency": r.latency, "target": r.target, "test": r.test,
                        "before_retrain": r.before_retrain, "bytes": r.bytes, "before_coding": r.before_coding,
-                       "coding": None if r.coding is None else r.coding.value})
+                       "coding": None if r.coding is None else r.coding.value, "stream_share": r.stream_share})
     return {"format": "ranksearch.trials", "format_version": 1, "study_name": study.study_name,
             "fixed_cost": dict(fixed_cost) if fixed_cost else None, "trials": trials}
 

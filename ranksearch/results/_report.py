@@ -27,7 +27,7 @@ from typing import Any
 from ranksearch._extras import require
 from ranksearch._io import atomic_write_bytes, atomic_write_text
 from ranksearch.results._files import Run, load_runs
-from ranksearch.results._tables import bytes_table, front_table, layer_table, points_table, summary_table
+from ranksearch.results._tables import extras, layer_table, summary_table
 from ranksearch.study._vocab import Axis, Method
 
 __all__ = ["write_report"]
@@ -140,8 +140,10 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     drawn = False
-    latency = any(run.summary.axis is Axis.LATENCY for run in runs)  # a Pareto study on the latency axis: x is its latency
-    x = "latency" if latency else "ratio"
+    # a Pareto study on the latency axis: x is its latency; on the bytes axis, its stream's share of the dense model's
+    axis = next((run.summary.axis for run in runs if run.summary.axis is not Axis.RATIO), Axis.RATIO)
+    latency = axis is Axis.LATENCY
+    x = {Axis.RATIO: "ratio", Axis.LATENCY: "latency", Axis.BYTES: "stream_share"}[axis]
     for run in runs:
         pts = [(t[x], t["value"]) for t in run.trials if t["state"] == "complete" and t.get(x) is not None]
         if pts:
@@ -151,16 +153,21 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
         seeds = [t for t in run.trials if t["method"] == Method.SEED_RULE and t["state"] == "complete" and t.get(x) is not None]
         if seeds:  # a Pareto study has one at each working point
             ax.scatter([t[x] for t in seeds], [t["value"] for t in seeds], marker="s", s=30, facecolors="none", edgecolors="k")
-        front, axis = run.summary.front, run.summary.axis
+        front, own = run.summary.front, run.summary.axis
         if front:
             up = front[::-1]  # the best no larger than each point: a step up at each point of the front, flat to the last point
-            right = max([up[-1].cost(axis) or 0.0, *(p.target_ratio for p in run.summary.points)])
-            ax.step([f.cost(axis) for f in up] + [right], [f.val for f in up] + [up[-1].val], where="post", color="k", lw=1,
+            right = max([up[-1].cost(own) or 0.0, *(p.target_ratio for p in run.summary.points)])
+            ax.step([f.cost(own) for f in up] + [right], [f.val for f in up] + [up[-1].val], where="post", color="k", lw=1,
                     label="front")
             for point in run.summary.points:
                 ax.axvline(point.target_ratio, color="0.5", ls=":", lw=1)
+            refs = [(d["bytes"] / c["dense_bytes"], d["val"]) for p in run.summary.points if (c := p.coding)
+                    and (d := c.get("dense") or {}).get("bytes") and d.get("val") is not None]
+            if refs:  # the bytes axis: NNCodec's own answer at each point, the dense model at one qp
+                ax.scatter([r[0] for r in refs], [r[1] for r in refs], marker="D", s=24, facecolors="none", edgecolors="tab:red",
+                           label="dense, NNCodec at one qp")
         best = run.config.metric.get(Method.SEARCHED, {})
-        where = best.get("latency") if latency else run.config.achieved_ratio
+        where = best.get("latency") if latency else best.get("stream_share") if axis is Axis.BYTES else run.config.achieved_ratio
         if best.get("val") is not None and where is not None:
             ax.scatter([where], [best["val"]], marker="*", s=80, color="k")
     if not drawn:
@@ -170,9 +177,11 @@ def _tradeoff_figure(runs: list[Run], path: Path, metric: str) -> Path | None:
 
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%.4f"))
-    ax.set_xlabel("predicted latency, a fraction of the dense model's" if latency else "achieved ratio (parameters kept)")
+    ax.set_xlabel({Axis.RATIO: "achieved ratio (parameters kept)", Axis.LATENCY: "predicted latency, a fraction of the dense model's",
+                   Axis.BYTES: "NNR stream, a fraction of the dense model's at qp -38"}[axis])
     ax.set_ylabel(f"val {metric}")
-    ax.set_title(f"metric against {x} (square: seed rule, star: best; dotted: a Pareto study's working points)", fontsize=9)
+    ax.set_title(f"metric against {'bytes' if axis is Axis.BYTES else x} (square: seed rule, star: best; dotted: a Pareto study's "
+                 "working points)", fontsize=9)
     ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -203,10 +212,7 @@ def write_report(folder: str | Path) -> Path:
         here = run.folder
         parts.append(f"<h2>ratio {run.label}</h2>")
         parts.append(summary_table(run.summary).html())
-        if run.summary.points:
-            parts.append(points_table(run.summary).html() + front_table(run.summary).html())
-        if run.summary.coding:
-            parts.append(bytes_table(run.summary).html())
+        parts.extend(t.html() for t in extras(run.summary))
         parts.append(_img(_history_figure(run, here / "history.png", metric), "optimization history"))
         parts.append(_img(_kept_figure(run, here / "kept.png"), "kept fraction per layer"))
         parts.append(_img(_errors_figure(run, here / "errors.png"), "error against rank"))

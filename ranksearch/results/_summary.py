@@ -39,16 +39,17 @@ class Figures:
     latency: float | None = None  #: on a Pareto study's latency axis: the predicted latency, a fraction of dense
     bytes: int | None = None  #: at a byte working point: its NNR stream's bytes (its metrics: the decoded model's)
     before_coding: float | None = None  #: at a byte working point: the validation metric before coding
+    stream_share: float | None = None  #: on a Pareto study's bytes axis: its stream, a fraction of the dense model's at qp -38
 
     def cost(self, axis: Axis) -> float | None:
-        """The value on a Pareto study's axis: the ratio, or the predicted latency."""
-        return self.ratio if axis is Axis.RATIO else self.latency
+        """The value on a Pareto study's axis: the ratio, the predicted latency, or the stream's share."""
+        return {Axis.RATIO: self.ratio, Axis.LATENCY: self.latency, Axis.BYTES: self.stream_share}[axis]
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as a rank config's ``metric`` stores them (without the ratio, which the config has)."""
         d = dataclasses.asdict(self)
         d.pop("ratio")
-        for key in ("latency", "bytes", "before_coding"):
+        for key in ("latency", "bytes", "before_coding", "stream_share"):
             if d[key] is None:
                 d.pop(key)
         if d["method"] is not None:
@@ -63,7 +64,8 @@ class Figures:
         return cls(trial=None if trial is None else int(trial), val=_number(d.get("val")), test=_number(d.get("test")),
                    before_retrain=_number(d.get("before_retrain")), before_retrain_samples=None if samples is None else int(samples),
                    method=None if method is None else Method(method), ratio=ratio, latency=_number(d.get("latency")),
-                   bytes=None if d.get("bytes") is None else int(d["bytes"]), before_coding=_number(d.get("before_coding")))
+                   bytes=None if d.get("bytes") is None else int(d["bytes"]), before_coding=_number(d.get("before_coding")),
+                   stream_share=_number(d.get("stream_share")))
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class Summary:
         coding: At a byte working point: its ``budget``, ``dense_bytes`` (the dense model's stream at the default qp),
             ``base_ratio``, ``ratios``, ``dense`` (NNCodec on the dense model at the finest uniform qp within the budget:
             ``qp``, ``bytes``, ``val``, ``test``), and the best trial's ``qps``, ``coding``, ``predicted_bytes`` and ``qat`` (the share of
-            its retrain trained quantization-aware; None: plain).
+            its retrain trained quantization-aware; None: plain). In a Pareto study on the bytes axis, that of the best
+            trial's budget; each of its ``points`` has its own (the front's best within it).
     """
 
     metric: str
@@ -156,8 +159,9 @@ class Summary:
     def point_record(self) -> dict[str, Any]:
         """A Pareto study's working point as its rank config records it (``search.points``)."""
         ratios = {str(m): f.ratio for m, f in self.baselines.items()}
+        coding = {} if self.coding is None else {"bytes": self.coding}
         return {"target_ratio": self.target_ratio, "achieved_ratio": self.achieved_ratio, "metric": self.metric_record(),
-                "ratios": {**ratios, Method.SEED_RULE: self.seed_rule.ratio if self.seed_rule else None}}
+                "ratios": {**ratios, Method.SEED_RULE: self.seed_rule.ratio if self.seed_rule else None}, **coding}
 
     @classmethod
     def from_point(cls, d: Mapping[str, Any]) -> Summary:
@@ -167,7 +171,7 @@ class Summary:
                    dense=Figures.from_dict(m.get("dense"), 1.0),
                    seed_rule=Figures.from_dict(m[Method.SEED_RULE], _number(ratios.get(Method.SEED_RULE))) if m.get(Method.SEED_RULE) else None,
                    best=Figures.from_dict(m.get(Method.SEARCHED), float(d["achieved_ratio"])),
-                   baselines={b: Figures.from_dict(m[b], _number(ratios.get(b))) for b in BASELINES if m.get(b)})
+                   baselines={b: Figures.from_dict(m[b], _number(ratios.get(b))) for b in BASELINES if m.get(b)}, coding=d.get("bytes"))
 
 
 def front_of(figures: Sequence[Figures], axis: Axis = Axis.RATIO) -> tuple[Figures, ...]:

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ranksearch.core._bytes import LAND
 from ranksearch.core._config import RankConfig
 from ranksearch.results._summary import Figures, Summary
 from ranksearch.study._record import fixed_cost_line
 from ranksearch.study._vocab import BASELINES, Axis, Method
 
-__all__ = ["Row", "Table", "bytes_table", "extra_tables", "front_table", "layer_table", "points_table", "summary_table",
+__all__ = ["Row", "Table", "bytes_table", "extra_tables", "extras", "front_table", "layer_table", "points_table", "summary_table",
            "working_points_table"]
 
 
@@ -158,11 +159,16 @@ def working_points_table(summaries: Sequence[Summary]) -> Table:
 
 
 def front_table(s: Summary) -> Table:
-    """A Pareto study's front: every non-dominated trial, largest cost first (on the latency axis, with its latency)."""
-    latency = s.axis is Axis.LATENCY
-    rows = tuple(Row((*([fmt(f.latency, 3)] if latency else []), fmt(f.ratio), fmt(f.val), fmt(f.test), fmt(f.trial),
-                      f.method.label if f.method else "-")) for f in s.front)
-    return Table((*([s.axis.label] if latency else []), "ratio", f"val {s.metric}", f"test {s.metric}", "trial", "allocation"), rows,
+    """A Pareto study's front: every non-dominated trial, largest cost first (on the latency axis, with its latency; on the
+    bytes axis, with its stream's bytes and their share of the dense model's)."""
+    latency, coded = s.axis is Axis.LATENCY, s.axis is Axis.BYTES
+
+    def cost(f: Figures) -> tuple[str, ...]:
+        return (fmt(f.latency, 3),) if latency else (fmt(f.bytes), fmt(f.stream_share)) if coded else ()
+
+    rows = tuple(Row((*cost(f), fmt(f.ratio), fmt(f.val), fmt(f.test), fmt(f.trial), f.method.label if f.method else "-")) for f in s.front)
+    costs = (s.axis.label,) if latency else ("bytes", "of dense stream") if coded else ()
+    return Table((*costs, "ratio", f"val {s.metric}", f"test {s.metric}", "trial", "allocation"), rows,
                  title=f"The front: the {len(s.front)} trials no other beats at a smaller or equal {s.axis.value} "
                        "(export any with `ranksearch export --trial N`).\n")
 
@@ -170,15 +176,16 @@ def front_table(s: Summary) -> Table:
 def points_table(s: Summary) -> Table:
     """A Pareto study's working points: the front's best no larger than each, against what was enqueued there."""
     points = working_points_table(s.points)
-    names = {str(Method.SEARCHED): "front's best", "target": "target" if s.axis is Axis.RATIO else "latency target"}
+    names = {str(Method.SEARCHED): "front's best",
+             "target": {Axis.RATIO: "target", Axis.LATENCY: "latency target", Axis.BYTES: "bytes target (of dense stream)"}[s.axis]}
     columns = tuple(names.get(c, c) for c in points.columns)
     return Table(columns, points.rows, title=f"Working points of the Pareto study: the front's best no larger than each; "
                  f"test {s.metric} (val in brackets); trials and wall time are the whole study's.\n")
 
 
-def bytes_table(s: Summary) -> Table:
+def bytes_table(s: Summary, title: str = "The byte working point:") -> Table:
     """A byte working point: NNCodec on the dense model, the references (coded at one uniform qp) and the best trial, each
-    with its stream's bytes and the decoded model's metrics."""
+    with its stream's bytes and the decoded model's metrics (a point of a front over bytes: its best within the budget)."""
     c = s.coding or {}
     dense = c.get("dense") or {}
     budget, dense_bytes = c.get("budget"), c.get("dense_bytes")
@@ -201,14 +208,25 @@ def bytes_table(s: Summary) -> Table:
                                                    + (f"; the byte table predicted {fmt(c.get('predicted_bytes'))} bytes." if
                                                       c.get("predicted_bytes") else ".") if qps else "")
              + (f" Its retrain trained its last {c['qat']:.0%} quantization-aware." if c.get("qat") else
-                " Its retrain was plain (no quantization-aware steps)."),) if budget and dense_bytes else ()
+                " Its retrain was plain (no quantization-aware steps).")
+             + ("" if s.axis is Axis.BYTES else " The best is the highest validation metric among the streams that take at least "
+                f"{LAND:.0%} of the budget (a reference at one qp may take less)."),) if budget and dense_bytes else ()
     name = s.metric
     return Table(("model", "ratio", "bytes", f"val {name}", f"test {name}", "val before coding", "trial"), tuple(rows),
-                 title="The byte working point:", notes=notes)
+                 title=title, notes=notes)
 
 
 def extra_tables(s: Summary) -> str:
     """A Pareto study's :func:`points_table` and :func:`front_table`, or a byte working point's :func:`bytes_table`, as
     Markdown; empty for a study of one parameter ratio."""
-    out = "\n" + points_table(s).markdown() + "\n" + front_table(s).markdown() if s.points else ""
-    return out + ("\n" + bytes_table(s).markdown() if s.coding else "")
+    return "".join("\n" + t.markdown() for t in extras(s))
+
+
+def extras(s: Summary) -> list[Table]:
+    """The tables beyond the summary: a Pareto study's :func:`points_table` and :func:`front_table`, and a byte working
+    point's :func:`bytes_table` (on the bytes axis, one per point of the front, against its references)."""
+    out = [points_table(s), front_table(s)] if s.points else []
+    if s.points and s.axis is Axis.BYTES:
+        return out + [bytes_table(p, f"Byte working point {p.target_ratio:g} of the front (its best within the budget):")
+                      for p in s.points if p.coding]
+    return out + ([bytes_table(s)] if s.coding else [])

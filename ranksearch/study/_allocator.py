@@ -15,7 +15,9 @@ the best completed trial (ties: the earliest); with CMA-ES, whose own mean moves
 
 In a Pareto study each trial also draws the point it allocates for (the ``ratio`` parameter, one of the study's
 front ratios, or ``latency`` on the latency axis; an enqueued allocation carries its own), and its anchor is the best trial at that ratio, or at
-the nearest ratio that has one (its ranks scaled onto this trial's budget).
+the nearest ratio that has one (its ranks scaled onto this trial's budget). On the bytes axis it draws its byte budget
+(``bytes``, a fraction of the dense model's stream) and then, as a byte working point's trial does, its ratio among that
+budget's (``ratio@F``); its anchor is the best trial of that budget at the nearest ratio.
 """
 
 from __future__ import annotations
@@ -47,20 +49,33 @@ STEP_BOUND = 1.0  #: searched steps range over [-STEP_BOUND, STEP_BOUND] (log2 o
 REDRAWS = 8  #: new draws of a sampled step whose ranks a trial of the study already has (the k-th: 2.25**k wider, up to +-1.5**k)
 
 
-def anchor_trial(study: optuna.Study, *, enqueued_only: bool = False, target: float | None = None) -> FrozenTrial | None:
+def anchor_trial(study: optuna.Study, *, enqueued_only: bool = False, target: float | None = None,
+                 budget: float | None = None) -> FrozenTrial | None:
     """The completed trial sampled proposals start from: the best by value (the earliest of equals);
     ``enqueued_only``: among the enqueued allocations; ``target`` (a Pareto study): among the trials that allocated
-    for that ratio, else for the nearest one (in log; of two as near, the smaller). None before any qualifying
+    for that ratio, else for the nearest one (in log; of two as near, the smaller); ``budget`` (a front over bytes: the
+    trial's byte point, its ``target``): first among the trials of that budget, if any. None before any qualifying
     trial completed."""
     done: list[tuple[FrozenTrial, TrialRecord]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.of(t)
         if record.ranks is not None and not (enqueued_only and record.method is Method.SEARCHED):
             done.append((t, record))
-    if target is not None and (targets := {r.target for _, r in done if r.target is not None}):
+
+    def ratio(r: TrialRecord) -> float | None:  # on the bytes axis a trial's target is its budget, its ratio_target the ratio
+        return r.target if budget is None else r.ratio_target
+
+    if budget is not None:
+        done = [(t, r) for t, r in done if r.target == budget] or done
+    if target is not None and (targets := {x for _, r in done if (x := ratio(r)) is not None}):
         near = min(targets, key=lambda r: (abs(math.log(r / target)), r))
-        done = [(t, r) for t, r in done if r.target == near]
+        done = [(t, r) for t, r in done if ratio(r) == near]
     return max((t for t, _ in done), key=lambda t: (metric_of(t), -t.number), default=None)
+
+
+def ratio_param(budget: float) -> str:
+    """The Optuna parameter of a bytes-axis trial's ratio, one per budget (each budget has its own ratios)."""
+    return f"ratio@{budget:g}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,10 @@ class Allocator:
         latency: A latency working point's budget of seconds (the views' curves then carry each layer's
             limit: the largest rank whose pair runs faster than the dense layer).
         front: A Pareto study's ratios (largest first): each trial allocates for one of them, not for ``target``; on the
-            latency axis (``axis``), its latency fractions: each trial keeps to one of them, within ``target``.
+            latency axis (``axis``), its latency fractions: each trial keeps to one of them, within ``target``; on the bytes
+            axis, its budgets (fractions of the dense model's stream): each trial codes within one of them.
+        ratios: On the bytes axis, each budget's ratios (largest first): a trial allocates for one of its budget's.
+        budget: On the bytes axis, the budget an allocator :meth:`at` a point codes within (its anchor's first filter).
         timing: A latency working point's timing table (the budgets of a Pareto study's latency fractions, and each
             allocation's predicted latency).
     """
@@ -101,16 +119,29 @@ class Allocator:
     front: tuple[float, ...] = ()
     axis: Axis = Axis.RATIO
     timing: TimingTable | None = None
+    ratios: Mapping[float, tuple[float, ...]] = field(default_factory=dict)
+    budget: float | None = None
 
-    def at(self, target: float) -> Allocator:
-        """The allocator of another working point of a Pareto study: a target ratio, or on the latency axis a latency fraction."""
+    def at(self, target: float, ratio: float | None = None) -> Allocator:
+        """The allocator of another working point of a Pareto study: a target ratio, or on the latency axis a latency fraction,
+        or on the bytes axis a budget (a fraction of the dense model's stream) and the ``ratio`` it allocates for."""
+        if self.axis is Axis.BYTES:
+            assert ratio is not None, "a trial on the bytes axis allocates for a ratio of its budget's"
+            return dataclasses.replace(self, target=float(ratio), budget=float(target))
         if self.axis is Axis.RATIO:
             return dataclasses.replace(self, target=float(target))
         assert self.timing is not None, "a latency axis allocates within the timing table (limited())"
         return dataclasses.replace(self, latency=self.timing.latency(self.views.plain_curves, float(target)))
 
+    def fixed(self, target: float, ratio: float | None = None) -> dict[str, Any]:
+        """The Optuna parameters that pin an enqueued trial to a working point (:meth:`at`)."""
+        if self.axis is Axis.BYTES:
+            return {Axis.BYTES.value: target, ratio_param(target): ratio}
+        return {self.axis.value: target}
+
     def cost(self, sol: Solution) -> float:
-        """An allocation's value on the Pareto study's axis: its ratio, or its predicted latency as a fraction of dense."""
+        """An allocation's value on the Pareto study's axis: its ratio, or its predicted latency as a fraction of dense (the
+        bytes axis: known once the trial is coded)."""
         if self.axis is Axis.RATIO:
             return float(sol.ratio)
         assert self.timing is not None
@@ -155,7 +186,7 @@ class Allocator:
 
     def anchor(self, study: optuna.Study) -> tuple[int | None, dict[str, int | None]]:
         """The trial number and ranks sampled incumbent-space proposals step from (None: the centre)."""
-        best = anchor_trial(study, enqueued_only=self.enqueued_anchor, target=self.target if self.front else None)
+        best = anchor_trial(study, enqueued_only=self.enqueued_anchor, target=self.target if self.front else None, budget=self.budget)
         if best is not None:
             return best.number, dict(TrialRecord.of(best).kept_ranks)
         return None, dict(self.solution(None, self.centre)[0].ranks)
@@ -172,11 +203,15 @@ class Allocator:
         """
         if self.front:
             drawn = trial.suggest_categorical(self.axis.value, self.front)  # an enqueued or retried trial: its own, fixed
-            target = TrialRecord.of(trial).target
-            if target is None:
-                target = float(drawn)
-                write_trial(trial, TrialRecord(target=target))
-            return self.at(target)._propose(trial)
+            record = TrialRecord.of(trial)
+            target = float(drawn) if record.target is None else record.target
+            ratio = None
+            if self.axis is Axis.BYTES:  # then its ratio, among its budget's
+                drawn_ratio = trial.suggest_categorical(ratio_param(target), self.ratios[target])
+                ratio = float(drawn_ratio) if record.ratio_target is None else record.ratio_target
+            if record.target is None:
+                write_trial(trial, TrialRecord(target=target, ratio_target=ratio))
+            return self.at(target, ratio)._propose(trial)
         return self._propose(trial)
 
     def _propose(self, trial: optuna.Trial) -> tuple[Solution, FactorKind]:

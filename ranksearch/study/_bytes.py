@@ -12,6 +12,8 @@ At creation (:func:`measure_point`):
   the budget at the grid's coarsest qp), in steps of at most 1.25x. More parameters coded coarser, or fewer coded finer:
   the trade-off a one-shot rule cannot make, which each trial draws (the ``ratio`` parameter).
 
+A Pareto study on the bytes axis measures one such point per budget of its front (:func:`measure_front`).
+
 Each trial allocates its ranks at its ratio, retrains, and is then coded (:class:`Coder`): the enqueued
 references at one uniform qp (the finest that fits), the rest each weight at its own qp
 (:func:`~ranksearch.core._bytes.fit_bytes`, weighted by the Fisher information of the task's loss). The trial's
@@ -21,11 +23,12 @@ value is the decoded model's metric: what the stream delivers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,9 +46,9 @@ from ranksearch.errors import RankSearchError, StudyError
 from ranksearch.study._allocator import Allocator
 from ranksearch.study._callables import Callables
 from ranksearch.study._settings import front_ratios
-from ranksearch.study._vocab import Coding, Method
+from ranksearch.study._vocab import Axis, Coding, Method
 
-__all__ = ["SPAN", "TOP", "Coder", "measure_point", "spread"]
+__all__ = ["SPAN", "TOP", "Coder", "measure_front", "measure_point", "spread"]
 
 _log = logging.getLogger(__name__)
 
@@ -71,13 +74,16 @@ def _largest(model: nn.Module, allocator: Allocator, lo: float, hi: float, budge
     return math.floor(lo * 1e4) / 1e4
 
 
-def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Callables, folds: Mapping[str, str] | None = None) -> BytePoint:
+def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Callables, folds: Mapping[str, str] | None = None,
+                  dense_bytes: int | None = None, share: float | None = None) -> BytePoint:
     """The byte working point of ``budget`` bytes on ``model`` (see the module's docstring); ``folds``: the batch norms that
-    fold into the layers before them (:meth:`Coder.folds`; a factorized layer keeps its dense layer's name, and its fold)."""
+    fold into the layers before them (:meth:`Coder.folds`; a factorized layer keeps its dense layer's name, and its fold);
+    ``dense_bytes``: the dense model's stream at the default qp, if measured already; ``share``: the fraction of it the
+    budget was asked as (recorded)."""
     start = time.perf_counter()
     folds = dict(folds or {})
     dense = copy.deepcopy(model).eval()
-    dense_bytes = len(encode(dense, qp=DEFAULT_QP))
+    dense_bytes = len(encode(dense, qp=DEFAULT_QP)) if dense_bytes is None else dense_bytes
     if budget >= dense_bytes:
         raise StudyError(f"--bytes {budget:,} is at least the dense model's NNR stream at the default qp ({dense_bytes:,} bytes): "
                          f"there is nothing to search; ask for fewer, e.g. {dense_bytes // 10:,} (a tenth).")
@@ -105,12 +111,26 @@ def measure_point(model: nn.Module, allocator: Allocator, budget: int, calls: Ca
     # the largest ratio still codes within the budget at the grid's coarsest qp (with a tenth to spare: a retrain moves the weights)
     top = _largest(model, allocator, base, min(cap, SPAN * base), 0.9 * budget, QP_GRID[-1], folds)
     ratios = front_ratios((base, top)) if top > base * 1.0001 else (base,)
-    point = BytePoint(int(budget), dense_bytes, base, ratios, reference, round(time.perf_counter() - start, 3))
+    point = BytePoint(int(budget), dense_bytes, base, ratios, reference, round(time.perf_counter() - start, 3), share)
     _log.info("bytes %s: the dense model's stream is %s at qp %d; NNCodec on it: %s; the seed rule meets the budget at ratio %.4f; "
               "trials allocate for %d ratios, %.4f to %.4f", f"{budget:,}", f"{dense_bytes:,}", DEFAULT_QP,
               f"qp {reference['qp']:g} ({reference['bytes']:,.0f} bytes, {calls.metric} {reference['val']:.4f})" if "qp" in reference
               else "no qp fits", base, len(ratios), ratios[-1], ratios[0])
     return point
+
+
+def measure_front(model: nn.Module, allocator: Allocator, shares: Sequence[float], calls: Callables,
+                  folds: Mapping[str, str] | None = None) -> tuple[BytePoint, ...]:
+    """A Pareto study's byte working points on the bytes axis: one per share of the dense model's stream at the default qp
+    (largest first), each measured as :func:`measure_point` measures one."""
+    dense_bytes = len(encode(copy.deepcopy(model).eval(), qp=DEFAULT_QP))
+    allocator = dataclasses.replace(allocator, axis=Axis.RATIO, front=())  # each point is measured at ratios
+    points = []
+    for i, share in enumerate(shares):
+        budget = max(1, math.floor(share * dense_bytes))
+        _log.info("byte point %d of %d: %s of the dense model's %s bytes", i + 1, len(shares), f"{share:g}", f"{dense_bytes:,}")
+        points.append(measure_point(model, allocator, budget, calls, folds, dense_bytes, float(share)))
+    return tuple(points)
 
 
 @dataclass(frozen=True)
@@ -122,11 +142,25 @@ class Coder:
         task: Whose training data weighs each weight's coding error (the Fisher information), and on whose first validation
             batch each batch-norm fold is checked; None: plain squared error, nothing folded.
         qat: The share of each trial's retrain, its last steps, trained quantization-aware (:meth:`quantize`; 0: plain).
+        front: On a Pareto study's bytes axis, each point's budget by its share of ``dense_bytes`` (:meth:`at`).
+        dense_bytes: The dense model's stream at the default qp (what the bytes axis counts in).
     """
 
     budget: int
     task: Task | None = None
     qat: float = 0.0
+    front: Mapping[float, int] = field(default_factory=dict)
+    dense_bytes: int = 0
+
+    def at(self, share: float) -> Coder:
+        """The coder of the bytes axis' point ``share`` (its budget)."""
+        return dataclasses.replace(self, budget=self.front[share])
+
+    def with_front(self, points: Sequence[BytePoint]) -> Coder:
+        """The coder of a front over bytes measured (:func:`measure_front`)."""
+        assert all(p.share is not None for p in points), "a front's points are measured as shares"
+        return dataclasses.replace(self, budget=points[0].budget, front={float(p.share): p.budget for p in points if p.share is not None},
+                                   dense_bytes=points[0].dense_bytes)
 
     def folds(self, model: nn.Module) -> dict[str, str]:
         """The batch norms of ``model`` that fold into the layers before them (checked on a batch of the task's data)."""

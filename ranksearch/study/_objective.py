@@ -6,7 +6,7 @@ retrained weights. A trial that raises is failed with ``error`` and ``traceback`
 Ctrl-C is marked ``interrupted``.
 
 In a Pareto study (the allocator has a front) a trial returns two values, its metric and its cost on the study's
-axis (its achieved ratio, or its predicted latency);
+axis (its achieved ratio, its predicted latency, or its stream's bytes as a fraction of the dense model's);
 its reports go to the :class:`~ranksearch.study._gate.FrontGate` (``screen``), since Optuna prunes no
 multi-objective study.
 """
@@ -28,6 +28,7 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
+from ranksearch.core._bytes import LAND
 from ranksearch.core._surgery import factorize
 from ranksearch.core._weights import save_state_dict
 from ranksearch.errors import RankSearchError
@@ -95,11 +96,14 @@ class Objective:
         write_trial(trial, TrialRecord(method=method))
         sol, kind = self.allocator.propose(trial)
         drawn = bool(self.allocator.front)  # the trial drew the point it allocates for
-        front = drawn and self.coder is None  # a Pareto study: two objectives
+        bytes_axis = drawn and self.allocator.axis is Axis.BYTES  # its point: a budget, its cost: its stream (once coded)
+        front = drawn and (self.coder is None or bytes_axis)  # a Pareto study: two objectives
         target = TrialRecord.of(trial).target if drawn else self.allocator.target
         coding = None if self.coder is None else TrialRecord.of(trial).coding or Coding.FITTED
+        coder = self.coder.at(target) if bytes_axis and self.coder is not None and target is not None else self.coder
 
-        cost = self.allocator.cost(sol) if front else sol.ratio  # a Pareto study's second objective: ratio or latency
+        # a Pareto study's second objective: ratio or latency (the bytes axis: its stream's share, set once it is coded)
+        cost = self.allocator.cost(sol) if front and not bytes_axis else sol.ratio
 
         def values(metric: float) -> float | tuple[float, float]:  # a Pareto study's trial: (metric, cost)
             return (metric, cost) if front else metric
@@ -115,13 +119,18 @@ class Objective:
                                        params=sol.params, ratio=sol.ratio,
                                        latency=cost if latency_axis else None, coding=coding))
         twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind and r.coding == coding), None)
-        if twin is not None:  # same ranks (and coding) as a finished trial: the retrain and the coding are deterministic, reuse them
+                     if (r := TrialRecord.of(t)).ranks == ranks and r.factors == kind and r.coding == coding
+                     and (not bytes_axis or r.target == target)), None)
+        if twin is not None:  # same ranks (and coding, budget) as a finished trial: the retrain and the coding are deterministic, reuse them
             r = TrialRecord.of(twin)
             write_trial(trial, TrialRecord(same_as=twin.number, before_retrain=r.before_retrain,
                                            before_retrain_samples=r.before_retrain_samples, test=r.test, bytes=r.bytes, qps=r.qps,
                                            other_qps=r.other_qps, folds=r.folds,
-                                           predicted_bytes=r.predicted_bytes, before_coding=r.before_coding))
+                                           predicted_bytes=r.predicted_bytes, before_coding=r.before_coding, stream_share=r.stream_share,
+                                           qat=r.qat))
+            if bytes_axis:
+                assert r.stream_share is not None
+                cost = r.stream_share
             value = metric_of(twin)
             assert value is not None
             _log.info("trial %d [%s] has the ranks of trial %d: value %.4f reused", trial.number, method, twin.number, value)
@@ -135,7 +144,7 @@ class Objective:
             before = float(calls.evaluate(model))
             write_trial(trial, TrialRecord(before_retrain=before))
         scored = None
-        quantize = None if self.coder is None or coding is None else self.coder.quantize(coding)
+        quantize = None if coder is None or coding is None else coder.quantize(coding)
         if calls.retrain is not None and method is not Method.DENSE:  # the dense model is scored as it was given
             if quantize is not None:
                 write_trial(trial, TrialRecord(qat=quantize.fraction))
@@ -159,23 +168,29 @@ class Objective:
         if not math.isfinite(value):
             raise RankSearchError(f"evaluate returned {value!r}; it must return a finite number (higher is better).")
         final, coded = model, ""  # the model the value and the test metric are of
-        if self.coder is not None:  # a byte working point: the value is what the stream delivers
+        if coder is not None:  # a byte working point: the value is what the stream delivers
             assert coding is not None
             try:
-                final, info = self.coder(model, coding)
+                final, info = coder(model, coding)
             except RankSearchError as e:  # its retrained weights code over the budget even at the coarsest qps: no value
                 raise optuna.TrialPruned(f"not coded within the budget: {e}") from None
             uncoded = value
+            if bytes_axis:  # the front's cost: the stream, a share of the dense model's at the default qp
+                cost = info["bytes"] / coder.dense_bytes
+                info["stream_share"] = cost
             write_trial(trial, TrialRecord(before_coding=uncoded, **info))
             value = float(calls.evaluate(final))
             qat = "" if quantize is None or method is Method.DENSE else f", after {quantize.fraction:.0%} quantization-aware"
             coded = f", {info['bytes']:,} bytes at qp {spread(info['qps'])} ({coding.value}: {value - uncoded:+.4f} by coding{qat})"
         if calls.test is not None:
             write_trial(trial, TrialRecord(test=float(calls.test(final))))
-        if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None):
+        # at a byte working point, the best is picked among the streams that land within 2% of the budget: the best of those uploads
+        landing = None if coder is None or front else (int(info["bytes"]) >= LAND * coder.budget, LAND * coder.budget)
+        if self.artifacts is not None and _best_so_far(trial, value, cost if front else None, target if front else None, landing):
             self._upload(trial, model)
         _log.info("trial %d%s [%s] ratio %.4f%s%s -> %.4f (before retrain %.4f) in %.1f s",
-                  trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio, f" (for {target:g})" if front else "",
+                  trial.number, f"/{self.n_trials}" if self.n_trials else "", method, sol.ratio,
+                  f" (budget {target:g} of the dense stream)" if bytes_axis else f" (for {target:g})" if front else "",
                   coded, value, before, time.perf_counter() - start)
         return values(value)
 
@@ -189,14 +204,20 @@ class Objective:
         write_trial(trial, TrialRecord(weights=artifact))
 
 
-def _best_so_far(trial: optuna.Trial, value: float, ratio: float | None, target: float | None) -> bool:
+def _best_so_far(trial: optuna.Trial, value: float, ratio: float | None, target: float | None,
+                 landing: tuple[bool, float] | None = None) -> bool:
     """Whether a trial uploads its weights: it scored at least as high as every complete trial (a tie uploads too: with
     several workers a later-numbered twin of this value may have finished first, and the best trial, the earliest of
     the best value, must have its weights). In a Pareto study (``ratio``: its cost on the study's axis, ``target``),
     as every complete trial of no larger cost, or every one made for the same point: each point of the final front, and the best made for each ratio,
-    has its weights."""
+    has its weights. At a byte working point (``landing``: whether its stream lands, and the bytes that do), also a
+    landing trial that scored as high as every landing one."""
     done = [(m, t) for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (m := metric_of(t)) is not None]
     if ratio is None:
+        if landing is not None and landing[0]:
+            landed = [m for m, t in done if (b := TrialRecord.of(t).bytes) is not None and b >= landing[1]]
+            if all(value >= m for m in landed):
+                return True
         return all(value >= m for m, _ in done)
     size = ratio * (1 + 1e-9)
     return (all(value >= m for m, t in done if float(t.values[1]) <= size)

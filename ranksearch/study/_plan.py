@@ -36,7 +36,7 @@ from ranksearch.study._callables import Callables, Evaluate, Retrain, accepts, t
 from ranksearch.study._gate import FrontGate
 from ranksearch.study._latency import LatencyPlan, limited
 from ranksearch.study._pruners import make_pruner
-from ranksearch.study._record import TrialRecord
+from ranksearch.study._record import StudyRecord, TrialRecord
 from ranksearch.study._samplers import make_sampler
 from ranksearch.study._sensitivity import SensitivityPlan, sensitivity_plan
 from ranksearch.study._settings import QAT, Components, SearchSettings
@@ -90,16 +90,39 @@ class Plan:
         _, factors = self.views.of(trial.factors or self.views.kind)
         small = factorize(model, trial.kept_ranks, factors)
         if trial.method is not Method.DENSE:  # a byte working point's dense candidates are scored as they were given
-            quantize = None if self.coder is None or not trial.qat else dataclasses.replace(self.coder, qat=trial.qat).quantize(
+            quantize = None if self.coder is None or not trial.qat else dataclasses.replace(self.coder_of(trial), qat=trial.qat).quantize(
                 trial.coding or Coding.FITTED)
             self.calls.retrain_again(small, quantize)
         return small.eval()
+
+    def coder_of(self, trial: TrialRecord) -> Coder:
+        """The coder of a trial: the study's, or on the bytes axis its budget's."""
+        assert self.coder is not None
+        return self.coder.at(trial.target) if self.coder.front and trial.target is not None else self.coder
+
+    def with_byte_front(self, points: Sequence[BytePoint]) -> Plan:
+        """The plan of a Pareto study on the bytes axis, its points measured (:func:`~ranksearch.study._bytes.measure_front`):
+        each trial draws one of their budgets, then one of its ratios."""
+        assert self.coder is not None
+        allocator = dataclasses.replace(self.allocator, ratios={float(p.share): p.ratios for p in points if p.share is not None})
+        return dataclasses.replace(self, allocator=allocator, coder=self.coder.with_front(points))
 
     def with_bytes(self, point: BytePoint) -> Plan:
         """The plan of a byte working point measured (:func:`~ranksearch.study._bytes.measure_point`): each trial draws one
         of its ratios; the references are enqueued at its base ratio."""
         allocator = dataclasses.replace(self.allocator, front=point.ratios)
         return dataclasses.replace(self, allocator=allocator, points=(point.base_ratio,))
+
+    def with_stored(self, record: StudyRecord) -> Plan:
+        """The plan with what the study's setup measured and stored: the timing table, the byte point or the byte front."""
+        plan = self
+        if plan.latency is not None and record.timing is not None:
+            plan = plan.with_timing(record.timing)
+        if plan.coder is not None and record.byte_point is not None:
+            plan = plan.with_bytes(record.byte_point)
+        if plan.coder is not None and record.byte_front is not None:
+            plan = plan.with_byte_front(record.byte_front)
+        return plan
 
     def with_timing(self, table: TimingTable) -> Plan:
         """The plan allocating within a latency working point's timing table (see :func:`~ranksearch.study._latency.limited`)."""
@@ -136,7 +159,7 @@ def resolve(model: nn.Module, settings: SearchSettings | float, work: Workload, 
                              f"per parameter of {count_params(model):,} are {budget:,} bytes; give one of the two.")
         changes["target_bytes"] = budget
     if s.qat is None:  # quantization-aware at a byte working point with the built-in retrain (it won there: benchmarks/RESULTS.md)
-        changes["qat"] = QAT if (s.target_bytes is not None or s.bits_per_param is not None) and work.task is not None else 0.0
+        changes["qat"] = QAT if s.codes and work.task is not None else 0.0
     if work.task is not None and s.retrain is None:
         changes["retrain"] = RetrainSettings()
     if work.task is None and s.retrain is not None:
@@ -206,6 +229,6 @@ def make_plan(model: nn.Module, s: SearchSettings, work: Workload, given: Compon
     if s.qat and (calls.retrain is None or not accepts(calls.retrain, "quantize")):
         raise StudyError(f"qat {s.qat:g} trains the retrain's last steps quantization-aware, which only the built-in retrain (a task "
                          "and its recipe) does; drop --qat, or give the task instead of your own retrain.")
-    coder = None if s.target_bytes is None else Coder(s.target_bytes, work.task, s.qat or 0.0)
+    coder = Coder(s.target_bytes or 0, work.task, s.qat or 0.0) if s.codes else None
     return Plan(views, calls, allocator, sampler, pruner, s.baselines, s.prior, plan, latency, screen, s.pareto, coder)
 

@@ -60,7 +60,7 @@ class TrialRecord:
     per-layer log-weights it allocates with (exact for enqueued ones); ``log2r`` a sampled incumbent-space
     trial's per-layer log2 rank targets; ``anchor`` the trial its step started from and ``redraws`` how
     often its step was drawn again; ``target`` the ratio a Pareto study's trial allocated for (its latency fraction on
-    the latency axis). Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``, ``latency`` (on a Pareto study's latency axis: the
+    the latency axis; on the bytes axis its budget, a fraction of the dense model's stream, and ``ratio_target`` the ratio). Result: ``ranks``, ``mse``, ``factors``, ``params``, ``ratio``, ``latency`` (on a Pareto study's latency axis: the
     predicted latency, a fraction of dense);
     ``worker`` (``host:pid``); ``before_retrain`` (on ``before_retrain_samples`` validation samples
     when not the whole split); ``test``; ``same_as`` (a finished trial with the same ranks whose value
@@ -71,7 +71,8 @@ class TrialRecord:
     stream, measured by NNCodec), ``qps`` (each weight's), ``other_qps`` (each other tensor's, fitted coding), ``folds``
     (the batch norms folded into the layers before them), ``predicted_bytes`` (the byte table's estimate, fitted coding)
     and ``before_coding`` (the validation metric of the retrained model before coding; the trial's value is the
-    decoded model's); ``qat`` (the share of its retrain, the last steps, trained quantization-aware; absent: plain).
+    decoded model's); ``stream_share`` (on a Pareto study's bytes axis: its stream's bytes, a fraction of the dense model's
+    at qp -38, the front's cost); ``qat`` (the share of its retrain, the last steps, trained quantization-aware; absent: plain).
     """
 
     method: Method | None = None
@@ -80,6 +81,7 @@ class TrialRecord:
     anchor: int | None = None
     redraws: int | None = None
     target: float | None = None
+    ratio_target: float | None = None
     ranks: dict[str, int] | None = None
     mse: dict[str, float] | None = None
     factors: FactorKind | None = None
@@ -93,6 +95,7 @@ class TrialRecord:
     folds: dict[str, str] | None = None
     predicted_bytes: int | None = None
     before_coding: float | None = None
+    stream_share: float | None = None
     qat: float | None = None
     worker: str | None = None
     before_retrain: float | None = None
@@ -138,7 +141,7 @@ class TrialRecord:
         """Only what says what to allocate, exactly (its ranks, when it had chosen them): what a failed trial's
         rerun keeps."""
         return TrialRecord(method=self.method, log10w=self.log10w, log2r=self.log2r, anchor=self.anchor, redraws=self.redraws,
-                           target=self.target, ranks=self.ranks, coding=self.coding)
+                           target=self.target, ratio_target=self.ratio_target, ranks=self.ranks, coding=self.coding)
 
     @property
     def kept_ranks(self) -> dict[str, int]:
@@ -159,7 +162,8 @@ class StudyRecord:
     ``[samples, of]``, ``sensitivity_measured`` for the proxy's measured points), ``fixed_cost`` and
     ``centre`` (the prior's per-layer log-weights); at a latency working point, ``timing`` (the per-layer
     timing table every process allocates with); at a byte working point, ``byte_point`` (the budget, the ratios trials
-    allocate for and the dense model coded within it).
+    allocate for and the dense model coded within it); in a Pareto study on the bytes axis, ``byte_front`` (one such point
+    per budget of its front, largest first).
     """
 
     settings: SearchSettings | None = None
@@ -180,6 +184,7 @@ class StudyRecord:
     centre: dict[str, float] | None = None
     timing: TimingTable | None = None
     byte_point: BytePoint | None = None
+    byte_front: tuple[BytePoint, ...] | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], origin: str = "the study") -> StudyRecord:
@@ -203,6 +208,8 @@ class StudyRecord:
             values["timing"] = TimingTable.from_dict(values["timing"])
         if "byte_point" in values:
             values["byte_point"] = BytePoint.from_dict(values["byte_point"])
+        if "byte_front" in values:
+            values["byte_front"] = tuple(BytePoint.from_dict(p) for p in values["byte_front"])
         rows = {k[len(_ROW):]: v for k, v in raw.items() if k.startswith(_ROW)}
         return cls(**values, sensitivity_rows=sensitivity_of(rows) if rows else None)
 
@@ -223,10 +230,18 @@ class StudyRecord:
             out["timing"] = out["timing"].to_dict()
         if "byte_point" in out:
             out["byte_point"] = out["byte_point"].to_dict()
+        if "byte_front" in out:
+            out["byte_front"] = [p.to_dict() for p in out["byte_front"]]
         rows = out.pop("sensitivity_rows", None) or {}
         flat = {ATTR + k: v for k, v in out.items()}
         flat.update({f"{ATTR}{_ROW}{n}": [[r, v] for r, v in row] for n, row in rows.items()})
         return flat
+
+    def point_of(self, target: float | None) -> BytePoint | None:
+        """The byte working point a trial was coded within: the study's, or on the bytes axis its ``target``'s (None: none)."""
+        if self.byte_front is None or target is None:
+            return self.byte_point
+        return next((p for p in self.byte_front if p.share == target), None)
 
     @property
     def ready(self) -> bool:

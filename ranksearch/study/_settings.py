@@ -45,13 +45,13 @@ from ranksearch.study._vocab import (
 __all__ = ["FORMAT", "FORMAT_VERSION", "Components", "RunOptions", "SearchSettings"]
 
 FORMAT = "ranksearch.search_settings"
-FORMAT_VERSION = 11  #: 11 adds qat; 10 bits_per_param; 9 byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
+FORMAT_VERSION = 12  #: 12 adds the bytes axis of a Pareto study; 11 qat; 10 bits_per_param; 9 byte working points (target_bytes); 8 Pareto studies (pareto, pareto_axis); 7 latency working points; 6 spells the factors ``data_aware`` (5 and before: ``data-aware``)
 #: fields added since each version, with the values that reproduce a study of that version
 _V4 = {"sensitivity_samples": 0}
 _V3 = {"sensitivity": "measured", "sensitivity_budget": 48, **_V4}  # version 4 stores its sensitivity: measured was its default
 _V2 = {"screen_samples": 0, **_V3}
 _V1 = {"proposals": "weights", "step": 0.2, "screen": 0.0, "keep": 0.2, **_V2}
-_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}, 10: {}}
+_ADDED: dict[int, dict[str, Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}, 10: {}, 11: {}}
 _OLD_FACTORS = {"data-aware": Factors.DATA_AWARE.value}  #: spellings of versions 1-5
 
 SEARCH, SCREEN, SENS, GRID = "search", "screening (the gate pruner)", "sensitivity table and baselines", "working point"
@@ -142,11 +142,13 @@ class SearchSettings:
                                "working point with the built-in retrain, else 0", "float", low=0, high=1, optional=True,
                                group=GRID, flag="--qat", hint="e.g. 0.5: the second half of each retrain; 0: plain", metavar="SHARE")
     pareto: tuple[float, ...] = option((), "one multi-objective study of the metric against pareto_axis over these working "
-                                       "points (the largest is target_ratio, or target_latency on the latency axis): the front "
-                                       "spans them, each gets the seed rule and the baselines", "floats", low=0, high=1,
+                                       "points (the largest is target_ratio, or target_latency on the latency axis; on the bytes "
+                                       "axis, fractions of the dense model's NNR stream at qp -38): the front spans them, each gets "
+                                       "the seed rule and the baselines", "floats", low=0, high=1,
                                        open_low=True, hint="two points or more, each in (0, 1]")
-    pareto_axis: Axis = option(Axis.RATIO, "a Pareto study's second objective: the parameter ratio, or the latency as a fraction "
-                               "of the dense model's (predicted by the timing table)", "choice", choices=Axis)
+    pareto_axis: Axis = option(Axis.RATIO, "a Pareto study's second objective: the parameter ratio, the latency as a fraction "
+                               "of the dense model's (predicted by the timing table), or the bytes of the NNR stream (measured by "
+                               "NNCodec on each trial's decoded model)", "choice", choices=Axis)
     exclude: tuple[str, ...] = option((), "layer names or regular expressions kept dense", "strings",
                                       hint="layer names or regular expressions")
     baselines: bool = option(True, "enqueue uniform, AIMET-style greedy and sensitivity-sum allocations after the seed rule",
@@ -170,19 +172,20 @@ class SearchSettings:
         if isinstance(self.factors, str) and self.factors in _OLD_FACTORS:
             raise ConfigError(f"factors {self.factors!r} is spelled {_OLD_FACTORS[self.factors]!r} now.")
         validate(self)
-        if self.target_ratio == 1 and self.target_latency is None and self.target_bytes is None and self.bits_per_param is None:
+        if self.target_ratio == 1 and self.target_latency is None and not self.codes:
             raise ConfigError("target_ratio 1 would keep every parameter; give a ratio below 1 (e.g. 0.25 keeps a quarter), or "
                               "target_latency or target_bytes for a latency or byte working point alone.")
         if self.bits_per_param is not None and (self.pareto or self.target_latency is not None):
             raise ConfigError(f"bits_per_param {self.bits_per_param:g} goes alone (with target_ratio as the largest ratio a trial may "
-                              "keep); a byte working point with a latency bound or a Pareto front is not built yet: run them as "
-                              "separate studies.")
+                              "keep); a front over bytes is pareto_axis 'bytes' (--pareto-bytes F,F), and a byte working point with a "
+                              "latency bound is not built yet: run it as a separate study.")
         if self.target_bytes is not None and (self.pareto or self.target_latency is not None):
             raise ConfigError(f"target_bytes {self.target_bytes} goes alone (with target_ratio as the largest ratio a trial may keep); "
-                              "a byte working point with a latency bound or a Pareto front is not built yet: run them as separate studies.")
-        if self.qat and self.target_bytes is None and self.bits_per_param is None:
+                              "a front over bytes is pareto_axis 'bytes' (--pareto-bytes F,F), and a byte working point with a "
+                              "latency bound is not built yet: run it as a separate study.")
+        if self.qat and not self.codes:
             raise ConfigError(f"qat {self.qat:g} rounds each weight to the step it is coded at, which only a byte working point "
-                              "codes; give target_bytes (--bytes N) or bits_per_param, or drop qat.")
+                              "codes; give target_bytes (--bytes N), bits_per_param or a front over bytes (--pareto-bytes), or drop qat.")
         if self.pareto:
             self._check_pareto()
         elif self.pareto_axis is not Axis.RATIO:
@@ -202,7 +205,14 @@ class SearchSettings:
         if len(points) < 2:
             raise ConfigError(f"pareto {list(self.pareto)} needs two working points or more (e.g. 0.25 and 0.1): the front spans them.")
         named = [float(f"{p:g}") for p in points]
-        if self.pareto_axis is Axis.RATIO:
+        if self.pareto_axis is Axis.BYTES:
+            if points[0] >= 1:
+                raise ConfigError(f"pareto {named} on the bytes axis are fractions of the dense model's NNR stream at qp -38; 1 is "
+                                  "that stream itself: give fractions below 1 (e.g. 0.1 and 0.05).")
+            if self.target_latency is not None:
+                raise ConfigError(f"target_latency {self.target_latency:g} with a front over bytes is not built yet; run the latency "
+                                  "working point as a separate study.")
+        elif self.pareto_axis is Axis.RATIO:
             if points[0] >= 1:
                 raise ConfigError(f"pareto {named} keeps every parameter at 1; give ratios below 1 (e.g. 0.25 and 0.1).")
             if self.target_ratio != points[0]:
@@ -225,16 +235,22 @@ class SearchSettings:
         return front_ratios(self.pareto) if self.pareto else ()
 
     @property
+    def codes(self) -> bool:
+        """Whether each trial's model is coded into an NNR stream within a byte budget (a byte working point, or a front over
+        bytes)."""
+        return self.target_bytes is not None or self.bits_per_param is not None or bool(self.pareto and self.pareto_axis is Axis.BYTES)
+
+    @property
     def point(self) -> str:
         """The working point as a study names it: ``0.25``, ``0.25+latency0.9``, ``latency0.9`` (latency alone), ``bytes50000``
         (``bytes50000+0.5``: no trial keeps more than half the parameters) or
         ``pareto0.1-0.25`` (``pareto0.1-0.25+latency1`` with a latency bound on every trial; ``pareto-latency0.7-1`` on
-        the latency axis, ``pareto-latency0.7-1+0.5`` with a parameter budget)."""
+        the latency axis, ``pareto-latency0.7-1+0.5`` with a parameter budget; ``pareto-bytes0.05-0.1`` on the bytes axis)."""
         if self.target_bytes is not None:
             return f"bytes{self.target_bytes}" + ("" if self.target_ratio == 1 else f"+{self.target_ratio:g}")
-        if self.pareto and self.pareto_axis is Axis.LATENCY:
+        if self.pareto and self.pareto_axis is not Axis.RATIO:
             bound = "" if self.target_ratio == 1 else f"+{self.target_ratio:g}"
-            return f"pareto-latency{min(self.pareto):g}-{max(self.pareto):g}{bound}"
+            return f"pareto-{self.pareto_axis.value}{min(self.pareto):g}-{max(self.pareto):g}{bound}"
         if self.pareto:
             bound = "" if self.target_latency is None else f"+latency{self.target_latency:g}"
             return f"pareto{min(self.pareto):g}-{max(self.pareto):g}{bound}"

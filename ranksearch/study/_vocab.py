@@ -87,11 +87,12 @@ class Axis(StrEnum):
 
     RATIO = "ratio"  #: the fraction of the model's parameters kept
     LATENCY = "latency"  #: the fraction of the dense model's latency, as the timing table predicts it
+    BYTES = "bytes"  #: the NNR stream's bytes, measured by NNCodec (its points: fractions of the dense model's stream at qp -38)
 
     @property
     def label(self) -> str:
         """How tables and figures name it."""
-        return "ratio" if self is Axis.RATIO else "latency (predicted, of dense)"
+        return {Axis.RATIO: "ratio", Axis.LATENCY: "latency (predicted, of dense)", Axis.BYTES: "bytes (NNR stream)"}[self]
 
 
 class Coding(StrEnum):

@@ -120,6 +120,17 @@ def test_the_anchor_of_a_pareto_trial_is_the_best_at_its_ratio_else_the_nearest(
     assert anchor_trial(study).number == 1  # one working point: the best of all
 
 
+def test_the_anchor_on_the_bytes_axis_is_the_best_of_its_budget_at_the_nearest_ratio():
+    study = _pareto_study()
+    for budget, ratio, value in ((0.1, 0.3, 0.99), (0.05, 0.2, 0.90), (0.05, 0.1, 0.92), (0.05, 0.3, 0.80)):
+        attrs = TrialRecord(target=budget, ratio_target=ratio, ratio=ratio, ranks={"fc": 1}).to_attrs()
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[value, budget], user_attrs=attrs))
+    assert anchor_trial(study, target=0.3, budget=0.05).number == 3  # its budget's trial at its ratio, not the better one at 0.1
+    assert anchor_trial(study, target=0.12, budget=0.05).number == 2  # none at 0.12 in its budget: the nearest ratio, 0.1
+    assert anchor_trial(study, target=0.2, budget=0.07).number == 1  # no trial of its budget yet: any budget's, at its ratio
+    assert anchor_trial(study, budget=0.05).number == 2  # no ratio asked: the best of its budget
+
+
 def test_front_of_keeps_exactly_the_non_dominated_figures():
     figs = [Figures(trial=0, val=0.90, ratio=0.25), Figures(trial=1, val=0.95, ratio=0.24), Figures(trial=2, val=0.95, ratio=0.20),
             Figures(trial=3, val=0.80, ratio=0.10), Figures(trial=4, val=0.85, ratio=0.12), Figures(trial=5, val=0.70, ratio=0.11),

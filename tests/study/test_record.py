@@ -28,7 +28,7 @@ def test_a_trial_record_round_trips_every_field():
         "before_retrain_samples": 64, "test": 0.6, "same_as": 3, "weights": "id", "gate": {"promoted": True},
         "gate_later": {1: {"promoted": False}}, "error": "E", "traceback": "T", "interrupted": True, "target": 0.25, "latency": 0.8,
         "reports": {0: 0.4, 1: 0.55}, "coding": Coding.FITTED, "bytes": 4900, "qps": {"a.weight": -30}, "other_qps": {"a.bias": -46}, "folds": {"a": "bn"}, "predicted_bytes": 4910,
-        "before_coding": 0.61, "qat": 0.5})
+        "before_coding": 0.61, "qat": 0.5, "ratio_target": 0.3, "stream_share": 0.098})
     attrs = record.to_attrs()
     assert attrs["coding"] == "fitted"
     assert attrs["gate:1"] == {"promoted": False} and "gate_later" not in attrs  # the stored spelling of a later step
@@ -51,7 +51,9 @@ def test_a_study_record_round_trips_every_field():
         "sensitivity": {"a": [(1, 0.5), (2, 0.7)]}, "sensitivity_rows": {"b": [(1, 0.4)]}, "sensitivity_kind": SensitivityKind.OUTPUT,
         "sensitivity_samples": (16, 400), "sensitivity_measured": [("a", 1)], "fixed_cost": {"total_s": 1.0}, "centre": {"a": 0.1},
         "timing": TimingTable("onnxruntime", 4, "cpu", 2, 1e-3, {"a": 2e-4}, {"a": [1, 2]}, {"a": [1e-4, 1.5e-4]}),
-        "byte_point": BytePoint(5000, 49000, 0.075, (0.15, 0.12, 0.075), {"qp": -13, "bytes": 4748, "val": 0.8, "test": 0.78}, 1.5)})
+        "byte_point": BytePoint(5000, 49000, 0.075, (0.15, 0.12, 0.075), {"qp": -13, "bytes": 4748, "val": 0.8, "test": 0.78}, 1.5),
+        "byte_front": (BytePoint(4900, 49000, 0.07, (0.15, 0.07), {"qp": -13, "bytes": 4748, "val": 0.8}, 1.5, 0.1),
+                       BytePoint(2450, 49000, 0.03, (0.06, 0.03), {"floor": 3000.0}, 1.0, 0.05))})
     attrs = record.to_attrs()
     assert all(k.startswith(ATTR) for k in attrs)
     assert attrs[ATTR + "sensitivity_row:b"] == [[1, 0.4]] and attrs[ATTR + "settings"]["format_version"] == FORMAT_VERSION

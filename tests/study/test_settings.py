@@ -66,7 +66,7 @@ def test_version_1_settings_keep_their_search():
     v1["format_version"] = 1
     s = SearchSettings.from_dict(v1)
     assert (s.proposals, s.screen, s.screen_samples, s.sampler, s.pruner) == ("weights", 0.0, 0, "tpe", "median")
-    assert s.to_dict()["format_version"] == FORMAT_VERSION == 11
+    assert s.to_dict()["format_version"] == FORMAT_VERSION == 12
     with pytest.raises(ValueError, match=r"format_version 1 has no fields \['screen'\]"):
         SearchSettings.from_dict({**v1, "screen": 0.5})
     new = SearchSettings(0.2)
