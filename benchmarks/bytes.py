@@ -138,7 +138,8 @@ def main() -> None:
 
 def _lines(args: argparse.Namespace, runs: list[dict[str, Any]], load: float, after: float) -> list[str]:
     lines = [f"## Byte working points ({args.spaces}; {args.fractions} of the dense stream; seeds {args.seeds}; batch norms folded, "
-             f"dense candidates{'' if args.qat == '0' else f'; quantization-aware shares {args.qat}'}) ({datetime.date.today()}, {platform.node()}, "
+             f"dense candidates{'' if args.qat == '0' else f'; quantization-aware shares {args.qat}'}; the best among the streams "
+             f"within 2%) ({datetime.date.today()}, {platform.node()}, "
              f"{torch.get_num_threads()} threads)", "",
              f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/bytes.py --spaces {args.spaces} --fractions {args.fractions} --seeds {args.seeds} "
              f"--trials {args.trials}{'' if args.qat == '0' else f' --qat {args.qat}'}` (load average {load:.2f} before, {after:.2f} after).", "",
@@ -146,7 +147,7 @@ def _lines(args: argparse.Namespace, runs: list[dict[str, Any]], load: float, af
              "uniform qp within the budget, its batch norms folded (NNR's BNF, as the study codes); then with NNCodec's defaults "
              "(nothing folded); d/SE vs dense is against the better of the two. *Rule*: the seed rule at the study's base ratio (its stream at qp -38 meets the budget), "
              "retrained, coded at the finest uniform qp within the budget. *Best*: the study's best trial (by the decoded model's "
-             "validation metric), its stream as written. Every size measured by NNCodec; test metrics of the decoded models; d/SE "
+             "validation metric, among the streams that take at least 98% of the budget), its stream as written. Every size measured by NNCodec; test metrics of the decoded models; d/SE "
              "paired on the same test samples. *Retrain*: plain (the search's short retrain, then coding), or its last share "
              "quantization-aware (`--qat`: every trial's, the rule's too, each weight rounded to the step of the qp it would be "
              "coded at as that share begins); *d/SE vs plain*: the best's decoded model against the plain study's best of the same "
@@ -197,8 +198,8 @@ def _count(runs: list[dict[str, Any]], retrain: str) -> list[str]:
             lines.append(f"Retrain seed noise, {c[0]} at {c[1]:g}x: the best's test metric over the seeds ranges {min(tests):.4f}-"
                          f"{max(tests):.4f} (stdev {statistics.stdev(tests):.4f}).")
     fitted = [r for r in runs if r["best"]["coding"] == "fitted"]
-    landed = [r["best"]["bytes"] / r["budget"] for r in fitted] or [math.nan]
-    lines.append(f"The best streams coded per tensor ({len(fitted)} of {len(runs)}; the others are one uniform qp) take "
+    landed = [r["best"]["bytes"] / r["budget"] for r in runs] or [math.nan]
+    lines.append(f"The best streams ({len(fitted)} of {len(runs)} coded per tensor, the others at one uniform qp) take "
                  f"{min(landed):.4f}-{max(landed):.4f} of their budgets (NNCodec); the byte table "
                  "predicted them within " + f"{max(abs(r['best']['predicted'] - r['best']['bytes']) / r['best']['bytes'] for r in runs if r['best']['predicted']):.2%}."
                  if any(r["best"]["predicted"] for r in runs) else "")

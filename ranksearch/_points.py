@@ -27,13 +27,21 @@ __all__ = ["check_points", "point_options", "search_points"]
 _log = logging.getLogger(__name__)
 
 
+def _tag(settings: SearchSettings) -> str:
+    """What tells a working point from the others of a search: its ratio, or a byte working point's name (``bytesN``,
+    ``bitsB`` per parameter)."""
+    if settings.bits_per_param is not None and settings.target_bytes is None:  # its bytes are resolved on the model
+        return f"bits{settings.bits_per_param:g}" + ("" if settings.target_ratio == 1 else f"+{settings.target_ratio:g}")
+    return settings.point if settings.target_bytes is not None else f"{settings.target_ratio:g}"
+
+
 def point_options(run: RunOptions, settings: SearchSettings, several: bool) -> RunOptions:
-    """One working point's run options: with several points, its own folder (``ratio-R`` for a parameter ratio, else the
-    point's name, e.g. ``bytes5000``), study name (``NAME@R``) and artifact folder under the given ones, and no report of
+    """One working point's run options: with several points, its own folder (``ratio-R``; a byte working point's
+    ``bytesN``), study name (``NAME@R``, ``NAME@bytesN``) and artifact folder under the given ones, and no report of
     its own."""
     if not several:
         return run
-    tag = settings.point
+    tag = _tag(settings)
     folder = f"ratio-{tag}" if tag == f"{settings.target_ratio:g}" else tag
     return run.replace(out_dir=Path(run.out_dir) / folder if run.out_dir is not None else None,
                        study_name=f"{run.study_name}@{tag}" if run.study_name else None,
@@ -71,8 +79,8 @@ def search_points(
     settings = [p if isinstance(p, SearchSettings) else SearchSettings(target_ratio=p) for p in points]
     if not settings:
         raise RankSearchError("search_points needs at least one working point.")
-    if len({s.point for s in settings}) != len(settings):
-        raise RankSearchError(f"working points {[s.point for s in settings]} repeat one; give each once.")
+    if len({_tag(s) for s in settings}) != len(settings):
+        raise RankSearchError(f"working points {[_tag(s) for s in settings]} repeat one; give each once.")
     calibration = None if calibration is None else list(calibration)
     several = len(settings) > 1
     results: list[SearchResult] = []

@@ -317,3 +317,18 @@ def test_a_byte_study_resumes_with_its_default_qat_and_refuses_another(tmp_path,
     assert main([*base, "--trials", "4", "--resume", "--qat", "0"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("ranksearch ")]
     assert len(err) == 1 and "was created with qat=0.5, this process has qat=0.0" in err[0], err
+
+
+def test_several_byte_working_points_each_get_their_folder_and_study(dense_and_task, budget, tmp_path):
+    from ranksearch import search_points
+
+    model, task = dense_and_task
+    points = [SearchSettings(1.0, target_bytes=n, retrain=RetrainSettings(epochs=1, batch_size=32), sampler="random",
+                             baselines=False) for n in (budget, budget // 2)]
+    results = search_points(model, points, task=task, run=RunOptions(n_trials=4, out_dir=tmp_path, report=False))
+    assert [r.study.study_name.split("@")[-1] for r in results] == [f"bytes{budget}", f"bytes{budget // 2}"]
+    for r, n in zip(results, (budget, budget // 2)):
+        assert (tmp_path / f"bytes{n}" / "model.nnr").read_bytes() == r.stream and len(r.stream) <= n
+    assert "| target |" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match=r"repeat one"):
+        search_points(model, [points[0], points[0]], task=task, run=RunOptions(n_trials=1))

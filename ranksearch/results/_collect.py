@@ -30,7 +30,6 @@ from ranksearch.core._weights import load_state_dict
 from ranksearch.errors import StudyError
 from ranksearch.results._summary import Figures, Summary, TrialCounts, front_of
 from ranksearch.study._record import StudyRecord, TrialRecord, metric_of
-from ranksearch.study._settings import SearchSettings
 from ranksearch.study._storage import read_study
 from ranksearch.study._vocab import BASELINES, Axis, Method, Sensitivity
 
@@ -181,7 +180,8 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     baselines = {m: f for m in BASELINES if (f := _figures(_first(study, m))) is not None}  # a pruned baseline has no figures
     dense = record.dense or {}
     assert record.settings is not None
-    summary = Summary(metric=record.metric or "metric", target_ratio=_target_ratio(TrialRecord.of(best), record.settings),
+    summary = Summary(metric=record.metric or "metric", target_ratio=_target_ratio(TrialRecord.of(best), record.settings.pareto_axis,
+                                                                                         record.settings.target_ratio),
                       achieved_ratio=float(TrialRecord.of(best).ratio or 0.0),
                       dense=Figures(val=dense.get("val"), test=dense.get("test"), ratio=1.0), seed_rule=_figures(seed),
                       best=_figures(best) or Figures(), baselines=baselines, trials=counts, wall_time_s=wall, fixed_cost=record.fixed_cost)
@@ -204,11 +204,11 @@ def _summary(study: optuna.Study, record: StudyRecord, best: FrozenTrial, seed: 
     return dataclasses.replace(summary, front=front, points=tuple(points), axis=axis)
 
 
-def _target_ratio(r: TrialRecord, settings: SearchSettings) -> float:
+def _target_ratio(r: TrialRecord, axis: Axis, study_ratio: float) -> float:
     """The parameter ratio a trial allocated for: its drawn one (a Pareto study's or a byte working point's), else the
     study's (on the latency axis a trial's target is its latency fraction, on the bytes axis its budget)."""
-    drawn = {Axis.RATIO: r.target, Axis.LATENCY: None, Axis.BYTES: r.ratio_target}[settings.pareto_axis]
-    return drawn if drawn is not None else settings.target_ratio
+    drawn = {Axis.RATIO: r.target, Axis.LATENCY: None, Axis.BYTES: r.ratio_target}[axis]
+    return drawn if drawn is not None else study_ratio
 
 
 def _coding(record: StudyRecord, trial: FrozenTrial | None, share: float | None = None) -> dict[str, Any] | None:
@@ -265,7 +265,7 @@ def collect(study: optuna.Study, model: nn.Module, curves: Mapping[str, Curve], 
 
     def config_of(t: FrozenTrial, metric: dict[str, Any], extra: dict[str, Any]) -> RankConfig:
         r = TrialRecord.of(t)
-        return config_for(model, curves, _solution(t, curves, total), _target_ratio(r, settings), model_name=settings.model,
+        return config_for(model, curves, _solution(t, curves, total), _target_ratio(r, settings.pareto_axis, settings.target_ratio), model_name=settings.model,
                           source=dict(source if source is not None else record.source or {}), metric=metric,
                           search={**base, **extra, "factors": r.factors, "trial_method": r.method, "trial": t.number},
                           mse=r.mse, cost=cost, rank_multiple=settings.rank_multiple,  # type: ignore[arg-type]
