@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from ranksearch.cli._flags import Parser, add_fields, rare_flags
@@ -34,33 +35,27 @@ def _ratios(text: str) -> list[float]:
     return [_ratio(t) for t in text.split(",")]
 
 
-def _fractions(text: str) -> list[float]:
-    """Latency fractions of the dense model's, each in (0, 1]."""
-    out = []
-    for t in text.split(","):
-        try:
-            value = float(t)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"latency fraction {t!r} is not a number; give e.g. 1.0,0.7") from None
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(f"latency fraction {value} must be in (0, 1]: 1.0 is never slower than dense")
-        out.append(value)
-    return out
+def _fractions_of(kind: str, example: str, one: bool, why: str) -> Callable[[str], list[float]]:
+    """A parser of comma-separated ``kind`` fractions, each in (0, 1] (``one``) or (0, 1)."""
+    interval = "(0, 1]" if one else "(0, 1)"
+
+    def parse(text: str) -> list[float]:
+        out = []
+        for t in text.split(","):
+            try:
+                value = float(t)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{kind} fraction {t!r} is not a number; give e.g. {example}") from None
+            if not (0 < value <= 1 if one else 0 < value < 1):
+                raise argparse.ArgumentTypeError(f"{kind} fraction {value} must be in {interval}: {why}")
+            out.append(value)
+        return out
+
+    return parse
 
 
-def _shares(text: str) -> list[float]:
-    """Byte budgets as fractions of the dense model's NNR stream, each in (0, 1)."""
-    out = []
-    for t in text.split(","):
-        try:
-            value = float(t)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"byte fraction {t!r} is not a number; give e.g. 0.1,0.05") from None
-        if not 0 < value < 1:
-            raise argparse.ArgumentTypeError(f"byte fraction {value} must be in (0, 1): a share of the dense model's stream, "
-                                             "e.g. 0.1 for a tenth")
-        out.append(value)
-    return out
+_fractions = _fractions_of("latency", "1.0,0.7", True, "1.0 is never slower than dense")  #: latency fractions of the dense model's
+_shares = _fractions_of("byte", "0.1,0.05", False, "a share of the dense model's stream, e.g. 0.1 for a tenth")  #: byte budgets
 
 
 def _space_args(p: argparse.ArgumentParser, required: bool = True) -> None:
