@@ -119,7 +119,7 @@ class FrontGate:
         decision = {"step": int(step), "value": float(value), "threshold": threshold, "rank": rank, "of": int(len(values)),
                     "promoted": bool(promoted), "peers": f"target <= {record.target:g}"}
         write_trial(trial, TrialRecord(gate=decision) if screen else TrialRecord(gate_later={int(step): decision}))
-        _log.info("trial %d %s at step %d: %.4f, %s of %d trials at ratio %g or less (threshold %s, top %.0f%%) -> %s",
+        _log.info("trial %d %s at step %d: %.4f, %s of %d trials at point %g or less (threshold %s, top %.0f%%) -> %s",
                   trial.number, "screened" if screen else "checked", step, value, _ordinal(rank), len(values), record.target,
                   "none yet" if threshold == float("-inf") else f"{threshold:.4f}", 100 * fraction,
                   "goes on" if promoted else "pruned")
