@@ -133,6 +133,14 @@ class Allocator:
         assert self.timing is not None, "a latency axis allocates within the timing table (limited())"
         return dataclasses.replace(self, latency=self.timing.latency(self.views.plain_curves, float(target)))
 
+    def reference_ratio(self, point: float) -> float:
+        """The ratio a working point's references allocate for: the point itself on the ratio axis, the study's on the latency
+        axis (within the point's latency), the point's base ratio on the bytes axis (its smallest: where the seed rule's
+        stream at the default qp meets its budget)."""
+        if self.axis is Axis.BYTES:
+            return self.ratios[point][-1]
+        return point if self.axis is Axis.RATIO else self.target
+
     def fixed(self, target: float, ratio: float | None = None) -> dict[str, Any]:
         """The Optuna parameters that pin an enqueued trial to a working point (:meth:`at`)."""
         if self.axis is Axis.BYTES:

@@ -101,10 +101,7 @@ def set_up(study: optuna.Study, model: nn.Module, plan: Plan, *, sensitivity: Se
     if record.fixed_cost is None:  # stored once, by the process that set the study up
         write_study(study, StudyRecord(fixed_cost=_fixed_cost(cost, record, time.perf_counter() - start, measured)))
     points = plan.points or (plan.allocator.target,)
-    # the ratio each point's references allocate for: on the latency axis the study's (within the point's latency), on the
-    # bytes axis the point's base ratio (where the seed rule's stream at the default qp meets its budget)
-    base = {r: r if plan.allocator.axis is Axis.RATIO else plan.allocator.ratios[r][-1] if bytes_axis else plan.allocator.target
-            for r in points}
+    base = {r: plan.allocator.reference_ratio(r) for r in points}
     starts = {r: starting_points(model, plan.views, base[r], table) for r in points}
     first = starts[points[0]]  # a Pareto study's largest working point
     centre = first.get(Method.SENSITIVITY_SUM, {}) if plan.prior is Prior.SENSITIVITY else {}
